@@ -1,0 +1,75 @@
+"""`isheep` command line. Every user error is one line on stderr and exit code 2 — no traceback."""
+from __future__ import annotations
+
+import sys
+from typing import List, Optional
+
+import typer
+
+from .recipe import UserError
+
+app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_is_help=False,
+                  help="Iterative self-alignment (I-SHEEP) of small LLMs, on a CPU or one GPU.")
+
+
+def _split_args(args: list[str]) -> tuple[Optional[str], list[str]]:
+    """`[recipe.yaml] [section.key=value ...]` in any order."""
+    paths = [a for a in args if "=" not in a]
+    if len(paths) > 1:
+        raise UserError(f"expected at most one recipe file, got {len(paths)}: {' '.join(paths)}")
+    return (paths[0] if paths else None), [a for a in args if "=" in a]
+
+
+@app.command()
+def run(
+    args: Optional[List[str]] = typer.Argument(None, help="[RECIPE.yaml] [section.key=value ...]; no arguments = the default recipe"),
+    force: bool = typer.Option(False, "--force", help="continue a run directory made by a different recipe"),
+) -> None:
+    """Run (or resume) the self-alignment loop."""
+    from . import loop, recipe
+
+    path, overrides = _split_args(args or [])
+    r = recipe.load(path, overrides)
+    store = loop.run(r, force=force)
+    typer.echo(f"done: {store.root} (final model: {store.manifest.get('final_model')})")
+
+
+@app.command("eval")
+def eval_cmd(
+    model: str = typer.Argument(..., help="a GGUF path or embedded:smollm2-135m-instruct"),
+    prompts: int = typer.Option(20, help="held-out prompts"),
+    max_tokens: int = typer.Option(512, help="an answer this long counts as not stopping"),
+) -> None:
+    """Check how often a model ends its answers (greedy, held-out prompts)."""
+    import json
+
+    from . import evaluate, models
+    from .engine import Engine
+
+    path = models.resolve_gguf(model)
+    with Engine(path) as engine:
+        result = evaluate.stop_rate(engine, prompts, max_tokens)
+    result.pop("samples")
+    typer.echo(json.dumps(result))
+
+
+@app.command()
+def recipe(
+    args: Optional[List[str]] = typer.Argument(None, help="[RECIPE.yaml] [section.key=value ...]"),
+) -> None:
+    """Print the fully resolved recipe (every default written out) after validating it."""
+    from . import recipe as rc
+
+    path, overrides = _split_args(args or [])
+    typer.echo(rc.dump_yaml(rc.load(path, overrides)), nl=False)
+
+
+def main() -> None:
+    try:
+        app()
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted: rerun the same command to resume", file=sys.stderr)
+        sys.exit(130)

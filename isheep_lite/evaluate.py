@@ -1,0 +1,35 @@
+"""Per-iteration checks of a model, run on its GGUF in llama.cpp.
+
+The stop-rate check guards the most common failure of self-training exports (METHOD.md, "What
+users of the peers trip over"): a tuned model that no longer emits its end-of-turn token and
+babbles to the length limit. Prompts are held out: they are not seeds and not generation prompts.
+"""
+from __future__ import annotations
+
+import json
+from importlib import resources
+from typing import Any, Callable
+
+from .engine import Engine, Sampling
+
+
+def stop_prompts(n: int) -> list[dict[str, str]]:
+    text = resources.files("isheep_lite").joinpath("data/stop_prompts.jsonl").read_text(encoding="utf-8")
+    return [json.loads(line) for line in text.splitlines() if line.strip()][:n]
+
+
+def stop_rate(
+    engine: Engine, n_prompts: int, max_tokens: int, progress: Callable[[int], None] = lambda n: None
+) -> dict[str, Any]:
+    """Fraction of greedy answers that end with the end-of-turn token within `max_tokens`."""
+    prompts = stop_prompts(n_prompts)
+    stopped, tokens, samples = 0, 0, []
+    for p in prompts:
+        c = engine.chat([{"role": "user", "content": p["prompt"]}], Sampling(temperature=0.0, max_tokens=max_tokens))
+        stopped += c.finish_reason == "stop"
+        tokens += c.n_tokens
+        samples.append({"id": p["id"], "finish": c.finish_reason, "tokens": c.n_tokens, "text": c.text[:400]})
+        progress(1)
+    n = len(prompts)
+    return {"prompts": n, "stop_rate": round(stopped / n, 4) if n else None,
+            "mean_tokens": round(tokens / n, 1) if n else None, "samples": samples}

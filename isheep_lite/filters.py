@@ -1,0 +1,167 @@
+"""Rule filters and score-based selection (pure Python).
+
+Instruction filters follow Self-Instruct / I-SHEEP (METHOD.md §3): word bounds, unusable keywords,
+bad first character, leaked list markup, links, near-duplicates by ROUGE-L. We add one the naive run
+on SmolLM2 showed is needed (FACTS.md): "instructions" that are chatter about the task
+("What a fun task! Here's a new one: …") or an assistant greeting. Pair filters follow METHOD.md §5.
+
+Every check returns a reason string or None, so rejected records say why they were rejected.
+"""
+from __future__ import annotations
+
+import re
+from typing import Any, Iterable, Sequence
+
+from .recipe import FilterConfig
+
+UNUSABLE_KEYWORDS = (
+    "image", "images", "graph", "graphs", "picture", "pictures", "file", "files", "map", "maps",
+    "draw", "plot", "go to", "video", "audio", "music", "flowchart", "diagram",
+)
+_KEYWORD_RE = re.compile(r"\b(" + "|".join(re.escape(k) for k in UNUSABLE_KEYWORDS) + r")\b", re.I)
+_MARKUP_RE = re.compile(r"(^|\n)\s*(\d+\s*[.)]\s*)?(instruction|input|output|task)\s*\d*\s*:", re.I)
+_LINK_RE = re.compile(r"https?://|www\.", re.I)
+# Talk *about* writing tasks, or an assistant's greeting, instead of a task (seen in SmolLM2's output).
+_CHATTER_RE = re.compile(
+    r"(here'?s|here is|here are) (a|an|another|some|the|my)? ?(new|next|few|list)|"
+    r"\b(new|following|diverse) (task|tasks|instructions?)\b|\bwhat a (fun|great|nice)\b|"
+    r"\b(i'?m|i am) (ready|happy|glad|here) to\b|\bhow can i (help|assist)\b|\byour task\b|"
+    r"\bas an ai\b|\bsure[,!]",
+    re.I,
+)
+_PLACEHOLDER_RE = re.compile(r"\[[^\]]*\]|<[^>]*>|\{[^}]*\}|_{3,}")
+_TURN_RE = re.compile(r"(^|\n)\s*(user|assistant|human|question|instruction|q)\s*:", re.I)
+_CHOICES_RE = re.compile(r"(^|\n)\s*\(?[A-Da-d][).]\s+\S.*(\n\s*\(?[A-Da-d][).]\s+\S.*){2,}")
+_REFUSAL_RE = re.compile(r"^\s*(i'?m sorry|i am sorry|sorry,|i cannot|i can'?t|as an ai)", re.I)
+
+
+def words(text: str) -> list[str]:
+    return text.split()
+
+
+# ---- ROUGE-L ------------------------------------------------------------------------------------
+def rouge_tokens(text: str) -> list[str]:
+    """ROUGE's default tokenisation (as in `rouge-score` without stemming): lowercase alphanumeric runs."""
+    return re.sub(r"[^a-z0-9]+", " ", text.lower()).split()
+
+
+class RougeIndex:
+    """ROUGE-L F1 of a candidate against every text added so far.
+
+    LCS is computed by rapidfuzz's C++ `LCSseq` over token ids (each distinct token mapped to one
+    code point), so ROUGE-L over thousands of instructions stays fast. F1 = 2·LCS / (|a| + |b|).
+    """
+
+    def __init__(self, texts: Iterable[str] = ()):
+        self._vocab: dict[str, str] = {}
+        self._encoded: list[str] = []
+        for t in texts:
+            self.add(t)
+
+    def _encode(self, text: str) -> str:
+        out = []
+        for tok in rouge_tokens(text):
+            if tok not in self._vocab:
+                self._vocab[tok] = chr(0x100 + len(self._vocab))
+            out.append(self._vocab[tok])
+        return "".join(out)
+
+    def add(self, text: str) -> None:
+        self._encoded.append(self._encode(text))
+
+    def max_f1(self, text: str) -> float:
+        from rapidfuzz import process
+        from rapidfuzz.distance import LCSseq
+
+        enc = self._encode(text)
+        if not enc or not self._encoded:
+            return 0.0
+        lcs = process.cdist([enc], self._encoded, scorer=LCSseq.similarity, workers=1)[0]
+        lengths = [len(e) for e in self._encoded]
+        return max(2.0 * float(l) / (len(enc) + n) for l, n in zip(lcs, lengths) if len(enc) + n > 0)
+
+    def __len__(self) -> int:
+        return len(self._encoded)
+
+
+def rouge_l(a: str, b: str) -> float:
+    return RougeIndex([b]).max_f1(a)
+
+
+# ---- instruction filters ------------------------------------------------------------------------
+def instruction_reject_reason(text: str, cfg: FilterConfig) -> str | None:
+    """Why this generated instruction is unusable, or None if it passes the rule filters."""
+    stripped = text.strip()
+    if not stripped:
+        return "empty"
+    n = len(words(stripped))
+    if n < cfg.min_words:
+        return "too_short"
+    if n > cfg.max_words:
+        return "too_long"
+    first = stripped[0]
+    if not first.isascii() or not first.isalnum():
+        return "bad_first_char"
+    if _MARKUP_RE.search(stripped):
+        return "leaked_markup"
+    if _LINK_RE.search(stripped):
+        return "link"
+    if _KEYWORD_RE.search(stripped):
+        return "unusable_keyword"
+    if _CHATTER_RE.search(stripped):
+        return "chatter"
+    if _PLACEHOLDER_RE.search(stripped):
+        return "placeholder"
+    return None
+
+
+# ---- pair filters -------------------------------------------------------------------------------
+def response_reject_reason(instruction: str, response: str, finish_reason: str, cfg: FilterConfig) -> str | None:
+    """Why this (instruction, response) pair must not be trained on, or None."""
+    r = response.strip()
+    if not r:
+        return "empty_response"
+    if finish_reason != "stop":
+        return "truncated"
+    if len(words(r)) > cfg.max_response_words:
+        return "response_too_long"
+    if _TURN_RE.search(r):
+        return "continues_dialogue"
+    if _CHOICES_RE.search(r):
+        return "multiple_choice"
+    if r.endswith("?"):
+        return "asks_back"
+    if _REFUSAL_RE.search(r):
+        return "refusal"
+    if r.endswith(":"):
+        return "ends_with_colon"
+    if rouge_l(r, instruction) >= 0.8:
+        return "repeats_instruction"
+    return None
+
+
+# ---- selection ----------------------------------------------------------------------------------
+def mean_score(record: dict[str, Any], aspects: Sequence[str]) -> float:
+    return sum(record["scores"][a] for a in aspects) / len(aspects)
+
+
+def select(records: list[dict[str, Any]], aspects: Sequence[str], cfg: FilterConfig) -> tuple[list[dict], list[dict]]:
+    """Absolute threshold on every aspect, then the top fraction by mean score.
+
+    The rank cut exists because a small model is a weak, compressed judge (FACTS.md: expected scores
+    of 4.96 vs 4.53 for a right and a wrong answer): a fixed threshold keeps all or nothing, a rank
+    keeps its relatively best. Ties keep record order (stable sort), so selection is deterministic.
+    """
+    kept, rejected = [], []
+    for r in records:
+        if cfg.min_score is not None and any(r["scores"][a] < cfg.min_score for a in aspects):
+            rejected.append({**r, "reason": "below_min_score"})
+        else:
+            kept.append(r)
+    if cfg.keep_top is not None and kept:
+        order = sorted(range(len(kept)), key=lambda i: -mean_score(kept[i], aspects))
+        n_keep = max(1, round(cfg.keep_top * len(kept)))
+        top = set(order[:n_keep])
+        rejected += [{**kept[i], "reason": "below_top_fraction"} for i in range(len(kept)) if i not in top]
+        kept = [kept[i] for i in range(len(kept)) if i in top]
+    return kept, rejected

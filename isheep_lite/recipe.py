@@ -1,0 +1,302 @@
+"""The recipe: every knob of a run, as dataclasses.
+
+The dataclass defaults *are* the default recipe (what `isheep run` with no arguments runs);
+`recipes/smollm2/135m_lora_cpu.yaml` writes them out with comments. A field's comment is its
+documentation. Recipes load from YAML and take dotted `section.key=value` overrides; every
+problem is raised as a `UserError` with one line that names it, before any work starts.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class UserError(Exception):
+    """Bad input from the user: the CLI prints the message as one line and exits with code 2."""
+
+
+@dataclass
+class ModelConfig:
+    gguf: str = "embedded:smollm2-135m-instruct"  # GGUF used for generation: `embedded:…` or a path
+    hf: str | None = None  # HF weights for training: local dir or HF-cache repo id; null = dequantise the GGUF
+    serve_base: str = "export"  # export: serve M_0 re-exported like every M_t (F16) | original: the GGUF as given
+    n_ctx: int = 2048  # llama.cpp context window per sequence
+    n_threads: int = 0  # CPU threads for llama.cpp; 0 = all cores
+
+
+@dataclass
+class LoopConfig:
+    iterations: int = 2  # self-alignment iterations
+    train_from: str = "base"  # base: M_{t+1}=SFT(M_0, D_t) (the paper's One_base) | previous: SFT(M_t, D_t)
+    data: str = "latest"  # latest: train on D_t only | cumulative: D_1 ∪ … ∪ D_t
+    seed: int = 0  # one seed for every random stream of the run
+
+
+@dataclass
+class SynthConfig:
+    num_instructions: int = 128  # usable instructions to collect per iteration (after instruction filters)
+    seeds: str = "builtin"  # builtin | path to a JSONL of {"instruction", "input"?, "output"?}
+    few_shot: int = 5  # seed tasks shown per generation prompt (the paper: 5, drawn uniformly)
+    temperature: float = 1.0  # instruction sampling temperature (paper: 1.0)
+    top_p: float = 0.95  # instruction sampling nucleus (paper: 0.95)
+    max_tokens: int = 256  # tokens per instruction-generation completion
+    max_prompts: int = 400  # give up after this many generation prompts per iteration
+    response_temperature: float = 0.7  # response sampling temperature
+    response_top_p: float = 0.95
+    response_max_tokens: int = 320  # a response that hits this is dropped as truncated
+
+
+@dataclass
+class AssessConfig:
+    aspects: list[str] = field(default_factory=lambda: ["quality", "following"])  # scored separately
+    scale: int = 9  # scores 1..scale; ≤ 9 keeps every score one token, so log-probs read it in one step
+    mode: str = "logprob"  # logprob: expected score from next-token probabilities
+    assessor: str = "current"  # current: M_t grades its own pairs | base: M_0 grades every iteration
+
+
+@dataclass
+class FilterConfig:
+    min_score: float | None = None  # keep pairs whose every aspect score ≥ this (paper: > 8 of 10)
+    keep_top: float | None = 0.5  # then keep this top fraction by mean score; null = no rank cut
+    min_words: int = 4  # instruction length bounds in words (paper: more than 3 …
+    max_words: int = 150  # … and at most 150)
+    dedup_rouge_l: float = 0.7  # drop an instruction whose ROUGE-L F1 to a kept one or a seed is ≥ this
+    max_response_words: int = 250
+
+
+@dataclass
+class TrainConfig:
+    backend: str = "hf"  # hf: transformers+peft+trl
+    lora_r: int = 8
+    lora_alpha: int = 16
+    lora_dropout: float = 0.05
+    target_modules: list[str] = field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    )
+    epochs: float = 2.0  # paper: 2
+    lr: float = 1.0e-4
+    batch_size: int = 4  # micro-batch
+    grad_accum: int = 1  # effective batch = batch_size × grad_accum
+    warmup_steps: int = 2
+    max_seq_len: int = 512  # longer examples are dropped, never cut (a cut answer teaches no stop)
+    threads: int = 0  # torch CPU threads; 0 = all cores
+
+
+@dataclass
+class ExportConfig:
+    types: list[str] = field(default_factory=lambda: ["f16"])  # f16 master; add q8_0 / q4_k_m to also quantise
+
+
+@dataclass
+class EvalConfig:
+    stop_prompts: int = 20  # held-out prompts for the stop-rate check (0 = skip)
+    max_tokens: int = 512  # an answer still going at this length counts as "never stops"
+
+
+@dataclass
+class Recipe:
+    name: str = "smollm2-135m-cpu"  # the run directory is <runs_dir>/<name>
+    runs_dir: str = "runs"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loop: LoopConfig = field(default_factory=LoopConfig)
+    synth: SynthConfig = field(default_factory=SynthConfig)
+    assess: AssessConfig = field(default_factory=AssessConfig)
+    filter: FilterConfig = field(default_factory=FilterConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.runs_dir) / self.name
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# ---- choices and ranges checked by validate() ---------------------------------------------------
+CHOICES = {
+    "model.serve_base": {"export", "original"},
+    "loop.train_from": {"base", "previous"},
+    "loop.data": {"latest", "cumulative"},
+    "assess.mode": {"logprob"},
+    "assess.assessor": {"current", "base"},
+    "train.backend": {"hf"},
+}
+ASPECTS = {"quality", "following"}
+EXPORT_TYPES = {"f16", "f32", "q8_0", "q4_k_m", "q4_0", "q5_k_m", "q6_k"}
+
+
+def _closest(name: str, options: typing.Iterable[str]) -> str:
+    match = difflib.get_close_matches(name, list(options), n=1)
+    return f" (did you mean '{match[0]}'?)" if match else ""
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    """Check `value` against the annotation `tp` (as a string, from `from __future__ import annotations`)."""
+    tp = str(tp)
+    optional = "None" in tp
+    if value is None:
+        if optional:
+            return None
+        raise UserError(f"recipe: {where} may not be null")
+    base = tp.replace(" | None", "")
+    if base == "bool":
+        if isinstance(value, bool):
+            return value
+    elif base == "int":
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif base == "float":
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif base == "str":
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+    elif base == "list[str]":
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if isinstance(value, list) and all(isinstance(v, str) for v in value):
+            return value
+    else:  # pragma: no cover - a new annotation kind must be added above
+        raise TypeError(f"unsupported annotation {tp}")
+    raise UserError(f"recipe: {where} must be {base}, got {value!r}")
+
+
+def _apply(obj: Any, data: dict[str, Any], prefix: str = "") -> None:
+    if not isinstance(data, dict):
+        raise UserError(f"recipe: '{prefix.rstrip('.') or 'top level'}' must be a mapping, got {data!r}")
+    fields = {f.name: f for f in dataclasses.fields(obj)}
+    for key, value in data.items():
+        where = f"{prefix}{key}"
+        if key not in fields:
+            raise UserError(f"recipe: unknown key '{where}'{_closest(str(key), fields)}")
+        current = getattr(obj, key)
+        if dataclasses.is_dataclass(current):
+            _apply(current, value, where + ".")
+        else:
+            setattr(obj, key, _coerce(value, fields[key].type, where))
+
+
+def parse_override(text: str) -> dict[str, Any]:
+    """`synth.num_instructions=64` → {"synth": {"num_instructions": 64}} (value parsed as YAML)."""
+    if "=" not in text:
+        raise UserError(f"override '{text}' is not of the form section.key=value")
+    key, raw = text.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw != "" else None
+    except yaml.YAMLError:
+        value = raw
+    out: dict[str, Any] = {}
+    node = out
+    parts = key.strip().split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+    node[parts[-1]] = value
+    return out
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"recipe file not found: {p}")
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        line = f" line {mark.line + 1}" if mark else ""
+        raise UserError(f"recipe {p}:{line} is not valid YAML ({getattr(e, 'problem', e)})") from None
+    except UnicodeDecodeError:
+        raise UserError(f"recipe {p} is not UTF-8 text") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise UserError(f"recipe {p} must be a YAML mapping at the top level")
+    return data
+
+
+def load(path: str | Path | None = None, overrides: typing.Sequence[str] = ()) -> Recipe:
+    """Defaults, then the YAML file (if any), then each override, then validation."""
+    recipe = Recipe()
+    if path is not None:
+        _apply(recipe, load_yaml(path))
+    for text in overrides:
+        _apply(recipe, parse_override(text))
+    validate(recipe)
+    return recipe
+
+
+def from_dict(data: dict[str, Any]) -> Recipe:
+    recipe = Recipe()
+    _apply(recipe, data)
+    validate(recipe)
+    return recipe
+
+
+def validate(r: Recipe) -> None:
+    """Ranges and choices; raises UserError naming the first problem."""
+    for dotted, options in CHOICES.items():
+        section, key = dotted.split(".")
+        value = getattr(getattr(r, section), key)
+        if value not in options:
+            raise UserError(f"recipe: {dotted} must be one of {sorted(options)}, got '{value}'{_closest(value, options)}")
+
+    def positive(dotted: str, value: float, allow_zero: bool = False) -> None:
+        if value < 0 or (value == 0 and not allow_zero):
+            raise UserError(f"recipe: {dotted} must be {'≥ 0' if allow_zero else '> 0'}, got {value}")
+
+    positive("loop.iterations", r.loop.iterations)
+    positive("synth.num_instructions", r.synth.num_instructions)
+    positive("synth.few_shot", r.synth.few_shot)
+    positive("synth.max_tokens", r.synth.max_tokens)
+    positive("synth.max_prompts", r.synth.max_prompts)
+    positive("synth.response_max_tokens", r.synth.response_max_tokens)
+    positive("synth.temperature", r.synth.temperature, allow_zero=True)
+    positive("synth.response_temperature", r.synth.response_temperature, allow_zero=True)
+    positive("model.n_ctx", r.model.n_ctx)
+    positive("model.n_threads", r.model.n_threads, allow_zero=True)
+    positive("train.lora_r", r.train.lora_r)
+    positive("train.lora_alpha", r.train.lora_alpha)
+    positive("train.epochs", r.train.epochs)
+    positive("train.lr", r.train.lr)
+    positive("train.batch_size", r.train.batch_size)
+    positive("train.grad_accum", r.train.grad_accum)
+    positive("train.max_seq_len", r.train.max_seq_len)
+    positive("train.warmup_steps", r.train.warmup_steps, allow_zero=True)
+    positive("eval.stop_prompts", r.eval.stop_prompts, allow_zero=True)
+    positive("eval.max_tokens", r.eval.max_tokens)
+    for name in ("top_p", "response_top_p"):
+        v = getattr(r.synth, name)
+        if not 0 < v <= 1:
+            raise UserError(f"recipe: synth.{name} must be in (0, 1], got {v}")
+    if not 0 <= r.train.lora_dropout < 1:
+        raise UserError(f"recipe: train.lora_dropout must be in [0, 1), got {r.train.lora_dropout}")
+    if not 2 <= r.assess.scale <= 9:
+        raise UserError(f"recipe: assess.scale must be 2..9 (one token per score), got {r.assess.scale}")
+    if not r.assess.aspects or not set(r.assess.aspects) <= ASPECTS:
+        raise UserError(f"recipe: assess.aspects must be a non-empty subset of {sorted(ASPECTS)}, got {r.assess.aspects}")
+    if r.filter.keep_top is not None and not 0 < r.filter.keep_top <= 1:
+        raise UserError(f"recipe: filter.keep_top must be in (0, 1] or null, got {r.filter.keep_top}")
+    if r.filter.min_score is not None and not 1 <= r.filter.min_score <= r.assess.scale:
+        raise UserError(f"recipe: filter.min_score must be in 1..assess.scale or null, got {r.filter.min_score}")
+    if r.filter.min_words > r.filter.max_words:
+        raise UserError("recipe: filter.min_words must be ≤ filter.max_words")
+    if not 0 < r.filter.dedup_rouge_l <= 1:
+        raise UserError(f"recipe: filter.dedup_rouge_l must be in (0, 1], got {r.filter.dedup_rouge_l}")
+    if not r.export.types or r.export.types[0] not in {"f16", "f32"}:
+        raise UserError(f"recipe: export.types must start with f16 or f32 (the master export), got {r.export.types}")
+    for t in r.export.types:
+        if t not in EXPORT_TYPES:
+            raise UserError(f"recipe: unknown export type '{t}'{_closest(t, EXPORT_TYPES)}; choose from {sorted(EXPORT_TYPES)}")
+    if not r.name or "/" in r.name or r.name.startswith("."):
+        raise UserError(f"recipe: name must be a plain directory name, got '{r.name}'")
+
+
+def dump_yaml(r: Recipe) -> str:
+    return yaml.safe_dump(r.to_dict(), sort_keys=False, allow_unicode=True)

@@ -1,0 +1,187 @@
+"""Synthesis: new instructions from seed tasks (in-context), then zero-shot responses.
+
+Instruction generation is a raw completion, no chat template, as in I-SHEEP (METHOD.md §2): a short
+meta-prompt, `few_shot` seed tasks drawn uniformly, and the model continues the numbered list. Every
+raw completion is logged (`completions.jsonl`) before it is parsed, so a resumed run re-parses what
+it has instead of paying the model again; parsing and filtering are deterministic.
+"""
+from __future__ import annotations
+
+import json
+import random
+import re
+from importlib import resources
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+from .engine import Engine, Sampling
+from .filters import RougeIndex, instruction_reject_reason
+from .recipe import FilterConfig, SynthConfig, UserError
+
+META_PROMPT = (
+    "Below is a list of diverse tasks that people ask an AI assistant to do. Each task is one clear, "
+    "self-contained instruction, written as a command or a question, that can be answered in text alone "
+    "(no images, files, audio or web browsing). The tasks cover many kinds of work: questions, "
+    "brainstorming, rewriting, classification, extraction, summaries, code, maths word problems, planning, "
+    "creative writing and advice. When a task needs a text to work on, it is given after \"Input:\"; "
+    "otherwise the input is \"<noinput>\".\n\n"
+)
+NO_INPUT = "<noinput>"
+
+
+# ---- seeds --------------------------------------------------------------------------------------
+def load_seeds(spec: str) -> list[dict[str, str]]:
+    """`builtin` → the project's seed set; otherwise a JSONL of {"instruction", "input"?, "output"?}."""
+    if spec == "builtin":
+        text = resources.files("isheep_lite").joinpath("data/seeds.jsonl").read_text(encoding="utf-8")
+        origin = "builtin seeds"
+    else:
+        p = Path(spec).expanduser()
+        if not p.is_file():
+            raise UserError(f"seed file not found: {p}")
+        try:
+            text = p.read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            raise UserError(f"seed file {p} is not UTF-8 text") from None
+        origin = str(p)
+    seeds = []
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            raise UserError(f"{origin}:{n}: not valid JSON") from None
+        if not isinstance(rec, dict) or not isinstance(rec.get("instruction"), str) or not rec["instruction"].strip():
+            raise UserError(f"{origin}:{n}: each line needs a non-empty string \"instruction\"")
+        if not isinstance(rec.get("input", ""), str):
+            raise UserError(f"{origin}:{n}: \"input\" must be a string")
+        seeds.append({"instruction": rec["instruction"].strip(), "input": (rec.get("input") or "").strip()})
+    if not seeds:
+        raise UserError(f"{origin} has no seed tasks")
+    return seeds
+
+
+def user_message(instruction: str, input_text: str) -> str:
+    return f"{instruction}\n\n{input_text}" if input_text else instruction
+
+
+# ---- instruction generation ---------------------------------------------------------------------
+def fewshot_prompt(examples: list[dict[str, str]]) -> str:
+    parts = [META_PROMPT]
+    for i, ex in enumerate(examples, 1):
+        parts.append(f"Task {i}\nInstruction: {ex['instruction']}\nInput: {ex['input'] or NO_INPUT}\n\n")
+    parts.append(f"Task {len(examples) + 1}\nInstruction:")
+    return "".join(parts)
+
+
+_TASK_SPLIT = re.compile(r"\n\s*Task\s+\d+\s*[:.]?\s*\n\s*Instruction\s*:", re.I)
+
+
+def parse_tasks(completion: str, truncated: bool) -> list[dict[str, str]]:
+    """The model's continuation of the list → [{"instruction", "input"}]; a cut-off last task is dropped."""
+    blocks = _TASK_SPLIT.split(completion)
+    if truncated:
+        blocks = blocks[:-1]
+    tasks = []
+    for block in blocks:
+        block = block.split("\n\n")[0] if "\nInput" not in block else block
+        instruction, _, rest = block.partition("\nInput:")
+        input_text = rest.split("\n\n")[0].strip()
+        if input_text.lower() in {NO_INPUT, "noinput", "none", "n/a", ""}:
+            input_text = ""
+        tasks.append({"instruction": " ".join(instruction.split()), "input": input_text})
+    return tasks
+
+
+def derive_seed(*parts: Any) -> int:
+    """A stable 31-bit seed from the run seed, iteration and record index."""
+    return random.Random(":".join(map(str, parts))).getrandbits(31)
+
+
+def generate_instructions(
+    engine: Engine,
+    seeds: list[dict[str, str]],
+    cfg: SynthConfig,
+    fcfg: FilterConfig,
+    run_seed: int,
+    iteration: int,
+    completions_path: Path,
+    avoid: Iterable[str] = (),
+    progress: Callable[[int], None] = lambda n: None,
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Prompt until `cfg.num_instructions` instructions pass the rule filters and ROUGE-L dedup.
+
+    Returns (instructions, rejected). Raw completions are appended to `completions_path` one per
+    prompt; those already there are reused (resume).
+    """
+    from .store import JsonlWriter, read_jsonl
+
+    done = {c["prompt"]: c for c in read_jsonl(completions_path)}
+    index = RougeIndex([s["instruction"] for s in seeds])
+    for text in avoid:
+        index.add(text)
+    kept: list[dict[str, Any]] = []
+    rejected: list[dict[str, Any]] = []
+    sampling = dict(temperature=cfg.temperature, top_p=cfg.top_p, max_tokens=cfg.max_tokens)
+    with JsonlWriter(completions_path) as log:
+        for p in range(cfg.max_prompts):
+            if len(kept) >= cfg.num_instructions:
+                break
+            if p in done:
+                c = done[p]
+            else:
+                rng = random.Random(derive_seed(run_seed, iteration, "fewshot", p))
+                parents = rng.sample(range(len(seeds)), min(cfg.few_shot, len(seeds)))
+                s = Sampling(seed=derive_seed(run_seed, iteration, "instr", p), **sampling)
+                out = engine.complete(fewshot_prompt([seeds[i] for i in parents]), s)
+                c = {"prompt": p, "parents": parents, "text": out.text, "finish": out.finish_reason, "tokens": out.n_tokens}
+                log.write(c)
+            for j, task in enumerate(parse_tasks(c["text"], truncated=c["finish"] == "length")):
+                rec = {"id": f"it{iteration:02d}-p{p:04d}-{j}", **task, "source": "seed-fewshot", "parents": c["parents"]}
+                reason = instruction_reject_reason(task["instruction"], fcfg)
+                if reason is None and index.max_f1(task["instruction"]) >= fcfg.dedup_rouge_l:
+                    reason = "near_duplicate"
+                if reason:
+                    rejected.append({**rec, "stage": "instruction", "reason": reason})
+                    continue
+                index.add(task["instruction"])
+                kept.append(rec)
+                progress(1)
+                if len(kept) >= cfg.num_instructions:
+                    break
+    return kept, rejected
+
+
+# ---- responses ----------------------------------------------------------------------------------
+def generate_responses(
+    engine: Engine,
+    instructions: list[dict[str, Any]],
+    cfg: SynthConfig,
+    run_seed: int,
+    iteration: int,
+    out_path: Path,
+    progress: Callable[[int], None] = lambda n: None,
+) -> list[dict[str, Any]]:
+    """Zero-shot chat-template answers, one per instruction; appended per record, resumable."""
+    from .store import JsonlWriter, read_jsonl
+
+    have = {r["id"]: r for r in read_jsonl(out_path)}
+    with JsonlWriter(out_path) as out:
+        for i, rec in enumerate(instructions):
+            if rec["id"] in have:
+                progress(1)
+                continue
+            s = Sampling(
+                temperature=cfg.response_temperature,
+                top_p=cfg.response_top_p,
+                max_tokens=cfg.response_max_tokens,
+                seed=derive_seed(run_seed, iteration, "resp", rec["id"]),
+            )
+            c = engine.chat([{"role": "user", "content": user_message(rec["instruction"], rec["input"])}], s)
+            row = {**rec, "response": c.text.strip(), "gen": {"finish": c.finish_reason, "tokens": c.n_tokens,
+                                                               "temperature": s.temperature, "top_p": s.top_p}}
+            out.write(row)
+            have[rec["id"]] = row
+            progress(1)
+    return [have[r["id"]] for r in instructions]
