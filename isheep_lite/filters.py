@@ -19,7 +19,7 @@ UNUSABLE_KEYWORDS = (
     "draw", "plot", "go to", "video", "audio", "music", "flowchart", "diagram",
 )
 _KEYWORD_RE = re.compile(r"\b(" + "|".join(re.escape(k) for k in UNUSABLE_KEYWORDS) + r")\b", re.I)
-_MARKUP_RE = re.compile(r"(^|\n)\s*(\d+\s*[.)]\s*)?(instruction|input|output|task)\s*\d*\s*:", re.I)
+_MARKUP_RE = re.compile(r"\b(instruction|input|output|response|answer|task\s*\d+)\s*:", re.I)
 _LINK_RE = re.compile(r"https?://|www\.", re.I)
 # Talk *about* writing tasks, or an assistant's greeting, instead of a task (seen in SmolLM2's output).
 _CHATTER_RE = re.compile(
