@@ -1,0 +1,74 @@
+"""Shared fixtures.
+
+Fast tests use a tiny randomly initialised Llama built here (SmolLM2's tokenizer and chat template,
+2 layers, hidden size 64: ~13 MB), saved both as HF weights and as GGUF, so every stage runs for
+real in seconds. The few end-to-end tests (marked slow) use the real embedded SmolLM2.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def isheep_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Keep the GGUF→HF conversion cache of a test session out of the user's home (CI may set it)."""
+    if "ISHEEP_CACHE" not in os.environ:
+        os.environ["ISHEEP_CACHE"] = str(tmp_path_factory.mktemp("isheep-cache"))
+    return Path(os.environ["ISHEEP_CACHE"])
+
+
+@pytest.fixture(scope="session")
+def smol_gguf() -> Path:
+    from isheep_lite import models
+
+    return models.resolve_gguf("embedded:smollm2-135m-instruct")
+
+
+@pytest.fixture(scope="session")
+def smol_hf(smol_gguf: Path) -> Path:
+    """Real SmolLM2 HF weights, dequantised from the embedded GGUF once per session (~30 s)."""
+    from isheep_lite import models
+
+    return models.resolve_hf(None, smol_gguf)
+
+
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory: pytest.TempPathFactory, smol_gguf: Path) -> dict[str, Path]:
+    """{"hf": dir, "gguf": file}: a random 2-layer Llama with SmolLM2's vocabulary and template."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from isheep_lite import export
+
+    root = tmp_path_factory.mktemp("tiny")
+    tokenizer = AutoTokenizer.from_pretrained(str(smol_gguf.parent), gguf_file=smol_gguf.name)
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
+        rms_norm_eps=1e-5, rope_theta=10000.0, tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+    )
+    model = LlamaForCausalLM(config)
+    hf = root / "hf"
+    model.save_pretrained(hf)
+    tokenizer.save_pretrained(hf)
+    state = {k: v.detach().numpy() for k, v in model.state_dict().items()}
+    gguf = root / "tiny-f32.gguf"
+    export.write_gguf(state, config.to_dict(), smol_gguf, gguf, "f32")
+    return {"hf": hf, "gguf": gguf}
+
+
+@pytest.fixture(scope="session")
+def tiny_engine(tiny: dict[str, Path]):
+    from isheep_lite.engine import Engine
+
+    with Engine(tiny["gguf"], n_ctx=1024, n_threads=2) as e:
+        yield e
