@@ -135,7 +135,7 @@ def response_reject_reason(instruction: str, response: str, finish_reason: str, 
         return "refusal"
     if r.endswith(":"):
         return "ends_with_colon"
-    if rouge_l(r, instruction) >= 0.8:
+    if rouge_l(r, instruction) >= 0.9:  # an answer may echo its question ("Paris is the capital of France.")
         return "repeats_instruction"
     return None
 

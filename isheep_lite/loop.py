@@ -49,21 +49,20 @@ def base_model(store: RunStore, r: Recipe) -> tuple[Path, Path, Path]:
     alone changes its answers (FACTS.md: the shipped Q4_1 answers "L'Étoile, …" where F16 says Paris).
     """
     given = models.resolve_gguf(r.model.gguf)
-    hf_dir = models.resolve_hf(r.model.hf, given)
     d = store.iter_dir(0)
-    served = d / f"model-{r.export.types[0]}.gguf"
 
-    def reexport() -> dict[str, Any]:
+    def prepare() -> dict[str, Any]:
+        hf_dir = models.resolve_hf(r.model.hf, given)  # the one-time dequantisation is timed here
         if r.model.serve_base == "original":
             return {"gguf": str(given), "hf": str(hf_dir)}
-        export.export(hf_dir, None, given, d, r.export.types[:1])
-        return {"gguf": str(served), "hf": str(hf_dir)}
+        paths = export.export(hf_dir, None, given, d, r.export.types[:1])
+        return {"gguf": paths[r.export.types[0]], "hf": str(hf_dir)}
 
-    entry = stage(store, 0, "base", reexport)
+    entry = stage(store, 0, "base", prepare)
     gguf = Path(entry["gguf"])
     if r.eval.stop_prompts:
         stage(store, 0, "eval", lambda: checks(gguf, r))
-    return given, hf_dir, gguf
+    return given, Path(entry["hf"]), gguf
 
 
 def checks(gguf: Path, r: Recipe) -> dict[str, Any]:

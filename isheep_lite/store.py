@@ -106,7 +106,7 @@ class RunStore:
     """One run directory: `recipe.yaml`, `manifest.json`, `iter_NN/`."""
 
     def __init__(self, root: Path):
-        self.root = Path(root)
+        self.root = Path(root).resolve()
         self.manifest_path = self.root / "manifest.json"
         self.manifest: dict[str, Any] = {"iterations": {}}
         self._lock_file: Any = None

@@ -1,0 +1,81 @@
+"""Rule filters, ROUGE-L and selection, on handcrafted records."""
+from __future__ import annotations
+
+import pytest
+
+from isheep_lite.filters import RougeIndex, instruction_reject_reason, response_reject_reason, rouge_l, select
+from isheep_lite.recipe import FilterConfig
+
+CFG = FilterConfig()
+
+
+@pytest.mark.parametrize(
+    "text, reason",
+    [
+        ("Write a haiku about autumn leaves.", None),
+        ("Sort these five numbers.", None),
+        ("Sort these numbers.", "too_short"),
+        ("Sort numbers.", "too_short"),
+        ("word " * 151, "too_long"),
+        ("- List three fruits that are red.", "bad_first_char"),
+        ("Écris un poème sur la mer.", "bad_first_char"),
+        ("Describe the picture of the old bridge.", "unusable_keyword"),
+        ("Draw a cat sitting on a chair.", "unusable_keyword"),
+        ("Summarise the article at https://example.com please.", "link"),
+        ("Explain gravity simply. Output: Gravity pulls.", "leaked_markup"),
+        ("What a fun task! Here's a new one: name birds.", "chatter"),
+        ("I'm ready to help. What's your task?", "chatter"),
+        ("Write a letter to [NAME] about the meeting.", "placeholder"),
+    ],
+)
+def test_instruction_filters(text: str, reason: str | None) -> None:
+    assert instruction_reject_reason(text, CFG) == reason
+
+
+@pytest.mark.parametrize(
+    "response, finish, reason",
+    [
+        ("Paris is the capital of France.", "stop", None),
+        ("", "stop", "empty_response"),
+        ("Paris is the capital", "length", "truncated"),
+        ("Paris.\nUser: and Spain?", "stop", "continues_dialogue"),
+        ("Pick one:\nA) Paris\nB) Rome\nC) Oslo", "stop", "multiple_choice"),
+        ("Which country do you mean?", "stop", "asks_back"),
+        ("I'm sorry, but I cannot help with that.", "stop", "refusal"),
+        ("What is the capital of France", "stop", "repeats_instruction"),
+    ],
+)
+def test_response_filters(response: str, finish: str, reason: str | None) -> None:
+    assert response_reject_reason("What is the capital of France?", response, finish, CFG) == reason
+
+
+def _lcs(a: list[str], b: list[str]) -> int:
+    """Textbook LCS, only to check the library-backed index against."""
+    t = [[0] * (len(b) + 1) for _ in range(len(a) + 1)]
+    for i, x in enumerate(a):
+        for j, y in enumerate(b):
+            t[i + 1][j + 1] = t[i][j] + 1 if x == y else max(t[i][j + 1], t[i + 1][j])
+    return t[-1][-1]
+
+
+def test_rouge_l_f1_matches_definition() -> None:
+    a, b = "The cat sat on the mat.", "A cat was sitting on the mat today"
+    ta, tb = a.lower().replace(".", "").split(), b.lower().split()
+    assert rouge_l(a, b) == pytest.approx(2 * _lcs(ta, tb) / (len(ta) + len(tb)))
+    assert rouge_l(a, a) == pytest.approx(1.0)
+    index = RougeIndex(["Completely different words here", b])
+    assert index.max_f1(a) == pytest.approx(rouge_l(a, b))
+
+
+def _rec(i: int, q: float, f: float) -> dict:
+    return {"id": i, "scores": {"quality": q, "following": f}}
+
+
+def test_selection_threshold_then_top_fraction() -> None:
+    recs = [_rec(0, 9, 9), _rec(1, 8.5, 3), _rec(2, 7, 7), _rec(3, 6, 8), _rec(4, 2, 2)]
+    kept, rejected = select(recs, ["quality", "following"], FilterConfig(min_score=5, keep_top=0.5))
+    assert [r["id"] for r in kept] == [0, 2]
+    reasons = {r["id"]: r["reason"] for r in rejected}
+    assert reasons == {1: "below_min_score", 4: "below_min_score", 3: "below_top_fraction"}
+    kept, _ = select(recs, ["quality"], FilterConfig(min_score=None, keep_top=None))
+    assert len(kept) == 5

@@ -1,0 +1,96 @@
+"""Recipe loading/validation and the run-directory store."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from isheep_lite import recipe
+from isheep_lite.recipe import UserError
+from isheep_lite.store import JsonlWriter, RunStore, read_jsonl
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_defaults_validate_and_shipped_default_recipe_matches_them() -> None:
+    r = recipe.load()
+    assert r.model.gguf == "embedded:smollm2-135m-instruct"
+    assert r.synth.num_instructions >= 100
+    shipped = recipe.load(ROOT / "recipes" / "smollm2" / "135m_lora_cpu.yaml")
+    assert shipped.to_dict() == r.to_dict()
+
+
+def test_overrides_are_typed_yaml_values() -> None:
+    r = recipe.load(None, ["synth.num_instructions=64", "filter.keep_top=null", "train.lr=2e-4", "export.types=f16,q8_0"])
+    assert r.synth.num_instructions == 64 and r.filter.keep_top is None
+    assert r.train.lr == pytest.approx(2e-4) and r.export.types == ["f16", "q8_0"]
+
+
+@pytest.mark.parametrize(
+    "override, words",
+    [
+        ("synth.num_instrucions=5", "did you mean 'num_instructions'"),
+        ("synht.num_instructions=5", "did you mean 'synth'"),
+        ("synth.num_instructions=abc", "must be int"),
+        ("synth.num_instructions=0", "must be > 0"),
+        ("loop.train_from=prev", "must be one of"),
+        ("filter.keep_top=1.5", "filter.keep_top"),
+        ("assess.scale=10", "one token per score"),
+        ("export.types=q8_0", "master export"),
+        ("noequals", "section.key=value"),
+    ],
+)
+def test_bad_recipe_values_are_one_line_errors(override: str, words: str) -> None:
+    with pytest.raises(UserError) as e:
+        recipe.load(None, [override])
+    assert words in str(e.value) and "\n" not in str(e.value)
+
+
+def test_bad_yaml_file_names_the_line(tmp_path: Path) -> None:
+    p = tmp_path / "r.yaml"
+    p.write_text("synth:\n  num_instructions: [1, 2\n")
+    with pytest.raises(UserError, match="not valid YAML"):
+        recipe.load(p)
+    with pytest.raises(UserError, match="not found"):
+        recipe.load(tmp_path / "missing.yaml")
+
+
+def test_torn_last_line_is_dropped_and_appends_continue_cleanly(tmp_path: Path) -> None:
+    p = tmp_path / "x.jsonl"
+    with JsonlWriter(p) as w:
+        w.write({"id": 1})
+        w.write({"id": 2})
+    with open(p, "ab") as f:
+        f.write(b'{"id": 3, "tex')  # a crash mid-write
+    assert [r["id"] for r in read_jsonl(p)] == [1, 2]
+    with JsonlWriter(p) as w:
+        w.write({"id": 3})
+    assert [r["id"] for r in read_jsonl(p)] == [1, 2, 3]
+    assert all(json.loads(line) for line in p.read_text().splitlines())
+
+
+def test_store_lock_and_recipe_guard(tmp_path: Path) -> None:
+    a = RunStore(tmp_path / "run")
+    a.open("name: a\n")
+    with pytest.raises(UserError, match="another isheep run"):
+        RunStore(tmp_path / "run").open("name: a\n")
+    with a.stage(1, "synth") as info:
+        info["count"] = 3
+    a.close()
+    b = RunStore(tmp_path / "run")
+    with pytest.raises(UserError, match="different recipe"):
+        b.open("name: b\n")
+    b.open("name: a\n")
+    assert b.is_done(1, "synth") and b.stage_entry(1, "synth")["count"] == 3
+    b.close()
+
+
+def test_failed_stage_is_not_marked_done(tmp_path: Path) -> None:
+    s = RunStore(tmp_path / "run")
+    s.open("x: 1\n")
+    with pytest.raises(RuntimeError):
+        with s.stage(1, "train"):
+            raise RuntimeError("killed")
+    assert not s.is_done(1, "train")
+    s.close()

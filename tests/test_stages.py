@@ -1,0 +1,165 @@
+"""Engine, synthesis and self-assessment on the tiny random Llama (real llama.cpp, seconds)."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from isheep_lite import assess, synth
+from isheep_lite.engine import Completion, Engine, Sampling
+from isheep_lite.recipe import AssessConfig, FilterConfig, SynthConfig, UserError
+
+
+def test_builtin_seeds_are_many_and_varied() -> None:
+    seeds = synth.load_seeds("builtin")
+    assert len(seeds) >= 100
+    from importlib import resources
+
+    rows = [json.loads(x) for x in resources.files("isheep_lite").joinpath("data/seeds.jsonl").read_text().splitlines()]
+    assert len({r["category"] for r in rows}) >= 8
+
+
+def test_bad_seed_file_names_the_line(tmp_path: Path) -> None:
+    p = tmp_path / "seeds.jsonl"
+    p.write_text('{"instruction": "Name a colour."}\n{"instruction": \n')
+    with pytest.raises(UserError, match=r"seeds.jsonl:2: not valid JSON"):
+        synth.load_seeds(str(p))
+    p.write_text('{"input": "x"}\n')
+    with pytest.raises(UserError, match=r":1: each line needs"):
+        synth.load_seeds(str(p))
+
+
+def test_fewshot_prompt_and_parsing() -> None:
+    prompt = synth.fewshot_prompt([{"instruction": "Name a colour.", "input": ""}, {"instruction": "Fix it.", "input": "teh"}])
+    assert "Task 1\nInstruction: Name a colour.\nInput: <noinput>" in prompt
+    assert prompt.endswith("Task 3\nInstruction:")
+    completion = " Give two uses of salt.\nInput: <noinput>\n\nTask 4\nInstruction: Translate to French.\nInput: Good night\n\nTask 5\nInstruction: Write a"
+    tasks = synth.parse_tasks(completion, truncated=True)
+    assert tasks == [{"instruction": "Give two uses of salt.", "input": ""}, {"instruction": "Translate to French.", "input": "Good night"}]
+    assert len(synth.parse_tasks(completion, truncated=False)) == 3
+
+
+def test_engine_greedy_is_deterministic_and_max_tokens_is_honoured(tiny_engine: Engine) -> None:
+    s = Sampling(temperature=0.0, max_tokens=7)
+    a = tiny_engine.complete("Once upon a time", s)
+    b = tiny_engine.complete("Once upon a time", s)
+    assert a == b and a.n_tokens <= 7
+    assert a.finish_reason == "length" or a.n_tokens < 7
+
+
+def test_engine_seed_reproduces_samples(tiny_engine: Engine) -> None:
+    s = Sampling(temperature=1.0, top_p=0.95, max_tokens=12, seed=123)
+    first = tiny_engine.complete("The weather", s)
+    tiny_engine.complete("Something else entirely", Sampling(temperature=1.0, max_tokens=12, seed=7))
+    assert tiny_engine.complete("The weather", s) == first
+
+
+def test_stop_strings_end_generation(tiny_engine: Engine) -> None:
+    free = tiny_engine.complete("Hello", Sampling(temperature=0.0, max_tokens=24))
+    assert len(free.text) >= 8
+    stop = free.text[len(free.text) // 2 : len(free.text) // 2 + 3]
+    c = tiny_engine.complete("Hello", Sampling(temperature=0.0, max_tokens=24, stop=(stop,)))
+    assert c.text == free.text[: free.text.index(stop)] and c.finish_reason == "stop"
+
+
+def test_next_token_logprobs_are_probabilities_and_cache_safe(tiny_engine: Engine) -> None:
+    ids = [tiny_engine.token_id(str(d)) for d in range(1, 10)]
+    a = tiny_engine.next_token_logprobs("Rate this: Score: ", ids)
+    tiny_engine.next_token_logprobs("Rate something longer and different: Score: ", ids)
+    b = tiny_engine.next_token_logprobs("Rate this: Score: ", ids)
+    assert all(x <= 0 for x in a) and sum(math.exp(x) for x in a) <= 1.0 + 1e-6
+    assert a == pytest.approx(b, abs=1e-4)
+
+
+def test_expected_score() -> None:
+    score, dist, mass = assess.expected_score([math.log(0.25), math.log(0.25), math.log(0.5)])
+    assert score == pytest.approx(1 * 0.25 + 2 * 0.25 + 3 * 0.5)
+    assert sum(dist) == pytest.approx(1.0) and mass == pytest.approx(1.0)
+
+
+def test_assess_scores_every_record_and_resumes(tiny_engine: Engine) -> None:
+    recs = [{"id": f"r{i}", "instruction": f"Name {i} fruits.", "input": "", "response": "Apple, pear."} for i in range(3)]
+    written: list[dict] = []
+    cfg = AssessConfig()
+    out = assess.assess(tiny_engine, recs, cfg, "M_0", {}, written.append)
+    assert [r["id"] for r in out] == ["r0", "r1", "r2"] and written == out
+    for r in out:
+        assert set(r["scores"]) == {"quality", "following"}
+        assert all(1.0 <= v <= cfg.scale for v in r["scores"].values())
+        assert sum(r["score_dist"]["quality"]) == pytest.approx(1.0, abs=1e-3)
+    again: list[dict] = []
+    resumed = assess.assess(tiny_engine, recs, cfg, "M_0", {r["id"]: r for r in out[:2]}, again.append)
+    assert [r["id"] for r in again] == ["r2"] and resumed[:2] == out[:2]
+
+
+class CountingEngine:
+    """Wraps an engine and counts calls, to prove a resume does not ask the model again."""
+
+    def __init__(self, engine: "Engine | ScriptedEngine"):
+        self.engine, self.calls = engine, 0
+
+    def complete(self, prompt: str, s: Sampling):  # noqa: ANN201
+        self.calls += 1
+        return self.engine.complete(prompt, s)
+
+    def chat(self, messages, s):  # noqa: ANN001, ANN201
+        self.calls += 1
+        return self.engine.chat(messages, s)
+
+
+class ScriptedEngine:
+    """Continues the task list like a well-behaved model would, varying with the request's seed."""
+
+    WORDS = ("river", "violin", "budget", "glacier", "recipe", "satellite", "poem", "tax", "garden",
+             "engine", "museum", "password", "volcano", "novel", "spreadsheet", "tennis", "vaccine", "harbour")
+
+    def complete(self, prompt: str, s: Sampling) -> Completion:
+        import random
+
+        topic = " ".join(random.Random(s.seed).sample(self.WORDS, 6))
+        text = (
+            f" Discuss {topic}.\nInput: <noinput>\n\n"
+            "Task 7\nInstruction: Draw a map of the town.\nInput: <noinput>\n\n"
+            f"Task 8\nInstruction: Discuss {topic} briefly.\nInput: <noinput>\n\n"
+            "Task 9\nInstruction: Wri"
+        )
+        return Completion(text, 60, "length")
+
+
+def test_instruction_generation_filters_dedups_and_resumes(tmp_path: Path) -> None:
+    seeds = synth.load_seeds("builtin")
+    cfg = SynthConfig(num_instructions=5, max_prompts=20)
+    counting = CountingEngine(ScriptedEngine())
+    kept, rejected = synth.generate_instructions(counting, seeds, cfg, FilterConfig(), 0, 1, tmp_path / "c.jsonl")  # type: ignore[arg-type]
+    assert len(kept) == 5 and counting.calls >= 3
+    reasons = {r["reason"] for r in rejected}
+    assert {"unusable_keyword", "near_duplicate"} <= reasons  # "Draw a map"; the bridge task twice
+    assert not any("Wri" == r["instruction"] for r in kept + rejected), "the cut-off last task is dropped"
+    assert len({r["instruction"] for r in kept}) == 5 and len({r["id"] for r in kept}) == 5
+    resumed = CountingEngine(ScriptedEngine())
+    again = synth.generate_instructions(resumed, seeds, cfg, FilterConfig(), 0, 1, tmp_path / "c.jsonl")  # type: ignore[arg-type]
+    assert resumed.calls == 0, "a finished prompt must be re-parsed, not re-generated"
+    assert again == (kept, rejected)
+
+
+def test_instruction_generation_runs_on_a_real_engine(tiny_engine: Engine, tmp_path: Path) -> None:
+    """The tiny random model writes gibberish: nothing passes, but every prompt is logged and the cap holds."""
+    cfg = SynthConfig(num_instructions=2, max_prompts=3, max_tokens=24)
+    kept, _ = synth.generate_instructions(tiny_engine, synth.load_seeds("builtin"), cfg, FilterConfig(), 0, 1, tmp_path / "c.jsonl")
+    logged = [json.loads(x) for x in (tmp_path / "c.jsonl").read_text().splitlines()]
+    assert [c["prompt"] for c in logged] == [0, 1, 2] and len(kept) <= 2
+    assert all(c["tokens"] <= 24 and len(c["parents"]) == 5 for c in logged)
+
+
+def test_responses_are_reproducible_and_resume(tiny_engine: Engine, tmp_path: Path) -> None:
+    recs = [{"id": f"x{i}", "instruction": f"Say {i}.", "input": ""} for i in range(3)]
+    cfg = SynthConfig(response_max_tokens=16)
+    out = synth.generate_responses(tiny_engine, recs, cfg, 0, 1, tmp_path / "r.jsonl")
+    assert [r["id"] for r in out] == ["x0", "x1", "x2"]
+    assert all(r["gen"]["tokens"] <= 16 and r["gen"]["finish"] in {"stop", "length"} for r in out)
+    counting = CountingEngine(tiny_engine)
+    assert synth.generate_responses(counting, recs, cfg, 0, 1, tmp_path / "r.jsonl") == out  # type: ignore[arg-type]
+    assert counting.calls == 0
+    assert synth.generate_responses(tiny_engine, recs, cfg, 0, 1, tmp_path / "s.jsonl") == out
