@@ -41,14 +41,13 @@ def conversation(rec: dict[str, Any]) -> list[dict[str, str]]:
             {"role": "assistant", "content": rec["response"]}]
 
 
-def base_model(store: RunStore, r: Recipe) -> tuple[Path, Path, Path]:
-    """iter_00: M_0's GGUF as given, its HF weights, and the GGUF M_0 is served and evaluated from.
+def base_model(store: RunStore, r: Recipe, given: Path) -> tuple[Path, Path]:
+    """iter_00: M_0's HF weights, and the GGUF M_0 is served and evaluated from.
 
     By default M_0 is re-exported from its HF weights in the same format as every tuned model
     (F16), so M_0 and M_t are compared like for like — and because, for a 135M model, quantisation
     alone changes its answers (FACTS.md: the shipped Q4_1 answers "L'Étoile, …" where F16 says Paris).
     """
-    given = models.resolve_gguf(r.model.gguf)
     d = store.iter_dir(0)
 
     def prepare() -> dict[str, Any]:
@@ -62,7 +61,7 @@ def base_model(store: RunStore, r: Recipe) -> tuple[Path, Path, Path]:
     gguf = Path(entry["gguf"])
     if r.eval.stop_prompts:
         stage(store, 0, "eval", lambda: checks(gguf, r))
-    return given, Path(entry["hf"]), gguf
+    return Path(entry["hf"]), gguf
 
 
 def checks(gguf: Path, r: Recipe) -> dict[str, Any]:
@@ -156,11 +155,13 @@ def iteration(store: RunStore, r: Recipe, t: int, seeds: list[dict], given: Path
 
 def run(r: Recipe, force: bool = False) -> RunStore:
     """Run (or resume) every iteration of the recipe; returns the store with the final manifest."""
+    seeds = synth.load_seeds(r.synth.seeds)  # every input is checked before anything is written
+    given = models.resolve_gguf(r.model.gguf)
+    models.gguf_info(given)
     store = RunStore(r.run_dir)
     store.open(dump_yaml(r), force=force)
     try:
-        seeds = synth.load_seeds(r.synth.seeds)
-        given, base_hf, base_served = base_model(store, r)
+        base_hf, base_served = base_model(store, r, given)
         current = base_served
         for t in range(1, r.loop.iterations + 1):
             current = iteration(store, r, t, seeds, given, base_hf, current, base_served)

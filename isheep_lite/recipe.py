@@ -45,7 +45,8 @@ class SynthConfig:
     few_shot: int = 5  # seed tasks shown per generation prompt (the paper: 5, drawn uniformly)
     temperature: float = 1.0  # instruction sampling temperature (paper: 1.0)
     top_p: float = 0.95  # instruction sampling nucleus (paper: 0.95)
-    max_tokens: int = 256  # tokens per instruction-generation completion
+    tasks_per_prompt: int = 2  # new tasks read from each completion (it stops after them)
+    max_tokens: int = 192  # tokens per instruction-generation completion
     max_prompts: int = 400  # give up after this many generation prompts per iteration
     response_temperature: float = 0.7  # response sampling temperature
     response_top_p: float = 0.95
@@ -260,6 +261,7 @@ def validate(r: Recipe) -> None:
     positive("synth.num_instructions", r.synth.num_instructions)
     positive("synth.few_shot", r.synth.few_shot)
     positive("synth.max_tokens", r.synth.max_tokens)
+    positive("synth.tasks_per_prompt", r.synth.tasks_per_prompt)
     positive("synth.max_prompts", r.synth.max_prompts)
     positive("synth.response_max_tokens", r.synth.response_max_tokens)
     positive("synth.temperature", r.synth.temperature, allow_zero=True)

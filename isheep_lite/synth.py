@@ -123,7 +123,9 @@ def generate_instructions(
         index.add(text)
     kept: list[dict[str, Any]] = []
     rejected: list[dict[str, Any]] = []
-    sampling = dict(temperature=cfg.temperature, top_p=cfg.top_p, max_tokens=cfg.max_tokens)
+    # Past the first new tasks a small model drifts into prose: stop after `tasks_per_prompt` of them.
+    stop = (f"Task {cfg.few_shot + 1 + cfg.tasks_per_prompt}",)
+    sampling = dict(temperature=cfg.temperature, top_p=cfg.top_p, max_tokens=cfg.max_tokens, stop=stop)
     with JsonlWriter(completions_path) as log:
         for p in range(cfg.max_prompts):
             if len(kept) >= cfg.num_instructions:
@@ -137,7 +139,7 @@ def generate_instructions(
                 out = engine.complete(fewshot_prompt([seeds[i] for i in parents]), s)
                 c = {"prompt": p, "parents": parents, "text": out.text, "finish": out.finish_reason, "tokens": out.n_tokens}
                 log.write(c)
-            for j, task in enumerate(parse_tasks(c["text"], truncated=c["finish"] == "length")):
+            for j, task in enumerate(parse_tasks(c["text"], truncated=c["finish"] == "length")[: cfg.tasks_per_prompt]):
                 rec = {"id": f"it{iteration:02d}-p{p:04d}-{j}", **task, "source": "seed-fewshot", "parents": c["parents"]}
                 reason = instruction_reject_reason(task["instruction"], fcfg)
                 if reason is None and index.max_f1(task["instruction"]) >= fcfg.dedup_rouge_l:
