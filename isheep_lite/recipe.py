@@ -130,6 +130,15 @@ CHOICES = {
     "assess.assessor": {"current", "base"},
     "train.backend": {"hf"},
 }
+POSITIVE = (
+    "loop.iterations", "synth.num_instructions", "synth.few_shot", "synth.tasks_per_prompt", "synth.max_tokens",
+    "synth.max_prompts", "synth.response_max_tokens", "model.n_ctx", "train.lora_r", "train.lora_alpha",
+    "train.epochs", "train.lr", "train.batch_size", "train.grad_accum", "train.max_seq_len", "eval.max_tokens",
+)
+NON_NEGATIVE = (
+    "synth.temperature", "synth.response_temperature", "model.n_threads", "train.warmup_steps", "train.threads",
+    "eval.stop_prompts",
+)
 ASPECTS = {"quality", "following"}
 EXPORT_TYPES = {"f16", "f32", "q8_0", "q4_k_m", "q4_0", "q5_k_m", "q6_k"}
 
@@ -229,18 +238,15 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
 
 def load(path: str | Path | None = None, overrides: typing.Sequence[str] = ()) -> Recipe:
     """Defaults, then the YAML file (if any), then each override, then validation."""
-    recipe = Recipe()
-    if path is not None:
-        _apply(recipe, load_yaml(path))
-    for text in overrides:
-        _apply(recipe, parse_override(text))
-    validate(recipe)
-    return recipe
+    layers = ([load_yaml(path)] if path is not None else []) + [parse_override(t) for t in overrides]
+    return from_dict(*layers)
 
 
-def from_dict(data: dict[str, Any]) -> Recipe:
+def from_dict(*layers: dict[str, Any]) -> Recipe:
+    """Defaults with each mapping applied in turn, validated."""
     recipe = Recipe()
-    _apply(recipe, data)
+    for data in layers:
+        _apply(recipe, data)
     validate(recipe)
     return recipe
 
@@ -253,31 +259,11 @@ def validate(r: Recipe) -> None:
         if value not in options:
             raise UserError(f"recipe: {dotted} must be one of {sorted(options)}, got '{value}'{_closest(value, options)}")
 
-    def positive(dotted: str, value: float, allow_zero: bool = False) -> None:
-        if value < 0 or (value == 0 and not allow_zero):
-            raise UserError(f"recipe: {dotted} must be {'≥ 0' if allow_zero else '> 0'}, got {value}")
-
-    positive("loop.iterations", r.loop.iterations)
-    positive("synth.num_instructions", r.synth.num_instructions)
-    positive("synth.few_shot", r.synth.few_shot)
-    positive("synth.max_tokens", r.synth.max_tokens)
-    positive("synth.tasks_per_prompt", r.synth.tasks_per_prompt)
-    positive("synth.max_prompts", r.synth.max_prompts)
-    positive("synth.response_max_tokens", r.synth.response_max_tokens)
-    positive("synth.temperature", r.synth.temperature, allow_zero=True)
-    positive("synth.response_temperature", r.synth.response_temperature, allow_zero=True)
-    positive("model.n_ctx", r.model.n_ctx)
-    positive("model.n_threads", r.model.n_threads, allow_zero=True)
-    positive("train.lora_r", r.train.lora_r)
-    positive("train.lora_alpha", r.train.lora_alpha)
-    positive("train.epochs", r.train.epochs)
-    positive("train.lr", r.train.lr)
-    positive("train.batch_size", r.train.batch_size)
-    positive("train.grad_accum", r.train.grad_accum)
-    positive("train.max_seq_len", r.train.max_seq_len)
-    positive("train.warmup_steps", r.train.warmup_steps, allow_zero=True)
-    positive("eval.stop_prompts", r.eval.stop_prompts, allow_zero=True)
-    positive("eval.max_tokens", r.eval.max_tokens)
+    for dotted in POSITIVE + NON_NEGATIVE:
+        section, key = dotted.split(".")
+        value = getattr(getattr(r, section), key)
+        if value < 0 or (value == 0 and dotted in POSITIVE):
+            raise UserError(f"recipe: {dotted} must be {'> 0' if dotted in POSITIVE else '≥ 0'}, got {value}")
     for name in ("top_p", "response_top_p"):
         v = getattr(r.synth, name)
         if not 0 < v <= 1:
