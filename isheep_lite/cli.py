@@ -37,19 +37,18 @@ def run(
 @app.command("eval")
 def eval_cmd(
     model: str = typer.Argument(..., help="a GGUF path or embedded:smollm2-135m-instruct"),
-    prompts: int = typer.Option(20, help="held-out prompts"),
-    max_tokens: int = typer.Option(512, help="an answer this long counts as not stopping"),
+    stop_prompts: int = typer.Option(20, help="held-out prompts for the stop rate (0 = skip)"),
+    suite_prompts: int = typer.Option(40, help="instruction-following suite prompts (0 = skip; max 160)"),
 ) -> None:
-    """Check how often a model ends its answers (greedy, held-out prompts)."""
+    """Evaluate a GGUF: stop rate and instruction-following accuracy (greedy, held-out prompts)."""
     import json
 
-    from . import evaluate, models
-    from .engine import Engine
+    from . import loop, models, recipe
 
-    path = models.resolve_gguf(model)
-    with Engine(path) as engine:
-        result = evaluate.stop_rate(engine, prompts, max_tokens)
-    result.pop("samples")
+    r = recipe.load(None, [f"eval.stop_prompts={stop_prompts}", f"eval.suite_prompts={suite_prompts}"])
+    result = loop.checks(models.resolve_gguf(model), r)
+    result.pop("samples", None)
+    result.get("ifeval", {}).pop("strict_pass", None)
     typer.echo(json.dumps(result))
 
 

@@ -10,6 +10,7 @@ import json
 from importlib import resources
 from typing import Any, Callable
 
+from . import ifeval
 from .engine import Engine, Sampling
 
 
@@ -33,3 +34,30 @@ def stop_rate(
     n = len(prompts)
     return {"prompts": n, "stop_rate": round(stopped / n, 4) if n else None,
             "mean_tokens": round(tokens / n, 1) if n else None, "samples": samples}
+
+
+def instruction_following(
+    engine: Engine, n_prompts: int, max_tokens: int, progress: Callable[[int], None] = lambda n: None
+) -> dict[str, Any]:
+    """Greedy answers to `n_prompts` suite prompts (balanced over constraint kinds), checked strictly and loosely."""
+    items = ifeval.subset(n_prompts)
+    responses = []
+    for it in items:
+        c = engine.chat([{"role": "user", "content": it.prompt}], Sampling(temperature=0.0, max_tokens=max_tokens))
+        responses.append(c.text)
+        progress(1)
+    result = ifeval.score(items, responses)
+    result["strict_ci95"] = bootstrap_ci(result["strict_pass"])
+    return result
+
+
+def bootstrap_ci(passes: list[int], n_boot: int = 2000, seed: int = 0) -> list[float]:
+    """Percentile bootstrap 95 % interval of a pass rate."""
+    import random
+
+    if not passes:
+        return [0.0, 0.0]
+    rng = random.Random(seed)
+    n = len(passes)
+    means = sorted(sum(rng.choices(passes, k=n)) / n for _ in range(n_boot))
+    return [round(means[int(0.025 * n_boot)], 4), round(means[int(0.975 * n_boot) - 1], 4)]

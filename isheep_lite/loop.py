@@ -59,14 +59,22 @@ def base_model(store: RunStore, r: Recipe, given: Path) -> tuple[Path, Path]:
 
     entry = stage(store, 0, "base", prepare)
     gguf = Path(entry["gguf"])
-    if r.eval.stop_prompts:
+    if r.eval.stop_prompts or r.eval.suite_prompts:
         stage(store, 0, "eval", lambda: checks(gguf, r))
     return Path(entry["hf"]), gguf
 
 
 def checks(gguf: Path, r: Recipe) -> dict[str, Any]:
-    with Engine(gguf, r.model.n_ctx, r.model.n_threads) as engine, progress_bar("eval: stop rate", r.eval.stop_prompts) as bar:
-        return evaluate.stop_rate(engine, r.eval.stop_prompts, r.eval.max_tokens, bar)
+    """Stop rate and instruction-following accuracy of one model, greedy, on held-out prompts."""
+    out: dict[str, Any] = {}
+    with Engine(gguf, r.model.n_ctx, r.model.n_threads) as engine:
+        if r.eval.stop_prompts:
+            with progress_bar("eval: stop rate", r.eval.stop_prompts) as bar:
+                out.update(evaluate.stop_rate(engine, r.eval.stop_prompts, r.eval.max_tokens, bar))
+        if r.eval.suite_prompts:
+            with progress_bar("eval: instruction suite", r.eval.suite_prompts) as bar:
+                out["ifeval"] = evaluate.instruction_following(engine, r.eval.suite_prompts, r.eval.suite_max_tokens, bar)
+    return out
 
 
 def iteration(store: RunStore, r: Recipe, t: int, seeds: list[dict], given: Path, base_hf: Path,
@@ -148,7 +156,7 @@ def iteration(store: RunStore, r: Recipe, t: int, seeds: list[dict], given: Path
         return {"files": paths}
 
     tuned = Path(stage(store, t, "export", make_export)["files"][r.export.types[0]])
-    if r.eval.stop_prompts:
+    if r.eval.stop_prompts or r.eval.suite_prompts:
         stage(store, t, "eval", lambda: checks(tuned, r))
     return tuned
 

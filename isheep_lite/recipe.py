@@ -98,6 +98,8 @@ class ExportConfig:
 class EvalConfig:
     stop_prompts: int = 20  # held-out prompts for the stop-rate check (0 = skip)
     max_tokens: int = 512  # an answer still going at this length counts as "never stops"
+    suite_prompts: int = 40  # instruction-following suite prompts, balanced over 20 constraint kinds (0 = skip; max 160)
+    suite_max_tokens: int = 384
 
 
 @dataclass
@@ -134,10 +136,11 @@ POSITIVE = (
     "loop.iterations", "synth.num_instructions", "synth.few_shot", "synth.tasks_per_prompt", "synth.max_tokens",
     "synth.max_prompts", "synth.response_max_tokens", "model.n_ctx", "train.lora_r", "train.lora_alpha",
     "train.epochs", "train.lr", "train.batch_size", "train.grad_accum", "train.max_seq_len", "eval.max_tokens",
+    "eval.suite_max_tokens",
 )
 NON_NEGATIVE = (
     "synth.temperature", "synth.response_temperature", "model.n_threads", "train.warmup_steps", "train.threads",
-    "eval.stop_prompts",
+    "eval.stop_prompts", "eval.suite_prompts",
 )
 ASPECTS = {"quality", "following"}
 EXPORT_TYPES = {"f16", "f32", "q8_0", "q4_k_m", "q4_0", "q5_k_m", "q6_k"}

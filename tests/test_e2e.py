@@ -22,7 +22,7 @@ def test_two_real_iterations(tmp_path: Path, smol_hf: Path) -> None:
     r = recipe.load(None, [
         f"runs_dir={tmp_path}", "name=e2e", "loop.iterations=2",
         "synth.num_instructions=8", "synth.response_max_tokens=160", "train.epochs=1",
-        "eval.stop_prompts=20", "eval.max_tokens=512",
+        "eval.stop_prompts=20", "eval.max_tokens=512", "eval.suite_prompts=20",
     ])
     store = run(r)
     m = store.manifest["iterations"]
@@ -34,6 +34,9 @@ def test_two_real_iterations(tmp_path: Path, smol_hf: Path) -> None:
         assert m[t]["filter"]["kept"] >= 1 and m[t]["train"]["steps"] >= 1
         # Acceptance: each tuned model stops at least as often as the base on the 20 held-out prompts.
         assert m[t]["eval"]["prompts"] == 20
+        suite = m[t]["eval"]["ifeval"]
+        assert suite["prompts"] == 20 and 0 <= suite["strict"] <= suite["loose"] <= 1
+        assert suite["strict_ci95"][0] <= suite["strict"] <= suite["strict_ci95"][1]
         assert m[t]["eval"]["stop_rate"] >= m["0"]["eval"]["stop_rate"], (m[t]["eval"]["stop_rate"], m["0"]["eval"]["stop_rate"])
     run_dir = tmp_path / "e2e"
     kept = read_jsonl(run_dir / "iter_01" / "kept.jsonl")
