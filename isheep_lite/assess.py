@@ -5,8 +5,8 @@ following. Each score is read from next-token log-probabilities, not generated t
 turn is pre-filled with "Score: " and the expected value over the digit tokens 1..scale is taken.
 That never fails to parse, costs one forward pass, and keeps a graded signal even when the model's
 greedy answer would always be the same digit (a 135M model's usually is).
-The pair comes first in the prompt and the aspect question last, so the KV cache of the pair is
-shared by both aspects.
+Pairs are scored in batches (`Engine.score_many`): many prompts in one forward pass, reading each
+prompt's last-position logits.
 """
 from __future__ import annotations
 
@@ -61,26 +61,27 @@ def assess(
 ) -> list[dict[str, Any]]:
     """Score every record on every aspect; `done` holds records scored before a resume."""
     digits = [engine.token_id(str(d)) for d in range(1, cfg.scale + 1)]
-    out = []
-    for rec in records:
-        if rec["id"] in done:
-            out.append(done[rec["id"]])
+    pending = [r for r in records if r["id"] not in done]
+    progress(len(records) - len(pending))
+    chunk = 4 * getattr(engine, "n_parallel", 1)  # records per batched call; each chunk is saved before the next
+    for start in range(0, len(pending), chunk):
+        part = pending[start : start + chunk]
+        prompts = [assessment_prompt(engine, user_message(r["instruction"], r["input"]), r["response"], a, cfg.scale)
+                   for r in part for a in cfg.aspects]
+        lps = iter(engine.score_many(prompts, digits))
+        for rec in part:
+            scores, dists, mass = {}, {}, {}
+            for aspect in cfg.aspects:
+                scores[aspect], dists[aspect], mass[aspect] = expected_score(next(lps))
+            row = {
+                **rec,
+                "scores": {a: round(v, 4) for a, v in scores.items()},
+                "score": round(sum(scores.values()) / len(scores), 4),
+                "score_dist": {a: [round(p, 4) for p in d] for a, d in dists.items()},
+                "digit_mass": {a: round(m, 4) for a, m in mass.items()},
+                "assessor": assessor_name,
+            }
+            write(row)
+            done[rec["id"]] = row
             progress(1)
-            continue
-        instruction = user_message(rec["instruction"], rec["input"])
-        scores, dists, mass = {}, {}, {}
-        for aspect in cfg.aspects:
-            lps = engine.next_token_logprobs(assessment_prompt(engine, instruction, rec["response"], aspect, cfg.scale), digits)
-            scores[aspect], dists[aspect], mass[aspect] = expected_score(lps)
-        row = {
-            **rec,
-            "scores": {a: round(v, 4) for a, v in scores.items()},
-            "score": round(sum(scores.values()) / len(scores), 4),
-            "score_dist": {a: [round(p, 4) for p in d] for a, d in dists.items()},
-            "digit_mass": {a: round(m, 4) for a, m in mass.items()},
-            "assessor": assessor_name,
-        }
-        write(row)
-        out.append(row)
-        progress(1)
-    return out
+    return [done[r["id"]] for r in records]

@@ -24,13 +24,12 @@ def stop_rate(
 ) -> dict[str, Any]:
     """Fraction of greedy answers that end with the end-of-turn token within `max_tokens`."""
     prompts = stop_prompts(n_prompts)
-    stopped, tokens, samples = 0, 0, []
-    for p in prompts:
-        c = engine.chat([{"role": "user", "content": p["prompt"]}], Sampling(temperature=0.0, max_tokens=max_tokens))
-        stopped += c.finish_reason == "stop"
-        tokens += c.n_tokens
-        samples.append({"id": p["id"], "finish": c.finish_reason, "tokens": c.n_tokens, "text": c.text[:400]})
-        progress(1)
+    greedy = Sampling(temperature=0.0, max_tokens=max_tokens)
+    outs = engine.chat_many([[{"role": "user", "content": p["prompt"]}] for p in prompts], [greedy] * len(prompts),
+                            lambda i, c: progress(1))
+    stopped = sum(c.finish_reason == "stop" for c in outs)
+    tokens = sum(c.n_tokens for c in outs)
+    samples = [{"id": p["id"], "finish": c.finish_reason, "tokens": c.n_tokens, "text": c.text[:400]} for p, c in zip(prompts, outs)]
     n = len(prompts)
     return {"prompts": n, "stop_rate": round(stopped / n, 4) if n else None,
             "mean_tokens": round(tokens / n, 1) if n else None, "samples": samples}
@@ -41,12 +40,10 @@ def instruction_following(
 ) -> dict[str, Any]:
     """Greedy answers to `n_prompts` suite prompts (balanced over constraint kinds), checked strictly and loosely."""
     items = ifeval.subset(n_prompts)
-    responses = []
-    for it in items:
-        c = engine.chat([{"role": "user", "content": it.prompt}], Sampling(temperature=0.0, max_tokens=max_tokens))
-        responses.append(c.text)
-        progress(1)
-    result = ifeval.score(items, responses)
+    greedy = Sampling(temperature=0.0, max_tokens=max_tokens)
+    outs = engine.chat_many([[{"role": "user", "content": it.prompt}] for it in items], [greedy] * len(items),
+                            lambda i, c: progress(1))
+    result = ifeval.score(items, [c.text for c in outs])
     result["strict_ci95"] = bootstrap_ci(result["strict_pass"])
     return result
 

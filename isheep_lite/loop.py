@@ -67,7 +67,7 @@ def base_model(store: RunStore, r: Recipe, given: Path) -> tuple[Path, Path]:
 def checks(gguf: Path, r: Recipe) -> dict[str, Any]:
     """Stop rate and instruction-following accuracy of one model, greedy, on held-out prompts."""
     out: dict[str, Any] = {}
-    with Engine(gguf, r.model.n_ctx, r.model.n_threads) as engine:
+    with Engine(gguf, r.model.n_ctx, r.model.n_threads, r.model.n_parallel) as engine:
         if r.eval.stop_prompts:
             with progress_bar("eval: stop rate", r.eval.stop_prompts) as bar:
                 out.update(evaluate.stop_rate(engine, r.eval.stop_prompts, r.eval.max_tokens, bar))
@@ -83,7 +83,7 @@ def iteration(store: RunStore, r: Recipe, t: int, seeds: list[dict], given: Path
     d, seed = store.iter_dir(t), r.loop.seed
     s, f = r.synth, r.filter
 
-    with Engine(current, r.model.n_ctx, r.model.n_threads) as engine:
+    with Engine(current, r.model.n_ctx, r.model.n_threads, r.model.n_parallel) as engine:
         def make_instructions() -> dict[str, Any]:
             with progress_bar(f"it{t} instructions", s.num_instructions) as bar:
                 kept, rejected = synth.generate_instructions(engine, seeds, s, f, seed, t, d / "completions.jsonl", progress=bar)
@@ -119,7 +119,7 @@ def iteration(store: RunStore, r: Recipe, t: int, seeds: list[dict], given: Path
         def make_scores() -> dict[str, Any]:
             done = {x["id"]: x for x in read_jsonl(d / "scored.jsonl")}
             with contextlib.ExitStack() as stack:
-                judge = assessor or stack.enter_context(Engine(base_served, r.model.n_ctx, r.model.n_threads))
+                judge = assessor or stack.enter_context(Engine(base_served, r.model.n_ctx, r.model.n_threads, r.model.n_parallel))
                 name = f"M_{t - 1}" if assessor else "M_0"
                 out = stack.enter_context(JsonlWriter(d / "scored.jsonl"))
                 bar = stack.enter_context(progress_bar(f"it{t} self-assessment", len(candidates)))

@@ -28,6 +28,7 @@ class ModelConfig:
     serve_base: str = "export"  # export: serve M_0 re-exported like every M_t (F16) | original: the GGUF as given
     n_ctx: int = 2048  # llama.cpp context window per sequence
     n_threads: int = 0  # CPU threads for llama.cpp; 0 = all cores
+    n_parallel: int = 16  # sequences decoded together (KV memory grows with n_parallel × n_ctx)
 
 
 @dataclass
@@ -134,7 +135,7 @@ CHOICES = {
 }
 POSITIVE = (
     "loop.iterations", "synth.num_instructions", "synth.few_shot", "synth.tasks_per_prompt", "synth.max_tokens",
-    "synth.max_prompts", "synth.response_max_tokens", "model.n_ctx", "train.lora_r", "train.lora_alpha",
+    "synth.max_prompts", "synth.response_max_tokens", "model.n_ctx", "model.n_parallel", "train.lora_r", "train.lora_alpha",
     "train.epochs", "train.lr", "train.batch_size", "train.grad_accum", "train.max_seq_len", "eval.max_tokens",
     "eval.suite_max_tokens",
 )

@@ -14,7 +14,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from .engine import Engine, Sampling
+from .engine import Completion, Engine, Sampling
 from .filters import RougeIndex, instruction_reject_reason
 from .recipe import FilterConfig, SynthConfig, UserError
 
@@ -126,32 +126,38 @@ def generate_instructions(
     # Past the first new tasks a small model drifts into prose: stop after `tasks_per_prompt` of them.
     stop = (f"Task {cfg.few_shot + 1 + cfg.tasks_per_prompt}",)
     sampling = dict(temperature=cfg.temperature, top_p=cfg.top_p, max_tokens=cfg.max_tokens, stop=stop)
+    wave = 2 * getattr(engine, "n_parallel", 1)  # prompts per batched call; logged in prompt order
     with JsonlWriter(completions_path) as log:
-        for p in range(cfg.max_prompts):
+        for start in range(0, cfg.max_prompts, wave):
             if len(kept) >= cfg.num_instructions:
                 break
-            if p in done:
+            ids = range(start, min(start + wave, cfg.max_prompts))
+            todo = [p for p in ids if p not in done]
+            parents = {p: random.Random(derive_seed(run_seed, iteration, "fewshot", p)).sample(range(len(seeds)), min(cfg.few_shot, len(seeds)))
+                       for p in todo}
+            outs = engine.generate(
+                [fewshot_prompt([seeds[i] for i in parents[p]]) for p in todo],
+                [Sampling(seed=derive_seed(run_seed, iteration, "instr", p), **sampling) for p in todo],
+            )
+            for p, out in zip(todo, outs):
+                done[p] = {"prompt": p, "parents": parents[p], "text": out.text, "finish": out.finish_reason, "tokens": out.n_tokens}
+                log.write(done[p], sync=False)
+            log.flush()
+            for p in ids:
                 c = done[p]
-            else:
-                rng = random.Random(derive_seed(run_seed, iteration, "fewshot", p))
-                parents = rng.sample(range(len(seeds)), min(cfg.few_shot, len(seeds)))
-                s = Sampling(seed=derive_seed(run_seed, iteration, "instr", p), **sampling)
-                out = engine.complete(fewshot_prompt([seeds[i] for i in parents]), s)
-                c = {"prompt": p, "parents": parents, "text": out.text, "finish": out.finish_reason, "tokens": out.n_tokens}
-                log.write(c)
-            for j, task in enumerate(parse_tasks(c["text"], truncated=c["finish"] == "length")[: cfg.tasks_per_prompt]):
-                rec = {"id": f"it{iteration:02d}-p{p:04d}-{j}", **task, "source": "seed-fewshot", "parents": c["parents"]}
-                reason = instruction_reject_reason(task["instruction"], fcfg)
-                if reason is None and index.max_f1(task["instruction"]) >= fcfg.dedup_rouge_l:
-                    reason = "near_duplicate"
-                if reason:
-                    rejected.append({**rec, "stage": "instruction", "reason": reason})
-                    continue
-                index.add(task["instruction"])
-                kept.append(rec)
-                progress(1)
-                if len(kept) >= cfg.num_instructions:
-                    break
+                for j, task in enumerate(parse_tasks(c["text"], truncated=c["finish"] == "length")[: cfg.tasks_per_prompt]):
+                    rec = {"id": f"it{iteration:02d}-p{p:04d}-{j}", **task, "source": "seed-fewshot", "parents": c["parents"]}
+                    reason = instruction_reject_reason(task["instruction"], fcfg)
+                    if reason is None and index.max_f1(task["instruction"]) >= fcfg.dedup_rouge_l:
+                        reason = "near_duplicate"
+                    if reason:
+                        rejected.append({**rec, "stage": "instruction", "reason": reason})
+                        continue
+                    index.add(task["instruction"])
+                    kept.append(rec)
+                    progress(1)
+                    if len(kept) >= cfg.num_instructions:
+                        return kept, rejected
     return kept, rejected
 
 
@@ -169,21 +175,22 @@ def generate_responses(
     from .store import JsonlWriter, read_jsonl
 
     have = {r["id"]: r for r in read_jsonl(out_path)}
+    pending = [r for r in instructions if r["id"] not in have]
+    progress(len(instructions) - len(pending))
+    samplings = [
+        Sampling(temperature=cfg.response_temperature, top_p=cfg.response_top_p, max_tokens=cfg.response_max_tokens,
+                 seed=derive_seed(run_seed, iteration, "resp", r["id"]))
+        for r in pending
+    ]
     with JsonlWriter(out_path) as out:
-        for i, rec in enumerate(instructions):
-            if rec["id"] in have:
-                progress(1)
-                continue
-            s = Sampling(
-                temperature=cfg.response_temperature,
-                top_p=cfg.response_top_p,
-                max_tokens=cfg.response_max_tokens,
-                seed=derive_seed(run_seed, iteration, "resp", rec["id"]),
-            )
-            c = engine.chat([{"role": "user", "content": user_message(rec["instruction"], rec["input"])}], s)
-            row = {**rec, "response": c.text.strip(), "gen": {"finish": c.finish_reason, "tokens": c.n_tokens,
-                                                               "temperature": s.temperature, "top_p": s.top_p}}
+
+        def save(i: int, c: Completion) -> None:  # written as each answer finishes: a crash loses only the unfinished
+            rec, s = pending[i], samplings[i]
+            row = {**rec, "response": c.text.strip(),
+                   "gen": {"finish": c.finish_reason, "tokens": c.n_tokens, "temperature": s.temperature, "top_p": s.top_p}}
             out.write(row)
             have[rec["id"]] = row
             progress(1)
+
+        engine.chat_many([[{"role": "user", "content": user_message(r["instruction"], r["input"])}] for r in pending], samplings, save)
     return [have[r["id"]] for r in instructions]

@@ -95,22 +95,27 @@ def test_assess_scores_every_record_and_resumes(tiny_engine: Engine) -> None:
 
 
 class CountingEngine:
-    """Wraps an engine and counts calls, to prove a resume does not ask the model again."""
+    """Wraps an engine and counts the prompts it is asked to complete, to prove a resume asks none again."""
 
     def __init__(self, engine: "Engine | ScriptedEngine"):
-        self.engine, self.calls = engine, 0
+        self.engine, self.calls, self.n_parallel = engine, 0, 4
 
-    def complete(self, prompt: str, s: Sampling):  # noqa: ANN201
-        self.calls += 1
-        return self.engine.complete(prompt, s)
+    def generate(self, prompts, samplings, on_result=lambda i, c: None):  # noqa: ANN001, ANN201
+        self.calls += len(prompts)
+        return self.engine.generate(prompts, samplings, on_result)
 
-    def chat(self, messages, s):  # noqa: ANN001, ANN201
-        self.calls += 1
-        return self.engine.chat(messages, s)
+    def chat_many(self, conversations, samplings, on_result=lambda i, c: None):  # noqa: ANN001, ANN201
+        self.calls += len(conversations)
+        return self.engine.chat_many(conversations, samplings, on_result)
 
 
 class ScriptedEngine:
     """Continues the task list like a well-behaved model would, varying with the request's seed."""
+
+    n_parallel = 4
+
+    def generate(self, prompts, samplings, on_result=lambda i, c: None):  # noqa: ANN001, ANN201
+        return [self.complete(p, s) for p, s in zip(prompts, samplings)]
 
     WORDS = ("river", "violin", "budget", "glacier", "recipe", "satellite", "poem", "tax", "garden",
              "engine", "museum", "password", "volcano", "novel", "spreadsheet", "tennis", "vaccine", "harbour")
@@ -130,7 +135,7 @@ class ScriptedEngine:
 
 def test_instruction_generation_filters_dedups_and_resumes(tmp_path: Path) -> None:
     seeds = synth.load_seeds("builtin")
-    cfg = SynthConfig(num_instructions=5, max_prompts=20)
+    cfg = SynthConfig(num_instructions=5, max_prompts=20, tasks_per_prompt=3)
     counting = CountingEngine(ScriptedEngine())
     kept, rejected = synth.generate_instructions(counting, seeds, cfg, FilterConfig(), 0, 1, tmp_path / "c.jsonl")  # type: ignore[arg-type]
     assert len(kept) == 5 and counting.calls >= 3
@@ -163,3 +168,46 @@ def test_responses_are_reproducible_and_resume(tiny_engine: Engine, tmp_path: Pa
     assert synth.generate_responses(counting, recs, cfg, 0, 1, tmp_path / "r.jsonl") == out  # type: ignore[arg-type]
     assert counting.calls == 0
     assert synth.generate_responses(tiny_engine, recs, cfg, 0, 1, tmp_path / "s.jsonl") == out
+
+
+QUESTIONS = [f"Tell me about the number {i} and why it matters." for i in range(32)]
+
+
+def test_batched_greedy_matches_single_sequence(tiny: dict[str, Path]) -> None:
+    greedy = [Sampling(temperature=0.0, max_tokens=24)] * len(QUESTIONS)
+    chats = [[{"role": "user", "content": q}] for q in QUESTIONS]
+    with Engine(tiny["gguf"], n_ctx=512, n_parallel=1) as one:
+        single = one.chat_many(chats, greedy)
+    with Engine(tiny["gguf"], n_ctx=512, n_parallel=8) as many:
+        batched = many.chat_many(chats, greedy)
+    same = sum(a.text == b.text for a, b in zip(single, batched))
+    assert same >= 0.9 * len(QUESTIONS), f"{same}/32 identical"
+
+
+def test_batched_sampling_is_reproducible_with_per_sequence_limits(tiny: dict[str, Path]) -> None:
+    """Mixed budgets, seeds and stop strings in one batch; early finishers' slots are refilled."""
+    samplings = [Sampling(temperature=1.0, top_p=0.9, max_tokens=4 + (i % 5) * 6, seed=i) for i in range(20)]
+    prompts = [f"Story {i}:" for i in range(20)]
+    with Engine(tiny["gguf"], n_ctx=256, n_parallel=4) as e:
+        first = e.generate(prompts, samplings)
+        again = e.generate(prompts, samplings)
+        # Greedy with mixed budgets: short ones finish early and their slots are refilled mid-batch.
+        greedy = [Sampling(temperature=0.0, max_tokens=2 + (i % 4) * 8) for i in range(20)]
+        refilled = e.generate(prompts, greedy)
+        alone = [e.generate([p], [s])[0] for p, s in zip(prompts[8:14], greedy[8:14])]
+        stop = first[0].text[2:4]
+        cut = e.generate([prompts[0]], [Sampling(temperature=1.0, top_p=0.9, max_tokens=4, seed=0, stop=(stop,))])[0]
+    assert first == again, "a fixed seed reproduces the same samples"
+    assert all(c.n_tokens <= s.max_tokens for c, s in zip(first, samplings))
+    assert all(c.finish_reason == "length" for c, s in zip(first, samplings) if c.n_tokens == s.max_tokens)
+    # A sequence that ran in a refilled slot answers as it does alone: nothing leaks between sequences.
+    assert sum(a.text == b.text for a, b in zip(alone, refilled[8:14])) >= 5
+    assert cut.finish_reason == "stop" and cut.text == first[0].text[: first[0].text.index(stop)]
+
+
+def test_score_many_matches_single_prompt_scoring(tiny_engine: Engine) -> None:
+    ids = [tiny_engine.token_id(str(d)) for d in range(1, 10)]
+    prompts = [f"Rate answer {i}: Score: " for i in range(6)]
+    batched = tiny_engine.score_many(prompts, ids)
+    for p, row in zip(prompts, batched):
+        assert row == pytest.approx(tiny_engine.next_token_logprobs(p, ids), abs=1e-3)
