@@ -38,6 +38,25 @@ class Completion:
     finish_reason: str  # "stop" (end-of-turn token or stop string) | "length"
 
 
+def _add(batch: Any, token: int, pos: int, seq: int, logits: bool) -> int:
+    """Append one token of sequence `seq` to a llama_batch; returns its row."""
+    n = batch.n_tokens
+    batch.token[n], batch.pos[n], batch.n_seq_id[n] = token, pos, 1
+    batch.seq_id[n][0] = seq
+    batch.logits[n] = logits
+    batch.n_tokens = n + 1
+    return n
+
+
+def _log_softmax_at(logits_ptr: Any, n_vocab: int, token_ids: Sequence[int]) -> list[float]:
+    import numpy as np
+
+    logits = np.ctypeslib.as_array(logits_ptr, shape=(n_vocab,)).astype(np.float64)
+    top = logits.max()
+    log_z = top + math.log(float(np.exp(logits - top).sum()))
+    return [float(logits[t]) - log_z for t in token_ids]
+
+
 @dataclass
 class _Slot:
     """One in-flight sequence of a batched generation."""
@@ -97,57 +116,15 @@ class Engine:
         return self.llm.tokenize(text.encode("utf-8"), add_bos=True, special=True)
 
     def complete(self, prompt: str, s: Sampling) -> Completion:
-        n_prompt = len(self.tokenize(prompt))
-        budget = min(s.max_tokens, self.n_ctx - n_prompt)
-        if budget <= 0:
-            return Completion("", 0, "length")
-        out = self.llm.create_completion(
-            prompt,
-            max_tokens=budget,
-            temperature=s.temperature,
-            top_p=s.top_p,
-            top_k=0,
-            min_p=0.0,
-            repeat_penalty=1.0,
-            stop=list(s.stop) or None,
-            seed=s.seed,
-        )
-        choice = out["choices"][0]
-        finish = choice.get("finish_reason") or "length"
-        if finish == "stop" and budget < s.max_tokens and out["usage"]["completion_tokens"] >= budget:
-            finish = "length"
-        return Completion(choice["text"], int(out["usage"]["completion_tokens"]), finish)
+        """One raw-text completion (the batched path with one prompt)."""
+        return self.generate([prompt], [s])[0]
 
     def chat(self, messages: list[dict[str, str]], s: Sampling) -> Completion:
-        return self.complete(models.render_chat(self.info, messages, add_generation_prompt=True), s)
+        return self.chat_many([messages], [s])[0]
 
     def next_token_logprobs(self, prompt: str, token_ids: Sequence[int]) -> list[float]:
-        """log P(next token = t | prompt) for each t, renormalised over the whole vocabulary.
-
-        Reuses the KV cache for the longest prefix shared with the previous call, so scoring the
-        same pair on several aspects pays for the shared part once.
-        """
-        tokens = self.tokenize(prompt)
-        if len(tokens) >= self.n_ctx:
-            raise ValueError(f"prompt of {len(tokens)} tokens does not fit n_ctx={self.n_ctx}")
-        llm = self.llm
-        cached = list(llm.input_ids[: llm.n_tokens])
-        shared = 0
-        for a, b in zip(cached, tokens):
-            if a != b:
-                break
-            shared += 1
-        shared = min(shared, len(tokens) - 1)  # always evaluate ≥ 1 token, to get fresh logits
-        llm.n_tokens = shared
-        llm.eval(tokens[shared:])
-        import numpy as np
-
-        # eval() keeps only the last position's logits (logits_all=False): read them from the context.
-        n_vocab = llm.n_vocab()
-        logits = np.ctypeslib.as_array(llm._ctx.get_logits(), shape=(n_vocab,)).astype(np.float64)
-        top = logits.max()
-        log_z = top + math.log(float(np.exp(logits - top).sum()))
-        return [float(logits[t]) - log_z for t in token_ids]
+        """log P(next token = t | prompt) for each t, normalised over the whole vocabulary."""
+        return self.score_many([prompt], token_ids)[0]
 
     def token_id(self, text: str) -> int:
         """The single token that spells `text` (no BOS); raises if it takes several tokens."""
@@ -214,14 +191,6 @@ class Engine:
         free = list(range(self.n_parallel))[::-1]
         active: dict[int, _Slot] = {}
 
-        def add(token: int, pos: int, seq: int, logits: bool) -> int:
-            n = batch.n_tokens
-            batch.token[n], batch.pos[n], batch.n_seq_id[n] = token, pos, 1
-            batch.seq_id[n][0] = seq
-            batch.logits[n] = logits
-            batch.n_tokens = n + 1
-            return n
-
         def finish(seq: int, slot: _Slot, text: str, reason: str) -> None:
             c = Completion(text, slot.n_tokens, reason)
             results[slot.index] = c
@@ -235,7 +204,7 @@ class Engine:
             while queue or active:
                 batch.n_tokens = 0
                 for seq, slot in active.items():  # one new token per running sequence
-                    slot.logit_row = add(slot.next_token, slot.pos, seq, True)
+                    slot.logit_row = _add(batch, slot.next_token, slot.pos, seq, True)
                     slot.pos += 1
                 while queue and free:  # refill free slots with whole prompts while they fit
                     i = queue[0]
@@ -250,7 +219,7 @@ class Engine:
                         continue
                     seq = free.pop()
                     for pos, tok in enumerate(tokens):
-                        row = add(tok, pos, seq, pos == len(tokens) - 1)
+                        row = _add(batch, tok, pos, seq, pos == len(tokens) - 1)
                     active[seq] = _Slot(i, self._sampler(samplings[i]), len(tokens), row, budget, samplings[i].stop)
                 if batch.n_tokens == 0:
                     continue
@@ -289,7 +258,6 @@ class Engine:
     def score_many(self, prompts: Sequence[str], token_ids: Sequence[int]) -> list[list[float]]:
         """`next_token_logprobs` for many prompts, evaluated together (up to `n_parallel` per decode)."""
         import llama_cpp as lc
-        import numpy as np
 
         ctx = self._context()
         memory = lc.llama_get_memory(ctx)
@@ -307,22 +275,13 @@ class Engine:
                         raise ValueError(f"prompt of {len(tokens)} tokens does not fit n_ctx={self.n_ctx}")
                     if rows and batch.n_tokens + len(tokens) > self.n_ctx + self.n_parallel:
                         break
-                    seq = len(rows)
                     for pos, tok in enumerate(tokens):
-                        n = batch.n_tokens
-                        batch.token[n], batch.pos[n], batch.n_seq_id[n] = tok, pos, 1
-                        batch.seq_id[n][0] = seq
-                        batch.logits[n] = pos == len(tokens) - 1
-                        batch.n_tokens = n + 1
-                    rows.append(batch.n_tokens - 1)
+                        row = _add(batch, tok, pos, len(rows), pos == len(tokens) - 1)
+                    rows.append(row)
                     i += 1
                 if lc.llama_decode(ctx, batch) != 0:
                     raise RuntimeError("llama_decode failed (KV cache full?)")
-                for row in rows:
-                    logits = np.ctypeslib.as_array(lc.llama_get_logits_ith(ctx, row), shape=(n_vocab,)).astype(np.float64)
-                    top = logits.max()
-                    log_z = top + math.log(float(np.exp(logits - top).sum()))
-                    out.append([float(logits[t]) - log_z for t in token_ids])
+                out += [_log_softmax_at(lc.llama_get_logits_ith(ctx, row), n_vocab, token_ids) for row in rows]
         finally:
             lc.llama_batch_free(batch)
             lc.llama_memory_clear(memory, True)
