@@ -63,7 +63,7 @@ def assess(
     digits = [engine.token_id(str(d)) for d in range(1, cfg.scale + 1)]
     pending = [r for r in records if r["id"] not in done]
     progress(len(records) - len(pending))
-    chunk = 4 * getattr(engine, "n_parallel", 1)  # records per batched call; each chunk is saved before the next
+    chunk = 4 * engine.n_parallel  # records per batched call; each chunk is saved before the next
     for start in range(0, len(pending), chunk):
         part = pending[start : start + chunk]
         prompts = [assessment_prompt(engine, user_message(r["instruction"], r["input"]), r["response"], a, cfg.scale)

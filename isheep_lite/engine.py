@@ -233,12 +233,13 @@ class Engine:
                     n = lc.llama_token_to_piece(vocab, tok, piece, len(piece), 0, False)
                     slot.data += piece.raw[: max(n, 0)]
                     slot.n_tokens += 1
-                    text = slot.data.decode("utf-8", "ignore")
+                    # decode the text so far only when a stop string must be looked for, or at the end
+                    text = slot.data.decode("utf-8", "ignore") if slot.stop else ""
                     hits = [text.index(x) for x in slot.stop if x in text]
                     if hits:
                         finish(seq, slot, text[: min(hits)], "stop")
                     elif slot.n_tokens >= slot.max_tokens:
-                        finish(seq, slot, text, "length")
+                        finish(seq, slot, slot.data.decode("utf-8", "ignore"), "length")
                     else:
                         slot.next_token = tok
         finally:

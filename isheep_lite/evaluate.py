@@ -11,7 +11,7 @@ from importlib import resources
 from typing import Any, Callable
 
 from . import ifeval
-from .engine import Engine, Sampling
+from .engine import Completion, Engine, Sampling
 
 
 def stop_prompts(n: int) -> list[dict[str, str]]:
@@ -19,14 +19,21 @@ def stop_prompts(n: int) -> list[dict[str, str]]:
     return [json.loads(line) for line in text.splitlines() if line.strip()][:n]
 
 
+def greedy_answers(
+    engine: Engine, prompts: list[str], max_tokens: int, progress: Callable[[int], None]
+) -> list[Completion]:
+    """One greedy single-turn chat answer per prompt, batched."""
+    greedy = Sampling(temperature=0.0, max_tokens=max_tokens)
+    return engine.chat_many([[{"role": "user", "content": p}] for p in prompts], [greedy] * len(prompts),
+                            lambda i, c: progress(1))
+
+
 def stop_rate(
     engine: Engine, n_prompts: int, max_tokens: int, progress: Callable[[int], None] = lambda n: None
 ) -> dict[str, Any]:
     """Fraction of greedy answers that end with the end-of-turn token within `max_tokens`."""
     prompts = stop_prompts(n_prompts)
-    greedy = Sampling(temperature=0.0, max_tokens=max_tokens)
-    outs = engine.chat_many([[{"role": "user", "content": p["prompt"]}] for p in prompts], [greedy] * len(prompts),
-                            lambda i, c: progress(1))
+    outs = greedy_answers(engine, [p["prompt"] for p in prompts], max_tokens, progress)
     stopped = sum(c.finish_reason == "stop" for c in outs)
     tokens = sum(c.n_tokens for c in outs)
     samples = [{"id": p["id"], "finish": c.finish_reason, "tokens": c.n_tokens, "text": c.text[:400]} for p, c in zip(prompts, outs)]
@@ -40,9 +47,7 @@ def instruction_following(
 ) -> dict[str, Any]:
     """Greedy answers to `n_prompts` suite prompts (balanced over constraint kinds), checked strictly and loosely."""
     items = ifeval.subset(n_prompts)
-    greedy = Sampling(temperature=0.0, max_tokens=max_tokens)
-    outs = engine.chat_many([[{"role": "user", "content": it.prompt}] for it in items], [greedy] * len(items),
-                            lambda i, c: progress(1))
+    outs = greedy_answers(engine, [it.prompt for it in items], max_tokens, progress)
     result = ifeval.score(items, [c.text for c in outs])
     result["strict_ci95"] = bootstrap_ci(result["strict_pass"])
     return result

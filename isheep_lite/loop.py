@@ -59,8 +59,7 @@ def base_model(store: RunStore, r: Recipe, given: Path) -> tuple[Path, Path]:
 
     entry = stage(store, 0, "base", prepare)
     gguf = Path(entry["gguf"])
-    if r.eval.stop_prompts or r.eval.suite_prompts:
-        stage(store, 0, "eval", lambda: checks(gguf, r))
+    eval_stage(store, 0, gguf, r)
     return Path(entry["hf"]), gguf
 
 
@@ -75,6 +74,12 @@ def checks(gguf: Path, r: Recipe) -> dict[str, Any]:
             with progress_bar("eval: instruction suite", r.eval.suite_prompts) as bar:
                 out["ifeval"] = evaluate.instruction_following(engine, r.eval.suite_prompts, r.eval.suite_max_tokens, bar)
     return out
+
+
+def eval_stage(store: RunStore, t: int, gguf: Path, r: Recipe) -> None:
+    """M_t's checks as the manifest's `eval` stage, unless every check is switched off."""
+    if r.eval.stop_prompts or r.eval.suite_prompts:
+        stage(store, t, "eval", lambda: checks(gguf, r))
 
 
 def iteration(store: RunStore, r: Recipe, t: int, seeds: list[dict], given: Path, base_hf: Path,
@@ -156,8 +161,7 @@ def iteration(store: RunStore, r: Recipe, t: int, seeds: list[dict], given: Path
         return {"files": paths}
 
     tuned = Path(stage(store, t, "export", make_export)["files"][r.export.types[0]])
-    if r.eval.stop_prompts or r.eval.suite_prompts:
-        stage(store, t, "eval", lambda: checks(tuned, r))
+    eval_stage(store, t, tuned, r)
     return tuned
 
 

@@ -126,7 +126,7 @@ def generate_instructions(
     # Past the first new tasks a small model drifts into prose: stop after `tasks_per_prompt` of them.
     stop = (f"Task {cfg.few_shot + 1 + cfg.tasks_per_prompt}",)
     sampling = dict(temperature=cfg.temperature, top_p=cfg.top_p, max_tokens=cfg.max_tokens, stop=stop)
-    wave = 2 * getattr(engine, "n_parallel", 1)  # prompts per batched call; logged in prompt order
+    wave = 2 * engine.n_parallel  # prompts per batched call; logged in prompt order
     with JsonlWriter(completions_path) as log:
         for start in range(0, cfg.max_prompts, wave):
             if len(kept) >= cfg.num_instructions:
