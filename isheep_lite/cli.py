@@ -31,7 +31,7 @@ def run(
     path, overrides = _split_args(args or [])
     r = recipe.load(path, overrides)
     store = loop.run(r, force=force)
-    typer.echo(f"done: {store.root} (final model: {store.manifest.get('final_model')})")
+    typer.echo(f"done: {store.root} (best model: {store.manifest.get('final_model')})")
 
 
 @app.command("eval")
@@ -39,17 +39,40 @@ def eval_cmd(
     model: str = typer.Argument(..., help="a GGUF path or embedded:smollm2-135m-instruct"),
     stop_prompts: int = typer.Option(20, help="held-out prompts for the stop rate (0 = skip)"),
     suite_prompts: int = typer.Option(40, help="instruction-following suite prompts (0 = skip; max 160)"),
+    against: Optional[str] = typer.Option(None, help="a second GGUF: judge MODEL's answers against its answers, both orders"),
+    judge: Optional[str] = typer.Option(None, help="the judge GGUF for --against (default: MODEL itself)"),
 ) -> None:
-    """Evaluate a GGUF: stop rate and instruction-following accuracy (greedy, held-out prompts)."""
+    """Evaluate a GGUF: stop rate, instruction-following accuracy, optionally a pairwise verdict (greedy, held-out prompts)."""
     import json
 
     from . import loop, models, recipe
 
     r = recipe.load(None, [f"eval.stop_prompts={stop_prompts}", f"eval.suite_prompts={suite_prompts}"])
-    result = loop.checks(models.resolve_gguf(model), r)
+    gguf = models.resolve_gguf(model)
+    reference = None
+    if against:
+        if not stop_prompts:
+            raise recipe.UserError("--against judges the answers to the stop-rate prompts: --stop-prompts must be > 0")
+        rr = recipe.load(None, [f"eval.stop_prompts={stop_prompts}", "eval.suite_prompts=0"])
+        reference = loop.checks(models.resolve_gguf(against), rr)
+    result = loop.checks(gguf, r, reference, models.resolve_gguf(judge) if judge else None)
     result.pop("samples", None)
     result.get("ifeval", {}).pop("strict_pass", None)
+    result.get("pairwise", {}).pop("verdicts", None)
     typer.echo(json.dumps(result))
+
+
+@app.command()
+def report(
+    run_dir: str = typer.Argument(..., help="a run directory (runs/<name>)"),
+    out: Optional[str] = typer.Option(None, help="output folder (default: RUN_DIR/report)"),
+) -> None:
+    """Write report.md and PNG plots of a run: scores, selection, training loss, evaluation, throughput."""
+    from pathlib import Path
+
+    from . import report as rp
+
+    typer.echo(f"wrote {rp.write_report(Path(run_dir), Path(out) if out else None)}")
 
 
 @app.command()

@@ -2,15 +2,17 @@
 
 The stop-rate check guards the most common failure of self-training exports (METHOD.md, "What
 users of the peers trip over"): a tuned model that no longer emits its end-of-turn token and
-babbles to the length limit. Prompts are held out: they are not seeds and not generation prompts.
+babbles to the length limit. The instruction-following suite (ifeval.py) checks answers by rule.
+The pairwise judge compares M_t's and M_0's answers to the stop-rate prompts (no extra generation).
+Prompts are held out: they are not seeds and not generation prompts.
 """
 from __future__ import annotations
 
 import json
 from importlib import resources
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
-from . import ifeval
+from . import ifeval, models
 from .engine import Completion, Engine, Sampling
 
 
@@ -36,7 +38,8 @@ def stop_rate(
     outs = greedy_answers(engine, [p["prompt"] for p in prompts], max_tokens, progress)
     stopped = sum(c.finish_reason == "stop" for c in outs)
     tokens = sum(c.n_tokens for c in outs)
-    samples = [{"id": p["id"], "finish": c.finish_reason, "tokens": c.n_tokens, "text": c.text[:400]} for p, c in zip(prompts, outs)]
+    samples = [{"id": p["id"], "prompt": p["prompt"], "finish": c.finish_reason, "tokens": c.n_tokens, "text": c.text}
+               for p, c in zip(prompts, outs)]
     n = len(prompts)
     return {"prompts": n, "stop_rate": round(stopped / n, 4) if n else None,
             "mean_tokens": round(tokens / n, 1) if n else None, "samples": samples}
@@ -50,10 +53,76 @@ def instruction_following(
     outs = greedy_answers(engine, [it.prompt for it in items], max_tokens, progress)
     result = ifeval.score(items, [c.text for c in outs])
     result["strict_ci95"] = bootstrap_ci(result["strict_pass"])
+    result["tokens"] = sum(c.n_tokens for c in outs)
     return result
 
 
-def bootstrap_ci(passes: list[int], n_boot: int = 2000, seed: int = 0) -> list[float]:
+# ---- pairwise judge -----------------------------------------------------------------------------
+JUDGE_PROMPT = (
+    "Two assistants answered the same request. Compare their responses.\n\n### Request\n{request}\n\n"
+    "### Response A\n{a}\n\n### Response B\n{b}\n\n### Question\nWhich response is better: correct, "
+    "complete, following every instruction in the request, and ending when it is done? Reply with A or B only."
+)
+JUDGE_PREFILL = "Better response:"
+JUDGE_CHARS = 1500  # each answer is cut to this in the judge's prompt (a babbling answer is visible by then)
+
+
+def judge_prompt(engine: Engine, request: str, a: str, b: str) -> str:
+    content = JUDGE_PROMPT.format(request=request, a=a[:JUDGE_CHARS], b=b[:JUDGE_CHARS])
+    return models.render_chat(engine.info, [{"role": "user", "content": content}], add_generation_prompt=True) + JUDGE_PREFILL
+
+
+def pairwise(
+    judge: Engine, requests: list[str], new: list[str], old: list[str], progress: Callable[[int], None] = lambda n: None
+) -> dict[str, Any]:
+    """Win/tie/loss of `new` against `old`, each pair judged in both orders to cancel position bias.
+
+    In each order the judge's preference is read from its next-token probabilities of " A" and " B"
+    (no parsing). A pair is a win when `new` is preferred in both orders, a loss when `old` is, and a
+    tie when the orders disagree — the usual verdict of a position-biased judge. The score
+    (wins + ties/2)/n is 0.5 for "no difference"; its 95 % interval is a bootstrap over prompts.
+    """
+    labels = [judge.token_id(" A"), judge.token_id(" B")]
+    prompts = [judge_prompt(judge, q, n, o) for q, n, o in zip(requests, new, old)]  # new is A
+    prompts += [judge_prompt(judge, q, o, n) for q, n, o in zip(requests, new, old)]  # new is B
+    lps = judge.score_many(prompts, labels)
+    progress(len(requests))
+    k = len(requests)
+    verdicts = []
+    for i in range(k):
+        new_first = lps[i][0] > lps[i][1]
+        new_second = lps[k + i][1] > lps[k + i][0]
+        verdicts.append(1.0 if new_first and new_second else 0.0 if not (new_first or new_second) else 0.5)
+    wins, losses = verdicts.count(1.0), verdicts.count(0.0)
+    a_first = sum(lps[i][0] > lps[i][1] for i in range(2 * k))
+    return {"prompts": k, "win": wins, "tie": k - wins - losses, "loss": losses,
+            "score": round(sum(verdicts) / k, 4) if k else None, "score_ci95": bootstrap_ci(verdicts),
+            "judge_prefers_a": round(a_first / (2 * k), 4) if k else None, "verdicts": verdicts}
+
+
+# ---- comparing two models on the same prompts ---------------------------------------------------
+def passes(entry: dict[str, Any]) -> list[float]:
+    """Per-prompt outcome of an eval entry used to rank models: suite strict passes, else stopped answers."""
+    if entry.get("ifeval"):
+        return [float(x) for x in entry["ifeval"]["strict_pass"]]
+    return [float(s["finish"] == "stop") for s in entry.get("samples", [])]
+
+
+def paired_bootstrap(old: list[float], new: list[float], n_boot: int = 2000, seed: int = 0) -> dict[str, Any]:
+    """Mean of new − old over the same prompts, its 95 % interval, and P(new is worse) under resampling."""
+    import random
+
+    if len(old) != len(new) or not old:
+        raise ValueError("paired comparison needs the same, non-empty prompt set")
+    diffs = [b - a for a, b in zip(old, new)]
+    rng, n = random.Random(seed), len(diffs)
+    means = sorted(sum(rng.choices(diffs, k=n)) / n for _ in range(n_boot))
+    return {"delta": round(sum(diffs) / n, 4),
+            "ci95": [round(means[int(0.025 * n_boot)], 4), round(means[int(0.975 * n_boot) - 1], 4)],
+            "p_worse": round(sum(m < 0 for m in means) / n_boot, 4)}
+
+
+def bootstrap_ci(passes: Sequence[float], n_boot: int = 2000, seed: int = 0) -> list[float]:
     """Percentile bootstrap 95 % interval of a pass rate."""
     import random
 

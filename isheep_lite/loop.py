@@ -1,7 +1,7 @@
 """The I-SHEEP loop, top to bottom.
 
-    M_0 ──► for t = 1..T:  instructions → responses → self-assessment → filter → LoRA SFT → GGUF → checks
-                                                                               M_{t+1} = SFT(M_0 | M_t, D_t)
+    M_0 ──► for t = 1..T:  instructions → responses → self-assessment → filter → LoRA SFT → GGUF → eval → promote
+                            (written and graded by the best model so far; M_t = SFT(M_0 | M_best, D_t))
 
 Each stage writes its records into `runs/<name>/iter_NN/` and marks itself done in the manifest
 with its counts and seconds; a rerun of the same command skips what is done and resumes the rest.
@@ -15,7 +15,7 @@ from typing import Any, Callable, Iterator
 from . import assess, evaluate, export, filters, models, synth, train
 from .engine import Engine
 from .recipe import Recipe, dump_yaml
-from .store import JsonlWriter, RunStore, read_jsonl, write_jsonl
+from .store import JsonlWriter, RunStore, check_free_disk, read_jsonl, write_jsonl
 
 
 @contextlib.contextmanager
@@ -63,8 +63,9 @@ def base_model(store: RunStore, r: Recipe, given: Path) -> tuple[Path, Path]:
     return Path(entry["hf"]), gguf
 
 
-def checks(gguf: Path, r: Recipe) -> dict[str, Any]:
-    """Stop rate and instruction-following accuracy of one model, greedy, on held-out prompts."""
+def checks(gguf: Path, r: Recipe, reference: dict[str, Any] | None = None, judge: Path | None = None) -> dict[str, Any]:
+    """Stop rate, instruction-following accuracy and (given M_0's eval entry) the pairwise verdict
+    of one model: greedy answers to held-out prompts."""
     out: dict[str, Any] = {}
     with Engine(gguf, r.model.n_ctx, r.model.n_threads, r.model.n_parallel) as engine:
         if r.eval.stop_prompts:
@@ -73,18 +74,52 @@ def checks(gguf: Path, r: Recipe) -> dict[str, Any]:
         if r.eval.suite_prompts:
             with progress_bar("eval: instruction suite", r.eval.suite_prompts) as bar:
                 out["ifeval"] = evaluate.instruction_following(engine, r.eval.suite_prompts, r.eval.suite_max_tokens, bar)
+        if reference and r.eval.pairwise and out.get("samples"):
+            old = {x["id"]: x["text"] for x in reference.get("samples", [])}
+            rows = [x for x in out["samples"] if x["id"] in old]
+            with contextlib.ExitStack() as stack:
+                j = engine if judge is None else stack.enter_context(Engine(judge, r.model.n_ctx, r.model.n_threads, r.model.n_parallel))
+                with progress_bar("eval: pairwise judge", len(rows)) as bar:
+                    out["pairwise"] = evaluate.pairwise(j, [x["prompt"] for x in rows], [x["text"] for x in rows],
+                                                        [old[x["id"]] for x in rows], bar)
+            out["pairwise"]["judge"] = str(judge or gguf)
     return out
 
 
-def eval_stage(store: RunStore, t: int, gguf: Path, r: Recipe) -> None:
+def eval_stage(store: RunStore, t: int, gguf: Path, r: Recipe, base_served: Path | None = None) -> None:
     """M_t's checks as the manifest's `eval` stage, unless every check is switched off."""
-    if r.eval.stop_prompts or r.eval.suite_prompts:
-        stage(store, t, "eval", lambda: checks(gguf, r))
+    if not (r.eval.stop_prompts or r.eval.suite_prompts):
+        return
+    reference = store.stage_entry(0, "eval") if t > 0 else None
+    judge = {"base": base_served, "current": None}[r.eval.judge] if r.eval.judge in ("base", "current") \
+        else models.resolve_gguf(r.eval.judge)
+    stage(store, t, "eval", lambda: checks(gguf, r, reference, judge))
 
 
-def iteration(store: RunStore, r: Recipe, t: int, seeds: list[dict], given: Path, base_hf: Path,
-              current: Path, base_served: Path) -> Path:
-    """One iteration with model M_{t-1} (GGUF `current`); returns M_t's GGUF."""
+def promote(store: RunStore, r: Recipe, t: int, best: int) -> dict[str, Any]:
+    """The `promote` stage: compare M_t with the best model so far on the same held-out prompts.
+
+    M_t is flagged `worse` when a paired bootstrap says it is below the best with probability ≥
+    eval.worse_confidence, and becomes the new best only if its mean is at least the best's (ties go
+    to the newer model). With loop.promote=latest every M_t is promoted; the flag is still recorded.
+    """
+    def decide() -> dict[str, Any]:
+        old, new = store.stage_entry(best, "eval"), store.stage_entry(t, "eval")
+        a, b = (evaluate.passes(old), evaluate.passes(new)) if old and new else ([], [])
+        if not a or len(a) != len(b):
+            return {"against": best, "compared": False, "worse": False, "best": t}
+        cmp = evaluate.paired_bootstrap(a, b)
+        worse = cmp["p_worse"] >= r.eval.worse_confidence
+        better = cmp["delta"] >= 0 or r.loop.promote == "latest"
+        return {"against": best, "compared": True, **cmp, "worse": worse, "best": t if better else best}
+
+    return stage(store, t, "promote", decide)
+
+
+def iteration(store: RunStore, r: Recipe, t: int, seeds: list[dict], given: Path, current: Path,
+              train_hf: Path, base_served: Path) -> Path:
+    """One iteration: the best model so far (GGUF `current`) writes and grades the data, LoRA is
+    trained on `train_hf` (M_0's weights, or the best model's merged weights); returns M_t's GGUF."""
     d, seed = store.iter_dir(t), r.loop.seed
     s, f = r.synth, r.filter
 
@@ -125,7 +160,7 @@ def iteration(store: RunStore, r: Recipe, t: int, seeds: list[dict], given: Path
             done = {x["id"]: x for x in read_jsonl(d / "scored.jsonl")}
             with contextlib.ExitStack() as stack:
                 judge = assessor or stack.enter_context(Engine(base_served, r.model.n_ctx, r.model.n_threads, r.model.n_parallel))
-                name = f"M_{t - 1}" if assessor else "M_0"
+                name = current.parent.name if assessor else "M_0"
                 out = stack.enter_context(JsonlWriter(d / "scored.jsonl"))
                 bar = stack.enter_context(progress_bar(f"it{t} self-assessment", len(candidates)))
                 rows = assess.assess(judge, candidates, r.assess, name, done, out.write, bar)
@@ -147,37 +182,78 @@ def iteration(store: RunStore, r: Recipe, t: int, seeds: list[dict], given: Path
     def make_training() -> dict[str, Any]:
         iters = range(1, t + 1) if r.loop.data == "cumulative" else [t]
         data = [x["messages"] for i in iters for x in read_jsonl(store.iter_dir(i) / "kept.jsonl")]
-        return train.train(data, hf_for(t), given, d, r.train, seed + t)
-
-    def hf_for(i: int) -> Path:
-        return base_hf if r.loop.train_from == "base" or i == 1 else store.iter_dir(i - 1) / "merged"
+        return {"trained_on": str(train_hf), **train.train(data, train_hf, given, d, r.train, seed + t)}
 
     stage(store, t, "train", make_training)
 
     def make_export() -> dict[str, Any]:
-        paths = export.export(hf_for(t), d / "adapter", given, d, r.export.types)
+        paths = export.export(train_hf, d / "adapter", given, d, r.export.types)
         if r.loop.train_from == "previous":
-            export.save_merged_hf(hf_for(t), d / "adapter", d / "merged")
+            export.save_merged_hf(train_hf, d / "adapter", d / "merged")
         return {"files": paths}
 
     tuned = Path(stage(store, t, "export", make_export)["files"][r.export.types[0]])
-    eval_stage(store, t, tuned, r)
+    eval_stage(store, t, tuned, r, base_served)
     return tuned
 
 
-def run(r: Recipe, force: bool = False) -> RunStore:
-    """Run (or resume) every iteration of the recipe; returns the store with the final manifest."""
-    seeds = synth.load_seeds(r.synth.seeds)  # every input is checked before anything is written
+BYTES_PER_PARAM = {"f32": 4.0, "f16": 2.0, "q8_0": 1.07, "q4_k_m": 0.6, "q4_1": 0.63, "q5_k_m": 0.7}
+
+
+def planned_bytes(r: Recipe, n_params: int, done: set[int]) -> int:
+    """Disk the remaining exports will take: every GGUF type, the F16 M_0, merged HF weights (float32)."""
+    per_iter = sum(BYTES_PER_PARAM.get(t, 2.0) for t in r.export.types) + (4.0 if r.loop.train_from == "previous" else 0.0)
+    todo = [t for t in range(1, r.loop.iterations + 1) if t not in done]
+    base = 0.0 if 0 in done or r.model.serve_base == "original" else 2.0
+    return int(1.1 * n_params * (base + per_iter * len(todo)))
+
+
+def preflight(r: Recipe) -> tuple[list[dict[str, str]], Path]:
+    """Every input is checked before anything is written: seeds, GGUFs, HF weights, free disk."""
+    import json
+
+    seeds = synth.load_seeds(r.synth.seeds)
     given = models.resolve_gguf(r.model.gguf)
-    models.gguf_info(given)
+    info = models.check_arch(given)
+    if r.model.hf:
+        models.user_hf(r.model.hf)
+    if r.eval.judge not in ("base", "current"):
+        models.gguf_info(models.resolve_gguf(r.eval.judge))
+    manifest = Path(r.run_dir) / "manifest.json"
+    done: set[int] = set()
+    if manifest.is_file():
+        with contextlib.suppress(ValueError, KeyError, AttributeError):
+            its = json.loads(manifest.read_text(encoding="utf-8"))["iterations"]
+            done = {int(t) for t, e in its.items() if (e.get("export") or e.get("base") or {}).get("status") == "done"}
+    check_free_disk(Path(r.run_dir), planned_bytes(r, info.n_params, done), "the planned exports")
+    return seeds, given
+
+
+def run(r: Recipe, force: bool = False) -> RunStore:
+    """Run (or resume) every iteration of the recipe; returns the store with the final manifest.
+
+    Each iteration starts from the best model so far (see `promote`), so a worse M_t costs one
+    iteration, never the run; `final_model` is the best model.
+    """
+    seeds, given = preflight(r)
     store = RunStore(r.run_dir)
     store.open(dump_yaml(r), force=force)
     try:
         base_hf, base_served = base_model(store, r, given)
-        current = base_served
+        models_by_t = {0: (base_served, base_hf)}
+        best = 0
         for t in range(1, r.loop.iterations + 1):
-            current = iteration(store, r, t, seeds, given, base_hf, current, base_served)
-        store.set_run_info(final_model=str(current))
+            current, current_hf = models_by_t[best]
+            train_hf = base_hf if r.loop.train_from == "base" else current_hf
+            tuned = iteration(store, r, t, seeds, given, current, train_hf, base_served)
+            models_by_t[t] = (tuned, store.iter_dir(t) / "merged")
+            verdict = promote(store, r, t, best)
+            best = verdict["best"]
+            store.set_run_info(best={"iteration": best, "gguf": str(models_by_t[best][0])})
+            if verdict["worse"] and r.loop.stop_when_worse:
+                store.set_run_info(stopped_early=f"iteration {t} scored worse than iteration {verdict['against']}")
+                break
+        store.set_run_info(final_model=str(models_by_t[best][0]))
     finally:
         store.close()
     return store

@@ -92,6 +92,16 @@ def gguf_info(path: Path) -> GgufInfo:
     )
 
 
+def check_arch(path: Path) -> GgufInfo:
+    """The GGUF's header, refused up front if its architecture cannot be written back after training."""
+    import gguf
+
+    info = gguf_info(path)
+    if info.arch not in gguf.MODEL_ARCH_NAMES.values():
+        raise UserError(f"{path}: architecture '{info.arch}' is unknown to gguf-py, so a trained model cannot be exported")
+    return info
+
+
 # ---- chat template ------------------------------------------------------------------------------
 @lru_cache(maxsize=8)
 def _compile(template: str) -> Any:
@@ -143,20 +153,34 @@ def _gguf_key(path: Path) -> str:
     return h.hexdigest()[:16]
 
 
-def resolve_hf(hf: str | None, gguf_path: Path) -> Path:
-    """HF weights directory: the user's (local dir or offline HF-cache id), else a cached dequantisation."""
-    if hf:
-        p = Path(hf).expanduser()
-        if p.is_dir():
-            if not (p / "config.json").is_file():
-                raise UserError(f"{p} has no config.json; model.hf must be a Hugging Face model directory")
-            return p.resolve()
+def user_hf(hf: str) -> Path:
+    """The user's HF weights: a local directory or an HF-cache repo id (offline), with a readable config."""
+    import json
+
+    p = Path(hf).expanduser()
+    if not p.is_dir():
         try:
             from huggingface_hub import snapshot_download
 
-            return Path(snapshot_download(hf, local_files_only=True))
+            p = Path(snapshot_download(hf, local_files_only=True))
         except Exception:
             raise UserError(f"model.hf '{hf}' is neither a directory nor in the local HF cache (nothing is downloaded)") from None
+    config = p / "config.json"
+    if not config.is_file():
+        raise UserError(f"{p} has no config.json; model.hf must be a Hugging Face model directory")
+    try:
+        data = json.loads(config.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UserError(f"{config} is not valid JSON ({e})") from None
+    if not isinstance(data, dict) or "model_type" not in data:
+        raise UserError(f"{config} has no model_type; model.hf must be a Hugging Face model directory")
+    return p.resolve()
+
+
+def resolve_hf(hf: str | None, gguf_path: Path) -> Path:
+    """HF weights directory: the user's (local dir or offline HF-cache id), else a cached dequantisation."""
+    if hf:
+        return user_hf(hf)
     out = cache_root() / "hf" / f"{gguf_path.stem}-{_gguf_key(gguf_path)}"
     if not (out / "config.json").is_file():
         gguf_to_hf(gguf_path, out)

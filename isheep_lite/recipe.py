@@ -37,6 +37,8 @@ class LoopConfig:
     train_from: str = "base"  # base: M_{t+1}=SFT(M_0, D_t) (the paper's One_base) | previous: SFT(M_t, D_t)
     data: str = "latest"  # latest: train on D_t only | cumulative: D_1 ∪ … ∪ D_t
     seed: int = 0  # one seed for every random stream of the run
+    promote: str = "best"  # best: generate with the best model so far (a worse M_t is not promoted) | latest
+    stop_when_worse: bool = False  # end the run at the first iteration flagged worse than the best
 
 
 @dataclass
@@ -101,6 +103,9 @@ class EvalConfig:
     max_tokens: int = 512  # an answer still going at this length counts as "never stops"
     suite_prompts: int = 40  # instruction-following suite prompts, balanced over 20 constraint kinds (0 = skip; max 160)
     suite_max_tokens: int = 384
+    pairwise: bool = True  # judge M_t's answers to the stop-rate prompts against M_0's, both orders
+    judge: str = "base"  # base: M_0 judges every iteration | current: M_t judges | a GGUF path
+    worse_confidence: float = 0.9  # flag M_t worse than the best when P(worse) under a paired bootstrap ≥ this
 
 
 @dataclass
@@ -129,6 +134,7 @@ CHOICES = {
     "model.serve_base": {"export", "original"},
     "loop.train_from": {"base", "previous"},
     "loop.data": {"latest", "cumulative"},
+    "loop.promote": {"best", "latest"},
     "assess.mode": {"logprob"},
     "assess.assessor": {"current", "base"},
     "train.backend": {"hf"},
@@ -286,6 +292,8 @@ def validate(r: Recipe) -> None:
         raise UserError("recipe: filter.min_words must be ≤ filter.max_words")
     if not 0 < r.filter.dedup_rouge_l <= 1:
         raise UserError(f"recipe: filter.dedup_rouge_l must be in (0, 1], got {r.filter.dedup_rouge_l}")
+    if not 0.5 <= r.eval.worse_confidence < 1:
+        raise UserError(f"recipe: eval.worse_confidence must be in [0.5, 1), got {r.eval.worse_confidence}")
     if not r.export.types or r.export.types[0] not in {"f16", "f32"}:
         raise UserError(f"recipe: export.types must start with f16 or f32 (the master export), got {r.export.types}")
     for t in r.export.types:

@@ -102,6 +102,18 @@ def replace_dir(src: Path, dst: Path) -> None:
     os.replace(src, dst)
 
 
+def check_free_disk(path: Path, needed: int, what: str) -> None:
+    """Refuse to start when the disk holding `path` has less than `needed` bytes free."""
+    import shutil
+
+    p = Path(path).resolve()
+    while not p.exists():
+        p = p.parent
+    free = shutil.disk_usage(p).free
+    if free < needed:
+        raise UserError(f"{what} need about {needed / 2**30:.1f} GiB but {p} has {free / 2**30:.1f} GiB free")
+
+
 class RunStore:
     """One run directory: `recipe.yaml`, `manifest.json`, `iter_NN/`."""
 
@@ -132,18 +144,19 @@ class RunStore:
             self.manifest = json.loads(self.manifest_path.read_text(encoding="utf-8"))
 
     def _lock(self) -> None:
-        self._lock_file = open(self.root / ".lock", "w")
+        """flock on the run directory itself: no lock file to leave behind, released when the process dies."""
+        self._lock_file = os.open(self.root, os.O_RDONLY)
         try:
             fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            self._lock_file.close()
+            os.close(self._lock_file)
             self._lock_file = None
             raise UserError(f"another isheep run is using {self.root}; wait for it or pick another name") from None
 
     def close(self) -> None:
         if self._lock_file is not None:
             fcntl.flock(self._lock_file, fcntl.LOCK_UN)
-            self._lock_file.close()
+            os.close(self._lock_file)
             self._lock_file = None
 
     # ---- manifest --------------------------------------------------------------------------------

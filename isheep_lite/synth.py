@@ -39,10 +39,13 @@ def load_seeds(spec: str) -> list[dict[str, str]]:
         p = Path(spec).expanduser()
         if not p.is_file():
             raise UserError(f"seed file not found: {p}")
-        try:
-            text = p.read_text(encoding="utf-8")
-        except UnicodeDecodeError:
-            raise UserError(f"seed file {p} is not UTF-8 text") from None
+        lines = p.read_bytes().split(b"\n")
+        for n, raw in enumerate(lines, 1):
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError:
+                raise UserError(f"{p}:{n}: not UTF-8 text") from None
+        text = b"\n".join(lines).decode("utf-8")
         origin = str(p)
     seeds = []
     for n, line in enumerate(text.splitlines(), 1):

@@ -14,7 +14,7 @@ from isheep_lite.engine import Engine, Sampling
 from isheep_lite.loop import run
 from isheep_lite.store import read_jsonl
 
-STAGES = ["instructions", "responses", "assess", "filter", "train", "export", "eval"]
+STAGES = ["instructions", "responses", "assess", "filter", "train", "export", "eval", "promote"]
 
 
 @pytest.mark.slow
@@ -42,12 +42,25 @@ def test_two_real_iterations(tmp_path: Path, smol_hf: Path) -> None:
     kept = read_jsonl(run_dir / "iter_01" / "kept.jsonl")
     assert kept and all([x["role"] for x in k["messages"]] == ["user", "assistant"] for k in kept)
     assert all(r["reason"] for r in read_jsonl(run_dir / "iter_01" / "rejected.jsonl"))
-    # Iteration 2 generated with iteration 1's GGUF, and the final GGUF loads and answers.
+    # Each tuned model was judged against M_0 in both orders and compared with the best before it;
+    # the final model is the best one, and it loads and answers.
+    for t in ("1", "2"):
+        pw = m[t]["eval"]["pairwise"]
+        assert pw["prompts"] == 20 and pw["win"] + pw["tie"] + pw["loss"] == 20
+        assert m[t]["promote"]["compared"] and m[t]["promote"]["best"] in (int(t), m[t]["promote"]["against"])
+    best = m["2"]["promote"]["best"]
     assert (run_dir / "iter_02" / "completions.jsonl").exists()
     final = Path(store.manifest["final_model"])
-    assert final == run_dir / "iter_02" / "model-f16.gguf"
+    assert store.manifest["best"]["iteration"] == best
+    assert final == (run_dir / f"iter_{best:02d}" / "model-f16.gguf" if best else Path(m["0"]["base"]["gguf"]))
     with Engine(final, n_ctx=512) as e:
         assert e.chat([{"role": "user", "content": "Name a fruit."}], Sampling(max_tokens=16)).text.strip()
+    # The report has every plot at its documented size.
+    from test_report import assert_report
+
+    from isheep_lite.report import write_report
+
+    assert_report(write_report(run_dir))
     # A rerun skips every finished stage (nothing is redone; the manifest's timings are unchanged).
     before = json.loads((run_dir / "manifest.json").read_text())
     run(r)

@@ -1,0 +1,128 @@
+"""Lever sweep: which selection/training settings make M_1 better than M_0 on held-out checks?
+
+Why this design: the levers swept here (keep fraction, response/instruction strictness, learning rate,
+epochs, LoRA rank) act *after* self-assessment, so one finished run's iteration-1 instructions,
+responses and self-scores serve every variant. Each variant copies them into its own run directory and
+runs the toolkit's own filter → train → export → eval stages through `loop.run` (the shipped code
+path, not a re-implementation). M_0 is evaluated once, on the same prompts, and its entry is reused.
+Each M_1 is compared with M_0 by a paired bootstrap over the same suite prompts.
+
+    python bench/sweep_levers.py SOURCE_RUN_DIR [--out /tmp/sweep] [--suite 120] [--only a,b]
+
+Prints a markdown table and writes bench/results/lever-sweep.json (updated after every variant, so a
+killed sweep keeps what it measured).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import time
+from pathlib import Path
+
+from isheep_lite import evaluate, filters, loop, recipe
+from isheep_lite.store import read_jsonl, write_jsonl
+
+VARIANTS: dict[str, list[str]] = {
+    "default": [],
+    "keep_all": ["filter.keep_top=null"],  # no assessment: rule filters only
+    "keep_top_0.25": ["filter.keep_top=0.25"],
+    "lr_3e-4": ["train.lr=3e-4"],
+    "epochs_1": ["train.epochs=1"],
+    "rank_16": ["train.lora_r=16", "train.lora_alpha=32"],
+    "strict_instr": [],  # instructions of ≥ 8 words, ROUGE-L < 0.5 to each other (applied below)
+    "short_answers": ["filter.max_response_words=120"],
+    "lr_3e-5": ["train.lr=3e-5"],
+    "epochs_3": ["train.epochs=3"],
+}
+REUSED = ("instructions", "responses", "assess")
+
+
+def stricter_pool(d: Path) -> None:
+    """Keep only pairs whose instruction passes min_words=8 and ROUGE-L < 0.5 against those kept before it."""
+    cfg = recipe.FilterConfig(min_words=8)
+    index, keep = filters.RougeIndex(), set()
+    for x in read_jsonl(d / "instructions.jsonl"):
+        text = x["instruction"] + " " + x.get("input", "")
+        if filters.instruction_reject_reason(x["instruction"], cfg) is None and index.max_f1(text) < 0.5:
+            index.add(text)
+            keep.add(x["id"])
+    for name in ("instructions.jsonl", "responses.jsonl", "scored.jsonl"):
+        write_jsonl(d / name, [x for x in read_jsonl(d / name) if x["id"] in keep])
+
+
+def prepare(source: Path, dest: Path, m0_eval: dict | None, strict: bool) -> None:
+    """A run directory holding the source's M_0 and iteration-1 records up to self-assessment."""
+    shutil.rmtree(dest, ignore_errors=True)
+    (dest / "iter_01").mkdir(parents=True)
+    shutil.copytree(source / "iter_00", dest / "iter_00")
+    for name in ("completions", "instructions", "instructions_rejected", "responses", "scored"):
+        shutil.copy(source / "iter_01" / f"{name}.jsonl", dest / "iter_01" / f"{name}.jsonl")
+    if strict:
+        stricter_pool(dest / "iter_01")
+    m = json.loads((source / "manifest.json").read_text().replace(str(source.resolve()), str(dest.resolve())))
+    it0 = {"base": m["iterations"]["0"]["base"]}
+    if m0_eval:
+        it0["eval"] = m0_eval
+    it1 = {k: m["iterations"]["1"][k] for k in REUSED}
+    (dest / "manifest.json").write_text(json.dumps({"iterations": {"0": it0, "1": it1}}, indent=2))
+
+
+def paired_delta(a: list[int], b: list[int], n_boot: int = 2000, seed: int = 0) -> dict:
+    import random
+
+    diffs = [y - x for x, y in zip(a, b)]
+    rng, n = random.Random(seed), len(diffs)
+    means = sorted(sum(rng.choices(diffs, k=n)) / n for _ in range(n_boot))
+    return {"delta": round(sum(diffs) / n, 4), "ci95": [round(means[int(0.025 * n_boot)], 4), round(means[int(0.975 * n_boot) - 1], 4)],
+            "p_worse": round(sum(m < 0 for m in means) / n_boot, 3)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("source", type=Path)
+    ap.add_argument("--out", type=Path, default=Path("/tmp/sweep"))
+    ap.add_argument("--suite", type=int, default=120)
+    ap.add_argument("--only", default="")
+    ap.add_argument("--json", type=Path, default=Path(__file__).parent / "results" / "lever-sweep.json")
+    args = ap.parse_args()
+    names = [n for n in VARIANTS if not args.only or n in args.only.split(",")]
+    results = json.loads(args.json.read_text()) if args.json.exists() else {"variants": {}}
+    results.update(source=str(args.source), suite_prompts=args.suite, stop_prompts=20)
+    m0_eval = results.get("m0_eval")
+    for name in names:
+        dest = args.out / name
+        prepare(args.source, dest, m0_eval, strict=name == "strict_instr")
+        overrides = [f"name={name}", f"runs_dir={args.out}", "loop.iterations=1", f"eval.suite_prompts={args.suite}", *VARIANTS[name]]
+        start = time.time()
+        store = loop.run(recipe.load(None, overrides), force=True)
+        its = store.manifest["iterations"]
+        m0_eval = m0_eval or its["0"]["eval"]
+        results["m0_eval"] = m0_eval
+        e1, tr, fl = its["1"]["eval"], its["1"]["train"], its["1"]["filter"]
+        results["variants"][name] = {
+            "overrides": VARIANTS[name] or (["instructions: min_words 8, ROUGE-L < 0.5"] if name == "strict_instr" else []),
+            "kept": fl["kept"], "train_steps": tr["steps"], "train_loss": tr["train_loss"],
+            "stop_rate": e1["stop_rate"], "strict": e1["ifeval"]["strict"], "loose": e1["ifeval"]["loose"], "strict_ci95": e1["ifeval"]["strict_ci95"],
+            "vs_m0": paired_delta(m0_eval["ifeval"]["strict_pass"], e1["ifeval"]["strict_pass"]),
+            "seconds": round(time.time() - start, 1),
+        }
+        args.json.write_text(json.dumps(results, indent=2))
+    print(table(results))
+
+
+def table(results: dict) -> str:
+    m0 = results["m0_eval"]
+    lines = ["| model | kept pairs | steps | stop rate | suite strict (95 % CI) | loose | Δ strict vs M_0 (95 % CI) | P(worse) |",
+             "|---|---:|---:|---:|---|---:|---|---:|",
+             f"| M_0 | – | – | {m0['stop_rate']} | {m0['ifeval']['strict']} ({m0['ifeval']['strict_ci95'][0]}–{m0['ifeval']['strict_ci95'][1]}) "
+             f"| {m0['ifeval']['loose']} | – | – |"]
+    for name, v in results["variants"].items():
+        d = v["vs_m0"]
+        lines.append(f"| M_1 {name} | {v['kept']} | {v['train_steps']} | {v['stop_rate']} | {v['strict']} ({v['strict_ci95'][0]}–{v['strict_ci95'][1]}) "
+                     f"| {v['loose']} | {d['delta']:+} ({d['ci95'][0]:+}–{d['ci95'][1]:+}) | {d['p_worse']} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,112 @@
+"""The best-iteration logic and the pairwise judge, with fake evaluators (no real model needed)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from isheep_lite import evaluate, loop, recipe
+from isheep_lite.engine import Engine
+
+QUALITY = {0: 0.50, 1: 0.70, 2: 0.20, 3: 0.70}  # iteration 2 is much worse than iteration 1
+
+
+def _fake_run(tmp_path: Path, tiny: dict[str, Path], monkeypatch: pytest.MonkeyPatch, *extra: str) -> tuple[Any, dict]:
+    """loop.run with every iteration and check faked: iteration t's model passes QUALITY[t] of 40 prompts."""
+    seen: dict[int, tuple[Path, Path]] = {}
+
+    def fake_checks(gguf: Path, r: recipe.Recipe, reference: Any = None, judge: Any = None) -> dict[str, Any]:
+        t = int(gguf.parent.name[5:]) if gguf.parent.name.startswith("iter_") else 0
+        k = round(QUALITY[t] * 40)
+        return {"ifeval": {"strict_pass": [1] * k + [0] * (40 - k), "strict": k / 40, "loose": k / 40, "strict_ci95": [0, 1]}}
+
+    def fake_iteration(store: Any, r: recipe.Recipe, t: int, seeds: Any, given: Path, current: Path, train_hf: Path,
+                       base_served: Path) -> Path:
+        seen[t] = (current, train_hf)
+        gguf = store.iter_dir(t) / "model-f16.gguf"
+        gguf.write_bytes(b"not a real model")
+        loop.eval_stage(store, t, gguf, r, base_served)
+        return gguf
+
+    monkeypatch.setattr(loop, "checks", fake_checks)
+    monkeypatch.setattr(loop, "iteration", fake_iteration)
+    r = recipe.load(None, [f"runs_dir={tmp_path}", "name=fake", f"model.gguf={tiny['gguf']}", f"model.hf={tiny['hf']}",
+                           "model.serve_base=original", "loop.iterations=3", *extra])
+    return loop.run(r), seen
+
+
+def test_worse_iteration_is_flagged_not_promoted_and_next_starts_from_best(tmp_path: Path, tiny: dict[str, Path],
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    store, seen = _fake_run(tmp_path, tiny, monkeypatch, "loop.train_from=previous")
+    m = store.manifest["iterations"]
+    it = {t: store.iter_dir(t) / "model-f16.gguf" for t in (1, 2, 3)}
+    assert m["1"]["promote"]["best"] == 1 and not m["1"]["promote"]["worse"]
+    assert m["2"]["promote"]["worse"] and m["2"]["promote"]["best"] == 1, m["2"]["promote"]
+    assert m["2"]["promote"]["p_worse"] >= 0.9 and m["2"]["promote"]["delta"] == -0.5
+    # Iteration 3 generates with M_1 (the best), not with the worse M_2, and trains from M_1's weights.
+    assert seen[2][0] == it[1] and seen[3][0] == it[1]
+    assert seen[3][1] == store.iter_dir(1) / "merged"
+    # A tie with the best goes to the newer model; the final model is the best one.
+    assert m["3"]["promote"]["best"] == 3 and store.manifest["best"]["iteration"] == 3
+    assert Path(store.manifest["final_model"]) == it[3]
+
+
+def test_stop_when_worse_ends_the_run(tmp_path: Path, tiny: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    store, seen = _fake_run(tmp_path, tiny, monkeypatch, "loop.stop_when_worse=true")
+    assert sorted(seen) == [1, 2] and "3" not in store.manifest["iterations"]
+    assert "iteration 2 scored worse than iteration 1" in store.manifest["stopped_early"]
+    assert Path(store.manifest["final_model"]) == store.iter_dir(1) / "model-f16.gguf"
+    # The rerun resumes to the same decision without redoing anything.
+    before = dict(store.manifest)
+    store2, seen2 = _fake_run(tmp_path, tiny, monkeypatch, "loop.stop_when_worse=true")
+    assert store2.manifest["iterations"] == before["iterations"] and store2.manifest["best"] == before["best"]
+
+
+def test_promote_latest_keeps_the_flag_but_promotes(tmp_path: Path, tiny: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    store, seen = _fake_run(tmp_path, tiny, monkeypatch, "loop.promote=latest")
+    assert store.manifest["iterations"]["2"]["promote"]["worse"]
+    assert seen[3][0] == store.iter_dir(2) / "model-f16.gguf"
+
+
+def test_paired_bootstrap() -> None:
+    same = evaluate.paired_bootstrap([1, 0, 1, 0], [1, 0, 1, 0])
+    assert same["delta"] == 0 and same["p_worse"] == 0
+    worse = evaluate.paired_bootstrap([1] * 20, [1] * 10 + [0] * 10)
+    assert worse["delta"] == -0.5 and worse["p_worse"] == 1.0 and worse["ci95"][1] < 0
+    with pytest.raises(ValueError):
+        evaluate.paired_bootstrap([1, 0], [1])
+
+
+class _StubJudge:
+    """Prefers the response that contains GOOD; with `bias_a`, always says A (a position-biased judge)."""
+
+    def __init__(self, info: Any, bias_a: bool = False):
+        self.info, self.bias_a = info, bias_a
+
+    def token_id(self, text: str) -> int:
+        return {" A": 10, " B": 11}[text]
+
+    def score_many(self, prompts: list[str], token_ids: list[int]) -> list[list[float]]:
+        out = []
+        for p in prompts:
+            a = p.split("### Response A\n")[1].split("### Response B")[0]
+            prefer_a = self.bias_a or "GOOD" in a
+            out.append([-0.1, -2.0] if prefer_a else [-2.0, -0.1])
+        return out
+
+
+def test_pairwise_judges_both_orders(tiny_engine: Engine) -> None:
+    requests = ["q1", "q2", "q3", "q4"]
+    new = ["GOOD answer", "GOOD answer", "meh", "meh"]
+    old = ["meh", "meh", "GOOD answer", "meh"]
+    fair = evaluate.pairwise(_StubJudge(tiny_engine.info), requests, new, old)
+    assert (fair["win"], fair["tie"], fair["loss"]) == (2, 1, 1) and fair["score"] == 0.5 + 0.125
+    assert fair["score_ci95"][0] <= fair["score"] <= fair["score_ci95"][1]
+    biased = evaluate.pairwise(_StubJudge(tiny_engine.info, bias_a=True), requests, new, old)
+    assert (biased["win"], biased["tie"], biased["loss"]) == (0, 4, 0) and biased["judge_prefers_a"] == 1.0
+
+
+def test_pairwise_on_a_real_engine(tiny_engine: Engine) -> None:
+    out = evaluate.pairwise(tiny_engine, ["Name a colour."], ["Blue."], ["Green."])
+    assert out["win"] + out["tie"] + out["loss"] == 1 and 0 <= out["score"] <= 1

@@ -1,0 +1,48 @@
+"""The instruction-following suite on real models: deterministic, and able to fail a broken model."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from isheep_lite import export
+
+
+def _eval(model: str, *args: str) -> dict:
+    proc = subprocess.run([sys.executable, "-m", "isheep_lite", "eval", model, *args], capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def empty_answer_gguf(smol_hf: Path, smol_gguf: Path, out: Path) -> Path:
+    """SmolLM2 with its final norm zeroed: every logit is 0, greedy picks token 0 (end of text) — empty answers."""
+    import gguf
+
+    path = Path(export.export(smol_hf, None, smol_gguf, out, ["f16"])["f16"])
+    reader = gguf.GGUFReader(path, "r+")
+    [norm] = [t for t in reader.tensors if t.name == "output_norm.weight"]
+    norm.data[:] = 0
+    del reader
+    return path
+
+
+@pytest.mark.slow
+def test_suite_is_deterministic_and_fails_a_broken_model(smol_hf: Path, smol_gguf: Path, tmp_path: Path) -> None:
+    args = ("--stop-prompts", "4", "--suite-prompts", "20")
+    first = _eval("embedded:smollm2-135m-instruct", *args)
+    second = _eval("embedded:smollm2-135m-instruct", *args)
+    assert first == second, "greedy evaluation must be deterministic"
+    suite = first["ifeval"]
+    assert suite["prompts"] == 20 and 0 < suite["strict"] <= suite["loose"] <= 1, suite
+    broken = _eval(str(empty_answer_gguf(smol_hf, smol_gguf, tmp_path)), *args)
+    assert broken["mean_tokens"] == 0, "the broken model answers nothing"
+    assert broken["ifeval"]["strict"] < suite["strict"] and broken["ifeval"]["loose"] < suite["loose"]
+    # And judged pairwise against the base, the empty answers lose.
+    verdict = _eval(str(tmp_path / "model-f16.gguf"), "--stop-prompts", "8", "--suite-prompts", "0",
+                    "--against", "embedded:smollm2-135m-instruct", "--judge", "embedded:smollm2-135m-instruct")["pairwise"]
+    assert verdict["prompts"] == 8 and verdict["score"] < 0.5, verdict
