@@ -61,11 +61,14 @@ def assess(
 ) -> list[dict[str, Any]]:
     """Score every record on every aspect; `done` holds records scored before a resume."""
     digits = [engine.token_id(str(d)) for d in range(1, cfg.scale + 1)]
-    pending = [r for r in records if r["id"] not in done]
-    progress(len(records) - len(pending))
-    chunk = 4 * engine.n_parallel  # records per batched call; each chunk is saved before the next
-    for start in range(0, len(pending), chunk):
-        part = pending[start : start + chunk]
+    progress(sum(r["id"] in done for r in records))
+    # Fixed chunks over all records, each saved before the next; a resumed run rescores an
+    # unfinished chunk whole (same batch composition, same scores) and writes only what is missing.
+    chunk = 4 * engine.n_parallel
+    for start in range(0, len(records), chunk):
+        part = records[start : start + chunk]
+        if all(r["id"] in done for r in part):
+            continue
         prompts = [assessment_prompt(engine, user_message(r["instruction"], r["input"]), r["response"], a, cfg.scale)
                    for r in part for a in cfg.aspects]
         lps = iter(engine.score_many(prompts, digits))
@@ -73,6 +76,8 @@ def assess(
             scores, dists, mass = {}, {}, {}
             for aspect in cfg.aspects:
                 scores[aspect], dists[aspect], mass[aspect] = expected_score(next(lps))
+            if rec["id"] in done:
+                continue
             row = {
                 **rec,
                 "scores": {a: round(v, 4) for a, v in scores.items()},

@@ -75,13 +75,15 @@ class _Slot:
 class Engine:
     """A GGUF loaded in llama.cpp (CPU, or GPU where llama-cpp-python was built with CUDA)."""
 
-    def __init__(self, gguf_path: Path, n_ctx: int = 2048, n_threads: int = 0, n_parallel: int = 16):
+    def __init__(self, gguf_path: Path, n_ctx: int = 2048, n_threads: int = 0, n_parallel: int = 16, kv_budget_gb: float = 4.0):
         from llama_cpp import Llama
 
         self.path = Path(gguf_path)
         self.info = models.gguf_info(self.path)
         self.n_ctx = n_ctx
-        self.n_parallel = n_parallel
+        # Fewer sequences rather than an out-of-memory failure: the KV cache of the batched context
+        # (n_parallel × n_ctx cells, bytes per cell from the GGUF metadata) must fit kv_budget_gb.
+        self.n_parallel = models.fit_parallel(n_parallel, n_ctx, self.info.kv_bytes_per_cell, int(kv_budget_gb * 2**30))
         self.n_threads = n_threads or os.cpu_count() or 1
         self._batch_ctx: Any = None
         self.llm: Any = Llama(

@@ -28,6 +28,10 @@ def progress_bar(desc: str, total: int) -> Iterator[Callable[[int], None]]:
         yield lambda n: p.advance(task, n)
 
 
+def open_engine(gguf: Path, r: Recipe) -> Engine:
+    return Engine(gguf, r.model.n_ctx, r.model.n_threads, r.model.n_parallel, r.model.kv_budget_gb)
+
+
 def stage(store: RunStore, t: int, name: str, work: Callable[[], dict[str, Any]]) -> dict[str, Any]:
     """Run `work` unless the manifest says this stage is done; return its manifest entry."""
     if not store.is_done(t, name):
@@ -67,7 +71,7 @@ def checks(gguf: Path, r: Recipe, reference: dict[str, Any] | None = None, judge
     """Stop rate, instruction-following accuracy and (given M_0's eval entry) the pairwise verdict
     of one model: greedy answers to held-out prompts."""
     out: dict[str, Any] = {}
-    with Engine(gguf, r.model.n_ctx, r.model.n_threads, r.model.n_parallel) as engine:
+    with open_engine(gguf, r) as engine:
         if r.eval.stop_prompts:
             with progress_bar("eval: stop rate", r.eval.stop_prompts) as bar:
                 out.update(evaluate.stop_rate(engine, r.eval.stop_prompts, r.eval.max_tokens, bar))
@@ -78,7 +82,7 @@ def checks(gguf: Path, r: Recipe, reference: dict[str, Any] | None = None, judge
             old = {x["id"]: x["text"] for x in reference.get("samples", [])}
             rows = [x for x in out["samples"] if x["id"] in old]
             with contextlib.ExitStack() as stack:
-                j = engine if judge is None else stack.enter_context(Engine(judge, r.model.n_ctx, r.model.n_threads, r.model.n_parallel))
+                j = engine if judge is None else stack.enter_context(open_engine(judge, r))
                 with progress_bar("eval: pairwise judge", len(rows)) as bar:
                     out["pairwise"] = evaluate.pairwise(j, [x["prompt"] for x in rows], [x["text"] for x in rows],
                                                         [old[x["id"]] for x in rows], bar)
@@ -123,7 +127,7 @@ def iteration(store: RunStore, r: Recipe, t: int, seeds: list[dict], given: Path
     d, seed = store.iter_dir(t), r.loop.seed
     s, f = r.synth, r.filter
 
-    with Engine(current, r.model.n_ctx, r.model.n_threads, r.model.n_parallel) as engine:
+    with open_engine(current, r) as engine:
         def make_instructions() -> dict[str, Any]:
             with progress_bar(f"it{t} instructions", s.num_instructions) as bar:
                 kept, rejected = synth.generate_instructions(engine, seeds, s, f, seed, t, d / "completions.jsonl", progress=bar)
@@ -159,7 +163,7 @@ def iteration(store: RunStore, r: Recipe, t: int, seeds: list[dict], given: Path
         def make_scores() -> dict[str, Any]:
             done = {x["id"]: x for x in read_jsonl(d / "scored.jsonl")}
             with contextlib.ExitStack() as stack:
-                judge = assessor or stack.enter_context(Engine(base_served, r.model.n_ctx, r.model.n_threads, r.model.n_parallel))
+                judge = assessor or stack.enter_context(open_engine(base_served, r))
                 name = current.parent.name if assessor else "M_0"
                 out = stack.enter_context(JsonlWriter(d / "scored.jsonl"))
                 bar = stack.enter_context(progress_bar(f"it{t} self-assessment", len(candidates)))

@@ -58,6 +58,7 @@ class GgufInfo:
     bos: str | None
     eos: str | None
     n_params: int
+    kv_bytes_per_cell: int  # KV-cache bytes per token of context (F16 K and V over every layer)
 
 
 def _field_value(reader: Any, key: str) -> Any:
@@ -84,6 +85,8 @@ def gguf_info(path: Path) -> GgufInfo:
 
     n_params = sum(int(t.n_elements) for t in reader.tensors)
     return GgufInfo(
+        kv_bytes_per_cell=kv_bytes_per_cell({k: _field_value(reader, k) for k in reader.fields if k.startswith(f"{_field_value(reader, 'general.architecture')}.")},
+                                            str(_field_value(reader, "general.architecture"))),
         arch=str(_field_value(reader, "general.architecture")),
         chat_template=_field_value(reader, "tokenizer.chat_template"),
         bos=tok("tokenizer.ggml.bos_token_id"),
@@ -100,6 +103,33 @@ def check_arch(path: Path) -> GgufInfo:
     if info.arch not in gguf.MODEL_ARCH_NAMES.values():
         raise UserError(f"{path}: architecture '{info.arch}' is unknown to gguf-py, so a trained model cannot be exported")
     return info
+
+
+def kv_bytes_per_cell(meta: dict[str, Any], arch: str) -> int:
+    """KV-cache bytes one token of context costs: 2 (K and V) × layers × KV heads × head size × 2 bytes (F16).
+
+    Read from the GGUF's `<arch>.*` keys; head size is `attention.key_length` where given, else
+    embedding_length / head_count. SmolLM2-135M: 2 × 30 × 3 × 64 × 2 = 23 040 bytes (22.5 KiB).
+    """
+    def get(key: str, default: Any = None) -> Any:
+        return meta.get(f"{arch}.{key}", default)
+
+    layers, heads = get("block_count", 0), get("attention.head_count", 0)
+    kv_heads = get("attention.head_count_kv", heads)
+    if isinstance(kv_heads, list):  # per-layer counts (some architectures)
+        kv_heads = max(kv_heads)
+    if not layers or not heads:
+        return 0
+    k_len = get("attention.key_length", get("embedding_length", 0) // heads)
+    v_len = get("attention.value_length", k_len)
+    return int(layers * kv_heads * (k_len + v_len) * 2)
+
+
+def fit_parallel(n_parallel: int, n_ctx: int, bytes_per_cell: int, budget_bytes: int) -> int:
+    """The most sequences (≤ n_parallel, ≥ 1) whose KV cache of n_ctx cells each fits the budget."""
+    if bytes_per_cell <= 0:
+        return n_parallel
+    return max(1, min(n_parallel, budget_bytes // (n_ctx * bytes_per_cell)))
 
 
 # ---- chat template ------------------------------------------------------------------------------

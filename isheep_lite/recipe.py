@@ -29,6 +29,7 @@ class ModelConfig:
     n_ctx: int = 2048  # llama.cpp context window per sequence
     n_threads: int = 0  # CPU threads for llama.cpp; 0 = all cores
     n_parallel: int = 16  # sequences decoded together (KV memory grows with n_parallel × n_ctx)
+    kv_budget_gb: float = 4.0  # KV cache the batched context may take; n_parallel is lowered to fit (bytes/cell from the GGUF)
 
 
 @dataclass
@@ -89,6 +90,7 @@ class TrainConfig:
     grad_accum: int = 1  # effective batch = batch_size × grad_accum
     warmup_steps: int = 2
     max_seq_len: int = 512  # longer examples are dropped, never cut (a cut answer teaches no stop)
+    checkpoint_steps: int = 5  # save a resumable checkpoint every N optimizer steps (0 = never)
     threads: int = 0  # torch CPU threads; 0 = all cores
 
 
@@ -141,12 +143,13 @@ CHOICES = {
 }
 POSITIVE = (
     "loop.iterations", "synth.num_instructions", "synth.few_shot", "synth.tasks_per_prompt", "synth.max_tokens",
-    "synth.max_prompts", "synth.response_max_tokens", "model.n_ctx", "model.n_parallel", "train.lora_r", "train.lora_alpha",
+    "synth.max_prompts", "synth.response_max_tokens", "model.n_ctx", "model.n_parallel", "model.kv_budget_gb", "train.lora_r", "train.lora_alpha",
     "train.epochs", "train.lr", "train.batch_size", "train.grad_accum", "train.max_seq_len", "eval.max_tokens",
     "eval.suite_max_tokens",
 )
 NON_NEGATIVE = (
     "synth.temperature", "synth.response_temperature", "model.n_threads", "train.warmup_steps", "train.threads",
+    "train.checkpoint_steps",
     "eval.stop_prompts", "eval.suite_prompts",
 )
 ASPECTS = {"quality", "following"}

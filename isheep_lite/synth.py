@@ -174,26 +174,39 @@ def generate_responses(
     out_path: Path,
     progress: Callable[[int], None] = lambda n: None,
 ) -> list[dict[str, Any]]:
-    """Zero-shot chat-template answers, one per instruction; appended per record, resumable."""
+    """Zero-shot chat-template answers, one per instruction; appended per record, resumable.
+
+    Instructions are answered in fixed waves of 4 × n_parallel. Why: in a batch, a sequence's
+    logits depend (in the last bits) on which other sequences share the decode calls, and at
+    temperature > 0 one flipped token changes the rest of the answer. A resumed run therefore
+    regenerates an unfinished wave whole — the same prompts in the same batch as the uninterrupted
+    run — and writes only the answers that are missing, so it ends with the same records.
+    """
     from .store import JsonlWriter, read_jsonl
 
     have = {r["id"]: r for r in read_jsonl(out_path)}
-    pending = [r for r in instructions if r["id"] not in have]
-    progress(len(instructions) - len(pending))
-    samplings = [
-        Sampling(temperature=cfg.response_temperature, top_p=cfg.response_top_p, max_tokens=cfg.response_max_tokens,
-                 seed=derive_seed(run_seed, iteration, "resp", r["id"]))
-        for r in pending
-    ]
+    progress(sum(r["id"] in have for r in instructions))
+    wave = 4 * engine.n_parallel
     with JsonlWriter(out_path) as out:
+        for start in range(0, len(instructions), wave):
+            part = instructions[start : start + wave]
+            if all(r["id"] in have for r in part):
+                continue
+            samplings = [
+                Sampling(temperature=cfg.response_temperature, top_p=cfg.response_top_p, max_tokens=cfg.response_max_tokens,
+                         seed=derive_seed(run_seed, iteration, "resp", r["id"]))
+                for r in part
+            ]
 
-        def save(i: int, c: Completion) -> None:  # written as each answer finishes: a crash loses only the unfinished
-            rec, s = pending[i], samplings[i]
-            row = {**rec, "response": c.text.strip(),
-                   "gen": {"finish": c.finish_reason, "tokens": c.n_tokens, "temperature": s.temperature, "top_p": s.top_p}}
-            out.write(row)
-            have[rec["id"]] = row
-            progress(1)
+            def save(i: int, c: Completion) -> None:  # written as each answer finishes: a crash loses only the unfinished
+                rec, s = part[i], samplings[i]
+                if rec["id"] in have:
+                    return
+                row = {**rec, "response": c.text.strip(),
+                       "gen": {"finish": c.finish_reason, "tokens": c.n_tokens, "temperature": s.temperature, "top_p": s.top_p}}
+                out.write(row)
+                have[rec["id"]] = row
+                progress(1)
 
-        engine.chat_many([[{"role": "user", "content": user_message(r["instruction"], r["input"])}] for r in pending], samplings, save)
+            engine.chat_many([[{"role": "user", "content": user_message(r["instruction"], r["input"])}] for r in part], samplings, save)
     return [have[r["id"]] for r in instructions]

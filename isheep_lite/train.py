@@ -12,8 +12,10 @@ same reason.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 from dataclasses import asdict
@@ -81,7 +83,9 @@ def make_trainer(hf_dir: Path, examples: list[dict[str, list[int]]], cfg: TrainC
         lr_scheduler_type="cosine",
         warmup_steps=cfg.warmup_steps,
         logging_steps=1,
-        save_strategy="no",
+        save_strategy="steps" if cfg.checkpoint_steps else "no",
+        save_steps=cfg.checkpoint_steps or 500,
+        save_total_limit=1,
         report_to=[],
         seed=seed,
         data_seed=seed,
@@ -105,12 +109,14 @@ def run_training(job: dict[str, Any]) -> dict[str, Any]:
     examples, dropped = build_examples(job["conversations"], Path(job["gguf"]), cfg.max_seq_len)
     if not examples:
         raise UserError("no training example fits train.max_seq_len")
+    resume = last_checkpoint(out_dir / "checkpoints", job_key(job))
     trainer = make_trainer(Path(job["hf_dir"]), examples, cfg, out_dir, job["seed"])
-    result = trainer.train()
+    result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     adapter = out_dir / "adapter"
     tmp = out_dir / "adapter.tmp"
     trainer.model.save_pretrained(str(tmp))
     replace_dir(tmp, adapter)
+    shutil.rmtree(out_dir / "checkpoints", ignore_errors=True)  # optimizer state is dead weight once trained
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     return {
         "examples": len(examples),
@@ -121,7 +127,33 @@ def run_training(job: dict[str, Any]) -> dict[str, Any]:
         "loss_last": round(losses[-1], 4) if losses else None,
         "losses": [round(x, 4) for x in losses],
         "tokens": sum(len(e["input_ids"]) for e in examples),
+        "resumed_from_step": int(resume.name.split("-")[1]) if resume else None,
     }
+
+
+def job_key(job: dict[str, Any]) -> str:
+    """What a checkpoint was made from: resume only a training of the same data, weights, settings and seed."""
+    keyed = {k: job[k] for k in ("conversations", "hf_dir", "gguf", "cfg", "seed")}
+    return hashlib.sha256(json.dumps(keyed, sort_keys=True).encode()).hexdigest()
+
+
+def last_checkpoint(ckpt_dir: Path, key: str) -> Path | None:
+    """The newest complete checkpoint of this very job (its trainer_state.json is written last), else None.
+
+    Checkpoints of another job (the recipe changed under --force) and half-written ones are removed.
+    """
+    stamp = ckpt_dir / "job.sha256"
+    if ckpt_dir.exists() and (not stamp.exists() or stamp.read_text() != key):
+        shutil.rmtree(ckpt_dir)
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    stamp.write_text(key)
+    complete = []
+    for d in ckpt_dir.glob("checkpoint-*"):
+        if (d / "trainer_state.json").is_file() and d.name.split("-")[1].isdigit():
+            complete.append(d)
+        else:
+            shutil.rmtree(d, ignore_errors=True)
+    return max(complete, key=lambda d: int(d.name.split("-")[1]), default=None)
 
 
 def train(
@@ -136,12 +168,22 @@ def train(
            "cfg": asdict(cfg), "seed": seed}
     job_path.write_text(json.dumps(job))
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    proc = subprocess.run([sys.executable, "-m", "isheep_lite.train", str(job_path)], env=env)
+    proc = subprocess.run([sys.executable, "-m", "isheep_lite.train", str(job_path)], env=env, preexec_fn=_die_with_parent)
     if proc.returncode == 2:
         raise UserError("training refused its input (see the line above)")
     if proc.returncode != 0 or not result_path.exists():
         raise RuntimeError(f"training process failed with exit code {proc.returncode}")
     return json.loads(result_path.read_text())
+
+
+def _die_with_parent() -> None:
+    """Linux: the training child is killed when the run process dies (a killed run must not leave an
+    orphan writing into the run directory while its rerun trains the same iteration)."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import signal
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
 def _main(job_path: str) -> int:

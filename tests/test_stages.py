@@ -211,3 +211,18 @@ def test_score_many_does_not_depend_on_batch_composition(tiny_engine: Engine) ->
     batched = tiny_engine.score_many(prompts, ids)
     for p, row in zip(prompts, batched):
         assert row == pytest.approx(tiny_engine.score_many([p], ids)[0], abs=1e-3)
+
+
+def test_kv_memory_plan_from_gguf_metadata(smol_gguf: Path, tiny: dict[str, Path]) -> None:
+    from isheep_lite import models
+
+    assert models.gguf_info(smol_gguf).kv_bytes_per_cell == 2 * 30 * 3 * 64 * 2  # SmolLM2-135M: 22.5 KiB
+    cfg = json.loads((tiny["hf"] / "config.json").read_text())
+    head = cfg.get("head_dim") or cfg["hidden_size"] // cfg["num_attention_heads"]
+    per_cell = 2 * cfg["num_hidden_layers"] * cfg["num_key_value_heads"] * head * 2
+    assert models.gguf_info(tiny["gguf"]).kv_bytes_per_cell == per_cell
+    assert models.fit_parallel(16, 2048, 23040, 4 << 30) == 16
+    assert models.fit_parallel(16, 2048, 23040, 200 << 20) == 4  # 200 MiB / (2048 × 22.5 KiB) = 4.4
+    assert models.fit_parallel(16, 2048, 23040, 1) == 1  # never zero sequences
+    with Engine(tiny["gguf"], n_ctx=256, n_parallel=16, kv_budget_gb=3 * 256 * per_cell / 2**30) as e:
+        assert e.n_parallel == 3

@@ -1,0 +1,87 @@
+"""Self-assessment throughput: scores read from next-token log-probs vs scores generated as text.
+
+    python bench/bench_assess.py [--pairs 40] [--model embedded:smollm2-135m-instruct]
+
+Same (instruction, response) pairs, same assessment prompt (assess.py), one aspect. Methods:
+- logprob, batched: `assess.assess` — one forward pass per pair, `Engine.score_many`, the default;
+- logprob, one at a time: the same with n_parallel=1;
+- generated, batched: the engine generates the reply to the prompt without the "Score: " pre-fill
+  (greedy, ≤ 32 tokens) and the first integer 1..9 in it is parsed — what a judge without log-probs does;
+- generated, sequential: the same through llama-cpp-python's create_completion, one pair at a time.
+The pairs are the embedded model's own greedy answers to held-out prompts (made first, not timed).
+Prints a table and writes bench/results/assess-speed.json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import re
+import time
+from pathlib import Path
+
+from isheep_lite import assess, evaluate, ifeval, models
+from isheep_lite.engine import Engine, Sampling
+from isheep_lite.recipe import AssessConfig
+
+RESULTS = Path(__file__).resolve().parent / "results"
+GEN_TOKENS = 32
+
+
+def make_pairs(e: Engine, n: int) -> list[dict]:
+    qs = [it.prompt for it in ifeval.suite()][:n]
+    outs = evaluate.greedy_answers(e, qs, 160, lambda k: None)
+    return [{"id": f"p{i}", "instruction": q, "input": "", "response": c.text} for i, (q, c) in enumerate(zip(qs, outs))]
+
+
+def parse_score(text: str, scale: int) -> int | None:
+    m = re.search(r"\b([1-9])\b", text)
+    return int(m.group(1)) if m and int(m.group(1)) <= scale else None
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--pairs", type=int, default=40)
+    ap.add_argument("--model", default="embedded:smollm2-135m-instruct")
+    args = ap.parse_args()
+    path = models.resolve_gguf(args.model)
+    cfg = AssessConfig(aspects=["quality"])
+    rows = []
+    with Engine(path, n_ctx=2048, n_parallel=16) as e:
+        pairs = make_pairs(e, args.pairs)
+        t = time.perf_counter()
+        scored = assess.assess(e, pairs, cfg, "bench", {}, lambda r: None)
+        dt = time.perf_counter() - t
+        rows.append({"method": "logprob, batched (n_parallel 16)", "pairs_s": len(pairs) / dt, "valid": len(scored)})
+        prompts = [assess.assessment_prompt(e, p["instruction"], p["response"], "quality", cfg.scale)[: -len(assess.PREFILL)]
+                   for p in pairs]
+        t = time.perf_counter()
+        outs = e.generate(prompts, [Sampling(temperature=0.0, max_tokens=GEN_TOKENS)] * len(prompts))
+        dt = time.perf_counter() - t
+        valid = sum(parse_score(c.text, cfg.scale) is not None for c in outs)
+        rows.append({"method": f"generated, batched (≤ {GEN_TOKENS} tokens)", "pairs_s": len(pairs) / dt, "valid": valid,
+                     "mean_tokens": sum(c.n_tokens for c in outs) / len(outs), "example": outs[0].text[:120]})
+        t = time.perf_counter()
+        valid = 0
+        for p in prompts:
+            e.llm.reset()
+            text = e.llm.create_completion(p, max_tokens=GEN_TOKENS, temperature=0.0)["choices"][0]["text"]
+            valid += parse_score(text, cfg.scale) is not None
+        dt = time.perf_counter() - t
+        rows.append({"method": f"generated, sequential create_completion (≤ {GEN_TOKENS} tokens)", "pairs_s": len(pairs) / dt, "valid": valid})
+    with Engine(path, n_ctx=2048, n_parallel=1) as e1:
+        t = time.perf_counter()
+        assess.assess(e1, pairs, cfg, "bench", {}, lambda r: None)
+        rows.append({"method": "logprob, one at a time (n_parallel 1)", "pairs_s": len(pairs) / (time.perf_counter() - t), "valid": len(pairs)})
+    base = rows[0]["pairs_s"]
+    print(f"| method ({len(pairs)} pairs, {path.name}) | pairs/s | logprob-batched speed-up | valid scores |\n|---|---:|---:|---:|")
+    for r in rows:
+        r["pairs_s"] = round(r["pairs_s"], 2)
+        print(f"| {r['method']} | {r['pairs_s']} | {base / r['pairs_s']:.1f}× | {r['valid']}/{len(pairs)} |")
+    RESULTS.mkdir(exist_ok=True)
+    out = {"model": path.name, "pairs": len(pairs), "machine": platform.platform(), "rows": rows}
+    (RESULTS / "assess-speed.json").write_text(json.dumps(out, indent=2, ensure_ascii=False))
+
+
+if __name__ == "__main__":
+    main()
