@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import re
 import time
 from pathlib import Path
 
@@ -32,11 +31,6 @@ def make_pairs(e: Engine, n: int) -> list[dict]:
     qs = [it.prompt for it in ifeval.suite()][:n]
     outs = evaluate.greedy_answers(e, qs, 160, lambda k: None)
     return [{"id": f"p{i}", "instruction": q, "input": "", "response": c.text} for i, (q, c) in enumerate(zip(qs, outs))]
-
-
-def parse_score(text: str, scale: int) -> int | None:
-    m = re.search(r"\b([1-9])\b", text)
-    return int(m.group(1)) if m and int(m.group(1)) <= scale else None
 
 
 def main() -> None:
@@ -58,7 +52,7 @@ def main() -> None:
         t = time.perf_counter()
         outs = e.generate(prompts, [Sampling(temperature=0.0, max_tokens=GEN_TOKENS)] * len(prompts))
         dt = time.perf_counter() - t
-        valid = sum(parse_score(c.text, cfg.scale) is not None for c in outs)
+        valid = sum(assess.parse_score(c.text, cfg.scale) is not None for c in outs)
         rows.append({"method": f"generated, batched (≤ {GEN_TOKENS} tokens)", "pairs_s": len(pairs) / dt, "valid": valid,
                      "mean_tokens": sum(c.n_tokens for c in outs) / len(outs), "example": outs[0].text[:120]})
         t = time.perf_counter()
@@ -66,7 +60,7 @@ def main() -> None:
         for p in prompts:
             e.llm.reset()
             text = e.llm.create_completion(p, max_tokens=GEN_TOKENS, temperature=0.0)["choices"][0]["text"]
-            valid += parse_score(text, cfg.scale) is not None
+            valid += assess.parse_score(text, cfg.scale) is not None
         dt = time.perf_counter() - t
         rows.append({"method": f"generated, sequential create_completion (≤ {GEN_TOKENS} tokens)", "pairs_s": len(pairs) / dt, "valid": valid})
     with Engine(path, n_ctx=2048, n_parallel=1) as e1:

@@ -11,10 +11,11 @@ prompt's last-position logits.
 from __future__ import annotations
 
 import math
+import re
 from typing import Any, Callable
 
 from . import models
-from .engine import Engine
+from .engine import Engine, Sampling
 from .recipe import AssessConfig
 from .synth import user_message
 
@@ -50,6 +51,32 @@ def expected_score(logprobs: list[float]) -> tuple[float, list[float], float]:
     return sum((i + 1) * p for i, p in enumerate(dist)), dist, mass
 
 
+def parse_score(text: str, scale: int) -> int | None:
+    """The first whole number 1..scale in a generated reply, or None (free-generation mode)."""
+    for m in re.finditer(r"(?<![\d.])(\d+)(?!\d|\.\d)", text):
+        value = int(m.group(1))
+        return value if 1 <= value <= scale else None
+    return None
+
+
+def score_prompts(engine: Engine, prompts: list[str], cfg: AssessConfig, digits: list[int]) -> list[tuple[float | None, list[float] | None, float | None]]:
+    """(score, distribution over 1..scale, digit probability mass) per pre-filled prompt, by `cfg.mode`.
+
+    logprob: one forward pass, expected value of the next-token distribution (never fails);
+    grammar: greedy generation constrained by the GBNF `root ::= [1-scale]` (always one valid digit);
+    generate: free greedy reply without the pre-fill, first number parsed (None when there is none) —
+    for backends that expose neither log-probs nor grammars.
+    """
+    if cfg.mode == "logprob":
+        return [expected_score(lp) for lp in engine.score_many(prompts, digits)]
+    if cfg.mode == "grammar":
+        s = Sampling(temperature=0.0, max_tokens=2, grammar=f"root ::= [1-{cfg.scale}]")
+        return [(float(int(c.text.strip())), None, None) for c in engine.generate(prompts, [s] * len(prompts))]
+    s = Sampling(temperature=0.0, max_tokens=48)
+    outs = engine.generate([p[: -len(PREFILL)] for p in prompts], [s] * len(prompts))
+    return [(None if (v := parse_score(c.text, cfg.scale)) is None else float(v), None, None) for c in outs]
+
+
 def assess(
     engine: Engine,
     records: list[dict[str, Any]],
@@ -71,21 +98,23 @@ def assess(
             continue
         prompts = [assessment_prompt(engine, user_message(r["instruction"], r["input"]), r["response"], a, cfg.scale)
                    for r in part for a in cfg.aspects]
-        lps = iter(engine.score_many(prompts, digits))
+        results = iter(score_prompts(engine, prompts, cfg, digits))
         for rec in part:
             scores, dists, mass = {}, {}, {}
             for aspect in cfg.aspects:
-                scores[aspect], dists[aspect], mass[aspect] = expected_score(next(lps))
+                scores[aspect], dists[aspect], mass[aspect] = next(results)
             if rec["id"] in done:
                 continue
+            valid = [v for v in scores.values() if v is not None]
             row = {
                 **rec,
-                "scores": {a: round(v, 4) for a, v in scores.items()},
-                "score": round(sum(scores.values()) / len(scores), 4),
-                "score_dist": {a: [round(p, 4) for p in d] for a, d in dists.items()},
-                "digit_mass": {a: round(m, 4) for a, m in mass.items()},
+                "scores": {a: None if v is None else round(v, 4) for a, v in scores.items()},
+                "score": round(sum(valid) / len(valid), 4) if len(valid) == len(scores) else None,
                 "assessor": assessor_name,
             }
+            if cfg.mode == "logprob":
+                row["score_dist"] = {a: [round(p, 4) for p in d] for a, d in dists.items()}
+                row["digit_mass"] = {a: round(m, 4) for a, m in mass.items()}
             write(row)
             done[rec["id"]] = row
             progress(1)

@@ -29,6 +29,7 @@ class Sampling:
     max_tokens: int = 256
     stop: tuple[str, ...] = ()
     seed: int = 0
+    grammar: str | None = None  # a GBNF grammar (rule `root`) the output must match, e.g. 'root ::= [1-9]'
 
 
 @dataclass(frozen=True)
@@ -162,6 +163,12 @@ class Engine:
         import llama_cpp as lc
 
         chain = lc.llama_sampler_chain_init(lc.llama_sampler_chain_default_params())
+        if s.grammar:
+            vocab = lc.llama_model_get_vocab(self.llm._model.model)
+            grammar = lc.llama_sampler_init_grammar(vocab, s.grammar.encode(), b"root")
+            if not grammar:
+                raise ValueError(f"llama.cpp rejected the grammar {s.grammar!r}")
+            lc.llama_sampler_chain_add(chain, grammar)
         if s.temperature <= 0:
             lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_greedy())
         else:

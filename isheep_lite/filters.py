@@ -154,7 +154,9 @@ def select(records: list[dict[str, Any]], aspects: Sequence[str], cfg: FilterCon
     """
     kept, rejected = [], []
     for r in records:
-        if cfg.min_score is not None and any(r["scores"][a] < cfg.min_score for a in aspects):
+        if any(r["scores"][a] is None for a in aspects):
+            rejected.append({**r, "reason": "unparsed_score"})
+        elif cfg.min_score is not None and any(r["scores"][a] < cfg.min_score for a in aspects):
             rejected.append({**r, "reason": "below_min_score"})
         else:
             kept.append(r)

@@ -168,7 +168,7 @@ def iteration(store: RunStore, r: Recipe, t: int, seeds: list[dict], given: Path
                 out = stack.enter_context(JsonlWriter(d / "scored.jsonl"))
                 bar = stack.enter_context(progress_bar(f"it{t} self-assessment", len(candidates)))
                 rows = assess.assess(judge, candidates, r.assess, name, done, out.write, bar)
-            scores = [x["score"] for x in rows]
+            scores = [x["score"] for x in rows if x["score"] is not None]
             return {"scored": len(rows), "assessor": name, **_stats(scores)}
 
         stage(store, t, "assess", make_scores)

@@ -45,6 +45,7 @@ class LoopConfig:
 @dataclass
 class SynthConfig:
     num_instructions: int = 128  # usable instructions to collect per iteration (after instruction filters)
+    source: str = "seeds"  # seeds: few-shot from seed tasks (the paper) | magpie: zero-seed, the model writes the user turn
     seeds: str = "builtin"  # builtin | path to a JSONL of {"instruction", "input"?, "output"?}
     few_shot: int = 5  # seed tasks shown per generation prompt (the paper: 5, drawn uniformly)
     temperature: float = 1.0  # instruction sampling temperature (paper: 1.0)
@@ -61,7 +62,7 @@ class SynthConfig:
 class AssessConfig:
     aspects: list[str] = field(default_factory=lambda: ["quality", "following"])  # scored separately
     scale: int = 9  # scores 1..scale; ≤ 9 keeps every score one token, so log-probs read it in one step
-    mode: str = "logprob"  # logprob: expected score from next-token probabilities
+    mode: str = "logprob"  # logprob: expected score from next-token probabilities | grammar: GBNF-constrained digit | generate: parse a free reply
     assessor: str = "current"  # current: M_t grades its own pairs | base: M_0 grades every iteration
 
 
@@ -137,7 +138,8 @@ CHOICES = {
     "loop.train_from": {"base", "previous"},
     "loop.data": {"latest", "cumulative"},
     "loop.promote": {"best", "latest"},
-    "assess.mode": {"logprob"},
+    "synth.source": {"seeds", "magpie"},
+    "assess.mode": {"logprob", "grammar", "generate"},
     "assess.assessor": {"current", "base"},
     "train.backend": {"hf"},
 }

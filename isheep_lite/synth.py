@@ -14,6 +14,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
+from . import models
 from .engine import Completion, Engine, Sampling
 from .filters import RougeIndex, instruction_reject_reason
 from .recipe import FilterConfig, SynthConfig, UserError
@@ -97,6 +98,25 @@ def parse_tasks(completion: str, truncated: bool) -> list[dict[str, str]]:
     return tasks
 
 
+def magpie_prefix(info: models.GgufInfo) -> str:
+    """Zero-seed mode (Magpie): the chat template rendered up to where the user's message begins.
+
+    An instruction-tuned model continuing this text writes a user request of the kind it was tuned
+    on, and ends it with its end-of-turn token — no seed tasks, no meta-prompt.
+    """
+    sentinel = "\x00USER\x00"
+    text = models.render_chat(info, [{"role": "user", "content": sentinel}], add_generation_prompt=False)
+    if sentinel not in text:
+        raise UserError("synth.source=magpie needs a chat template that shows the user's message")
+    return text[: text.index(sentinel)]
+
+
+def parse_magpie(completion: str, truncated: bool) -> list[dict[str, str]]:
+    """A Magpie completion is one user message; a cut-off one is dropped."""
+    text = completion.strip()
+    return [] if truncated or not text else [{"instruction": text, "input": ""}]
+
+
 def derive_seed(*parts: Any) -> int:
     """A stable 31-bit seed from the run seed, iteration and record index."""
     return random.Random(":".join(map(str, parts))).getrandbits(31)
@@ -127,8 +147,10 @@ def generate_instructions(
     kept: list[dict[str, Any]] = []
     rejected: list[dict[str, Any]] = []
     # Past the first new tasks a small model drifts into prose: stop after `tasks_per_prompt` of them.
-    stop = (f"Task {cfg.few_shot + 1 + cfg.tasks_per_prompt}",)
+    magpie = cfg.source == "magpie"
+    stop = () if magpie else (f"Task {cfg.few_shot + 1 + cfg.tasks_per_prompt}",)
     sampling = dict(temperature=cfg.temperature, top_p=cfg.top_p, max_tokens=cfg.max_tokens, stop=stop)
+    prefix = magpie_prefix(engine.info) if magpie else ""
     wave = 2 * engine.n_parallel  # prompts per batched call; logged in prompt order
     with JsonlWriter(completions_path) as log:
         for start in range(0, cfg.max_prompts, wave):
@@ -136,10 +158,10 @@ def generate_instructions(
                 break
             ids = range(start, min(start + wave, cfg.max_prompts))
             todo = [p for p in ids if p not in done]
-            parents = {p: random.Random(derive_seed(run_seed, iteration, "fewshot", p)).sample(range(len(seeds)), min(cfg.few_shot, len(seeds)))
-                       for p in todo}
+            parents = {p: [] if magpie else random.Random(derive_seed(run_seed, iteration, "fewshot", p)).sample(
+                range(len(seeds)), min(cfg.few_shot, len(seeds))) for p in todo}
             outs = engine.generate(
-                [fewshot_prompt([seeds[i] for i in parents[p]]) for p in todo],
+                [prefix if magpie else fewshot_prompt([seeds[i] for i in parents[p]]) for p in todo],
                 [Sampling(seed=derive_seed(run_seed, iteration, "instr", p), **sampling) for p in todo],
             )
             for p, out in zip(todo, outs):
@@ -148,8 +170,9 @@ def generate_instructions(
             log.flush()
             for p in ids:
                 c = done[p]
-                for j, task in enumerate(parse_tasks(c["text"], truncated=c["finish"] == "length")[: cfg.tasks_per_prompt]):
-                    rec = {"id": f"it{iteration:02d}-p{p:04d}-{j}", **task, "source": "seed-fewshot", "parents": c["parents"]}
+                parse = parse_magpie if magpie else parse_tasks
+                for j, task in enumerate(parse(c["text"], truncated=c["finish"] == "length")[: cfg.tasks_per_prompt]):
+                    rec = {"id": f"it{iteration:02d}-p{p:04d}-{j}", **task, "source": cfg.source, "parents": c["parents"]}
                     reason = instruction_reject_reason(task["instruction"], fcfg)
                     if reason is None and index.max_f1(task["instruction"]) >= fcfg.dedup_rouge_l:
                         reason = "near_duplicate"

@@ -79,3 +79,9 @@ def test_selection_threshold_then_top_fraction() -> None:
     assert reasons == {1: "below_min_score", 4: "below_min_score", 3: "below_top_fraction"}
     kept, _ = select(recs, ["quality"], FilterConfig(min_score=None, keep_top=None))
     assert len(kept) == 5
+
+
+def test_unparsed_scores_are_rejected_with_their_reason() -> None:
+    recs = [_rec(0, 9, 9), {**_rec(1, 5, 5), "scores": {"quality": None, "following": 5}}]
+    kept, rejected = select(recs, ["quality", "following"], FilterConfig(keep_top=None))
+    assert [r["id"] for r in kept] == [0] and rejected[0]["reason"] == "unparsed_score"

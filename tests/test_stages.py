@@ -94,6 +94,28 @@ def test_assess_scores_every_record_and_resumes(tiny_engine: Engine) -> None:
     assert [r["id"] for r in again] == ["r2"] and resumed[:2] == out[:2]
 
 
+@pytest.mark.parametrize("mode", ["grammar", "generate"])
+def test_assess_by_grammar_or_generated_text(tiny_engine: Engine, mode: str) -> None:
+    recs = [{"id": f"r{i}", "instruction": f"Name {i} fruits.", "input": "", "response": "Apple, pear."} for i in range(5)]
+    out = assess.assess(tiny_engine, recs, AssessConfig(mode=mode), "M_0", {}, lambda r: None)
+    assert [r["id"] for r in out] == [r["id"] for r in recs] and all("score_dist" not in r for r in out)
+    for r in out:
+        for v in r["scores"].values():
+            if mode == "grammar":  # the grammar admits nothing but a digit 1..scale: always a valid score
+                assert v in {1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0}
+            else:  # a random model's free reply rarely holds a number: None is kept, never guessed
+                assert v is None or 1 <= v <= 9
+        assert (r["score"] is None) == any(v is None for v in r["scores"].values())
+
+
+def test_parse_score_takes_the_first_number_in_range() -> None:
+    assert assess.parse_score("Score: 7/9 because it is good", 9) == 7
+    assert assess.parse_score("I would give it 8.", 9) == 8
+    assert assess.parse_score("It is 12 out of 9", 9) is None
+    assert assess.parse_score("3.5 stars", 9) is None
+    assert assess.parse_score("no number here", 9) is None
+
+
 class CountingEngine:
     """Wraps an engine and counts the prompts it is asked to complete, to prove a resume asks none again."""
 
@@ -226,3 +248,19 @@ def test_kv_memory_plan_from_gguf_metadata(smol_gguf: Path, tiny: dict[str, Path
     assert models.fit_parallel(16, 2048, 23040, 1) == 1  # never zero sequences
     with Engine(tiny["gguf"], n_ctx=256, n_parallel=16, kv_budget_gb=3 * 256 * per_cell / 2**30) as e:
         assert e.n_parallel == 3
+
+
+def test_magpie_prefix_ends_where_the_user_turn_begins(tiny_engine: Engine) -> None:
+    prefix = synth.magpie_prefix(tiny_engine.info)
+    assert prefix.endswith("<|im_start|>user\n") and "<|im_start|>system" in prefix
+    assert synth.parse_magpie(" Write a poem about rain. ", truncated=False) == [{"instruction": "Write a poem about rain.", "input": ""}]
+    assert synth.parse_magpie("Write a poem about", truncated=True) == []
+
+
+@pytest.mark.slow
+def test_zero_seed_mode_writes_instructions_on_the_embedded_model(smol_gguf: Path, tmp_path: Path) -> None:
+    cfg = SynthConfig(source="magpie", num_instructions=4, max_tokens=96, max_prompts=32)
+    with Engine(smol_gguf, n_ctx=512, n_parallel=8) as e:
+        kept, rejected = synth.generate_instructions(e, [], cfg, FilterConfig(), 0, 1, tmp_path / "c.jsonl")
+    assert len(kept) == 4, rejected
+    assert all(k["instruction"].strip() and k["source"] == "magpie" and k["parents"] == [] for k in kept)
