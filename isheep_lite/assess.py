@@ -77,6 +77,22 @@ def score_prompts(engine: Engine, prompts: list[str], cfg: AssessConfig, digits:
     return [(None if (v := parse_score(c.text, cfg.scale)) is None else float(v), None, None) for c in outs]
 
 
+def ifd(engine: Engine, records: list[dict[str, Any]]) -> list[float]:
+    """Instruction-following difficulty: PPL(response | instruction) / PPL(response | empty request).
+
+    Both perplexities are over the same tokens — the assistant turn after the chat template — so the
+    ratio measures only how much the instruction helps predict the response. Near or above 1: the
+    response ignores its instruction (off-topic, generic); well below 1: it answers it.
+    """
+    def prompt(user: str) -> str:
+        return models.render_chat(engine.info, [{"role": "user", "content": user}], add_generation_prompt=True)
+
+    answers = [r["response"] for r in records]
+    cond = engine.completion_logprobs([prompt(user_message(r["instruction"], r["input"])) for r in records], answers)
+    free = engine.completion_logprobs([prompt("") for _ in records], answers)
+    return [math.exp(-lc / n + lf / n) for (lc, n), (lf, _) in zip(cond, free)]
+
+
 def assess(
     engine: Engine,
     records: list[dict[str, Any]],
@@ -99,10 +115,12 @@ def assess(
         prompts = [assessment_prompt(engine, user_message(r["instruction"], r["input"]), r["response"], a, cfg.scale)
                    for r in part for a in cfg.aspects]
         results = iter(score_prompts(engine, prompts, cfg, digits))
+        ifds = iter(ifd(engine, part) if cfg.ifd else [None] * len(part))
         for rec in part:
             scores, dists, mass = {}, {}, {}
             for aspect in cfg.aspects:
                 scores[aspect], dists[aspect], mass[aspect] = next(results)
+            rec_ifd = next(ifds)
             if rec["id"] in done:
                 continue
             valid = [v for v in scores.values() if v is not None]
@@ -112,6 +130,8 @@ def assess(
                 "score": round(sum(valid) / len(valid), 4) if len(valid) == len(scores) else None,
                 "assessor": assessor_name,
             }
+            if rec_ifd is not None:
+                row["ifd"] = round(rec_ifd, 4)
             if cfg.mode == "logprob":
                 row["score_dist"] = {a: [round(p, 4) for p in d] for a, d in dists.items()}
                 row["digit_mass"] = {a: round(m, 4) for a, m in mass.items()}

@@ -296,3 +296,45 @@ class Engine:
             lc.llama_batch_free(batch)
             lc.llama_memory_clear(memory, True)
         return out
+
+    def completion_logprobs(self, prompts: Sequence[str], completions: Sequence[str]) -> list[tuple[float, int]]:
+        """(sum of log P(token | everything before it), token count) of each completion after its prompt.
+
+        The completion is tokenized on its own (no BOS) and appended to the prompt's tokens, as in
+        training. Used for IFD (assess.ifd). Pairs are packed into one decode per batch.
+        """
+        import llama_cpp as lc
+
+        ctx = self._context()
+        memory = lc.llama_get_memory(ctx)
+        n_vocab = self.llm.n_vocab()
+        batch = lc.llama_batch_init(self.n_ctx + self.n_parallel, 0, 1)
+        out: list[tuple[float, int]] = []
+        try:
+            i = 0
+            while i < len(prompts):
+                lc.llama_memory_clear(memory, True)
+                batch.n_tokens, jobs = 0, []
+                while i < len(prompts) and len(jobs) < self.n_parallel:
+                    p_ids = self.tokenize(prompts[i])
+                    c_ids = self.llm.tokenize(completions[i].encode("utf-8"), add_bos=False, special=True)
+                    if not p_ids or not c_ids:
+                        raise ValueError("completion_logprobs needs a non-empty prompt and completion")
+                    tokens = p_ids + c_ids
+                    if len(tokens) >= self.n_ctx:
+                        raise ValueError(f"prompt + completion of {len(tokens)} tokens does not fit n_ctx={self.n_ctx}")
+                    if jobs and batch.n_tokens + len(tokens) > self.n_ctx + self.n_parallel:
+                        break
+                    rows = [_add(batch, tok, pos, len(jobs), pos >= len(p_ids) - 1 and pos < len(tokens) - 1)
+                            for pos, tok in enumerate(tokens)]
+                    jobs.append((rows[len(p_ids) - 1 : len(tokens) - 1], c_ids))
+                    i += 1
+                if lc.llama_decode(ctx, batch) != 0:
+                    raise RuntimeError("llama_decode failed (KV cache full?)")
+                for rows, c_ids in jobs:
+                    lp = sum(_log_softmax_at(lc.llama_get_logits_ith(ctx, r), n_vocab, [t])[0] for r, t in zip(rows, c_ids))
+                    out.append((lp, len(c_ids)))
+        finally:
+            lc.llama_batch_free(batch)
+            lc.llama_memory_clear(memory, True)
+        return out

@@ -146,7 +146,7 @@ def mean_score(record: dict[str, Any], aspects: Sequence[str]) -> float:
 
 
 def select(records: list[dict[str, Any]], aspects: Sequence[str], cfg: FilterConfig) -> tuple[list[dict], list[dict]]:
-    """Absolute threshold on every aspect, then the top fraction by mean score.
+    """IFD ceiling, absolute threshold on every aspect, then the top fraction by mean score.
 
     The rank cut exists because a small model is a weak, compressed judge (FACTS.md: expected scores
     of 4.96 vs 4.53 for a right and a wrong answer): a fixed threshold keeps all or nothing, a rank
@@ -156,6 +156,8 @@ def select(records: list[dict[str, Any]], aspects: Sequence[str], cfg: FilterCon
     for r in records:
         if any(r["scores"][a] is None for a in aspects):
             rejected.append({**r, "reason": "unparsed_score"})
+        elif cfg.max_ifd is not None and r.get("ifd") is not None and r["ifd"] >= cfg.max_ifd:
+            rejected.append({**r, "reason": "high_ifd"})
         elif cfg.min_score is not None and any(r["scores"][a] < cfg.min_score for a in aspects):
             rejected.append({**r, "reason": "below_min_score"})
         else:

@@ -64,12 +64,14 @@ class AssessConfig:
     scale: int = 9  # scores 1..scale; ≤ 9 keeps every score one token, so log-probs read it in one step
     mode: str = "logprob"  # logprob: expected score from next-token probabilities | grammar: GBNF-constrained digit | generate: parse a free reply
     assessor: str = "current"  # current: M_t grades its own pairs | base: M_0 grades every iteration
+    ifd: bool = False  # also record IFD = PPL(response | instruction) / PPL(response | empty request) per pair
 
 
 @dataclass
 class FilterConfig:
     min_score: float | None = None  # keep pairs whose every aspect score ≥ this (paper: > 8 of 10)
     keep_top: float | None = 0.5  # then keep this top fraction by mean score; null = no rank cut
+    max_ifd: float | None = None  # drop pairs whose IFD ≥ this (1.0: the instruction does not help predict the answer); needs assess.ifd
     min_words: int = 4  # instruction length bounds in words (paper: more than 3 …
     max_words: int = 150  # … and at most 150)
     dedup_rouge_l: float = 0.7  # drop an instruction whose ROUGE-L F1 to a kept one or a seed is ≥ this
@@ -293,6 +295,8 @@ def validate(r: Recipe) -> None:
         raise UserError(f"recipe: filter.keep_top must be in (0, 1] or null, got {r.filter.keep_top}")
     if r.filter.min_score is not None and not 1 <= r.filter.min_score <= r.assess.scale:
         raise UserError(f"recipe: filter.min_score must be in 1..assess.scale or null, got {r.filter.min_score}")
+    if r.filter.max_ifd is not None and (not r.assess.ifd or r.filter.max_ifd <= 0):
+        raise UserError("recipe: filter.max_ifd needs assess.ifd: true and a value > 0")
     if r.filter.min_words > r.filter.max_words:
         raise UserError("recipe: filter.min_words must be ≤ filter.max_words")
     if not 0 < r.filter.dedup_rouge_l <= 1:

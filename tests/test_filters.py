@@ -85,3 +85,9 @@ def test_unparsed_scores_are_rejected_with_their_reason() -> None:
     recs = [_rec(0, 9, 9), {**_rec(1, 5, 5), "scores": {"quality": None, "following": 5}}]
     kept, rejected = select(recs, ["quality", "following"], FilterConfig(keep_top=None))
     assert [r["id"] for r in kept] == [0] and rejected[0]["reason"] == "unparsed_score"
+
+
+def test_ifd_ceiling_rejects_answers_the_instruction_does_not_explain() -> None:
+    recs = [{**_rec(0, 5, 5), "ifd": 0.3}, {**_rec(1, 9, 9), "ifd": 1.2}, _rec(2, 6, 6)]
+    kept, rejected = select(recs, ["quality", "following"], FilterConfig(keep_top=None, max_ifd=1.0))
+    assert [r["id"] for r in kept] == [0, 2] and [r["reason"] for r in rejected] == ["high_ifd"]

@@ -38,6 +38,8 @@ def test_overrides_are_typed_yaml_values() -> None:
         ("filter.keep_top=1.5", "filter.keep_top"),
         ("assess.scale=10", "one token per score"),
         ("export.types=q8_0", "master export"),
+        ("filter.max_ifd=1.0", "needs assess.ifd: true"),
+        ("assess.mode=guess", "assess.mode must be one of"),
         ("noequals", "section.key=value"),
     ],
 )

@@ -264,3 +264,17 @@ def test_zero_seed_mode_writes_instructions_on_the_embedded_model(smol_gguf: Pat
         kept, rejected = synth.generate_instructions(e, [], cfg, FilterConfig(), 0, 1, tmp_path / "c.jsonl")
     assert len(kept) == 4, rejected
     assert all(k["instruction"].strip() and k["source"] == "magpie" and k["parents"] == [] for k in kept)
+
+
+def test_completion_logprobs_agree_with_next_token_scoring_and_ifd(tiny_engine: Engine) -> None:
+    prompt, word = "The weather today is", " sunny"
+    [tok] = tiny_engine.llm.tokenize(word.encode(), add_bos=False, special=False)
+    [(lp, n)] = tiny_engine.completion_logprobs([prompt], [word])
+    assert n == 1 and lp == pytest.approx(tiny_engine.next_token_logprobs(prompt, [tok])[0], abs=1e-3)
+    # Two-token completions: the sum over positions, packed with other pairs, equals the pair alone.
+    alone = tiny_engine.completion_logprobs(["Once upon"], [" a time"])
+    packed = tiny_engine.completion_logprobs(["Hello there", "Once upon", "Yes"], [" friend", " a time", " no"])
+    assert packed[1][1] == alone[0][1] == 2 and packed[1][0] == pytest.approx(alone[0][0], abs=1e-3)
+    recs = [{"id": "a", "instruction": "Name a fruit.", "input": "", "response": "Apple."}]
+    out = assess.assess(tiny_engine, recs, AssessConfig(ifd=True), "M_0", {}, lambda r: None)
+    assert out[0]["ifd"] > 0 and out[0]["ifd"] == pytest.approx(assess.ifd(tiny_engine, recs)[0], rel=1e-3)

@@ -1,0 +1,88 @@
+"""Does self-assessment separate good from bad answers? AUROC on this project's labelled set.
+
+    python bench/bench_assess_quality.py [--model embedded:smollm2-135m-instruct]
+
+tests/data/assess_labelled.jsonl holds 84 (instruction, response) pairs written for this project,
+42 good and 42 bad (wrong, off-topic, ignores a constraint, repetitive, truncated). Each signal
+scores every pair; AUROC = P(a random good pair scores above a random bad one), ties count half;
+0.5 = no separation. The 95 % interval is a percentile bootstrap over pairs (2000 resamples).
+Signals: the assessment levels (quality only, instruction-following only, both = the default mean),
+with log-prob scores and with grammar-constrained digits, and IFD (lower = better, so −IFD is used).
+Prints a table and writes bench/results/assess-quality.json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import time
+from pathlib import Path
+
+from isheep_lite import assess, models
+from isheep_lite.engine import Engine
+from isheep_lite.recipe import AssessConfig
+
+ROOT = Path(__file__).resolve().parent
+LABELLED = ROOT.parent / "tests" / "data" / "assess_labelled.jsonl"
+
+
+def auroc(scores: list[float], labels: list[int]) -> float:
+    good = [s for s, y in zip(scores, labels) if y]
+    bad = [s for s, y in zip(scores, labels) if not y]
+    wins = sum((g > b) + 0.5 * (g == b) for g in good for b in bad)
+    return wins / (len(good) * len(bad))
+
+
+def auroc_ci(scores: list[float], labels: list[int], n_boot: int = 2000, seed: int = 0) -> list[float]:
+    rng, n, vals = random.Random(seed), len(scores), []
+    while len(vals) < n_boot:
+        idx = [rng.randrange(n) for _ in range(n)]
+        ys = [labels[i] for i in idx]
+        if 0 < sum(ys) < n:
+            vals.append(auroc([scores[i] for i in idx], ys))
+    vals.sort()
+    return [round(vals[int(0.025 * n_boot)], 3), round(vals[int(0.975 * n_boot) - 1], 3)]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", default="embedded:smollm2-135m-instruct")
+    args = ap.parse_args()
+    rows = [json.loads(line) for line in LABELLED.read_text().splitlines() if line.strip()]
+    labels = [int(r["label"] == "good") for r in rows]
+    path = models.resolve_gguf(args.model)
+    signals: dict[str, list[float]] = {}
+    seconds: dict[str, float] = {}
+    with Engine(path, n_ctx=2048, n_parallel=16) as e:
+        for mode in ("logprob", "grammar"):
+            t = time.perf_counter()
+            out = assess.assess(e, rows, AssessConfig(mode=mode), "bench", {}, lambda r: None)
+            seconds[mode] = time.perf_counter() - t
+            signals[f"quality only ({mode})"] = [r["scores"]["quality"] for r in out]
+            signals[f"following only ({mode})"] = [r["scores"]["following"] for r in out]
+            signals[f"both, mean ({mode}) {'← default' if mode == 'logprob' else ''}".strip()] = [r["score"] for r in out]
+        t = time.perf_counter()
+        signals["−IFD (judge-free)"] = [-x for x in assess.ifd(e, rows)]
+        seconds["ifd"] = time.perf_counter() - t
+    results = {name: {"auroc": round(auroc(s, labels), 3), "ci95": auroc_ci(s, labels)} for name, s in signals.items()}
+    by_kind = {}
+    for name in ("both, mean (logprob) ← default", "−IFD (judge-free)"):
+        s = signals[name]
+        goods = [x for x, y in zip(s, labels) if y]
+        for kind in sorted({r["kind"] for r in rows} - {"good"}):
+            bads = [x for x, r in zip(s, rows) if r["kind"] == kind]
+            by_kind.setdefault(name, {})[kind] = round(auroc(goods + bads, [1] * len(goods) + [0] * len(bads)), 3)
+    print(f"| signal ({len(rows)} pairs, {path.name}) | AUROC | 95 % CI |\n|---|---:|---|")
+    for name, v in results.items():
+        print(f"| {name} | {v['auroc']} | {v['ci95'][0]}–{v['ci95'][1]} |")
+    print("\nAUROC of good vs each kind of bad:")
+    for name, kinds in by_kind.items():
+        print(f"  {name}: " + ", ".join(f"{k} {v}" for k, v in kinds.items()))
+    out = {"model": path.name, "pairs": len(rows), "results": results, "by_kind": by_kind,
+           "seconds": {k: round(v, 1) for k, v in seconds.items()}}
+    (ROOT / "results").mkdir(exist_ok=True)
+    (ROOT / "results" / "assess-quality.json").write_text(json.dumps(out, indent=2, ensure_ascii=False))
+
+
+if __name__ == "__main__":
+    main()
