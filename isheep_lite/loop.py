@@ -9,13 +9,14 @@ with its counts and seconds; a rerun of the same command skips what is done and 
 from __future__ import annotations
 
 import contextlib
+import json
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from . import assess, evaluate, export, filters, models, synth, train
 from .engine import Engine
 from .recipe import Recipe, dump_yaml
-from .store import JsonlWriter, RunStore, check_free_disk, read_jsonl, write_jsonl
+from .store import JsonlWriter, RunStore, atomic_write_text, check_free_disk, read_jsonl, write_jsonl
 
 
 @contextlib.contextmanager
@@ -97,7 +98,12 @@ def eval_stage(store: RunStore, t: int, gguf: Path, r: Recipe, base_served: Path
     reference = store.stage_entry(0, "eval") if t > 0 else None
     judge = {"base": base_served, "current": None}[r.eval.judge] if r.eval.judge in ("base", "current") \
         else models.resolve_gguf(r.eval.judge)
-    stage(store, t, "eval", lambda: checks(gguf, r, reference, judge))
+    def work() -> dict[str, Any]:
+        result = checks(gguf, r, reference, judge)
+        atomic_write_text(store.iter_dir(t) / "eval.json", json.dumps({"model": str(gguf), **result}, indent=2, ensure_ascii=False))
+        return result
+
+    stage(store, t, "eval", work)
 
 
 def promote(store: RunStore, r: Recipe, t: int, best: int) -> dict[str, Any]:
@@ -214,8 +220,6 @@ def planned_bytes(r: Recipe, n_params: int, done: set[int]) -> int:
 
 def preflight(r: Recipe) -> tuple[list[dict[str, str]], Path]:
     """Every input is checked before anything is written: seeds, GGUFs, HF weights, free disk."""
-    import json
-
     seeds = synth.load_seeds(r.synth.seeds)
     given = models.resolve_gguf(r.model.gguf)
     info = models.check_arch(given)

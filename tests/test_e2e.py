@@ -48,6 +48,7 @@ def test_two_real_iterations(tmp_path: Path, smol_hf: Path) -> None:
         pw = m[t]["eval"]["pairwise"]
         assert pw["prompts"] == 20 and pw["win"] + pw["tie"] + pw["loss"] == 20
         assert m[t]["promote"]["compared"] and m[t]["promote"]["best"] in (int(t), m[t]["promote"]["against"])
+        assert json.loads((tmp_path / "e2e" / f"iter_0{t}" / "eval.json").read_text())["pairwise"] == pw
     best = m["2"]["promote"]["best"]
     assert (run_dir / "iter_02" / "completions.jsonl").exists()
     final = Path(store.manifest["final_model"])
