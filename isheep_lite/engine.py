@@ -267,35 +267,8 @@ class Engine:
 
     def score_many(self, prompts: Sequence[str], token_ids: Sequence[int]) -> list[list[float]]:
         """`next_token_logprobs` for many prompts, evaluated together (up to `n_parallel` per decode)."""
-        import llama_cpp as lc
-
-        ctx = self._context()
-        memory = lc.llama_get_memory(ctx)
-        n_vocab = self.llm.n_vocab()
-        batch = lc.llama_batch_init(self.n_ctx + self.n_parallel, 0, 1)
-        out: list[list[float]] = []
-        try:
-            i = 0
-            while i < len(prompts):
-                lc.llama_memory_clear(memory, True)
-                batch.n_tokens, rows = 0, []
-                while i < len(prompts) and len(rows) < self.n_parallel:
-                    tokens = self.tokenize(prompts[i])
-                    if len(tokens) >= self.n_ctx:
-                        raise ValueError(f"prompt of {len(tokens)} tokens does not fit n_ctx={self.n_ctx}")
-                    if rows and batch.n_tokens + len(tokens) > self.n_ctx + self.n_parallel:
-                        break
-                    for pos, tok in enumerate(tokens):
-                        row = _add(batch, tok, pos, len(rows), pos == len(tokens) - 1)
-                    rows.append(row)
-                    i += 1
-                if lc.llama_decode(ctx, batch) != 0:
-                    raise RuntimeError("llama_decode failed (KV cache full?)")
-                out += [_log_softmax_at(lc.llama_get_logits_ith(ctx, row), n_vocab, token_ids) for row in rows]
-        finally:
-            lc.llama_batch_free(batch)
-            lc.llama_memory_clear(memory, True)
-        return out
+        seqs = [self.tokenize(p) for p in prompts]
+        return self._decode_packed(seqs, [len(t) - 1 for t in seqs], lambda i, logprobs: logprobs(0, token_ids))
 
     def completion_logprobs(self, prompts: Sequence[str], completions: Sequence[str]) -> list[tuple[float, int]]:
         """(sum of log P(token | everything before it), token count) of each completion after its prompt.
@@ -303,37 +276,51 @@ class Engine:
         The completion is tokenized on its own (no BOS) and appended to the prompt's tokens, as in
         training. Used for IFD (assess.ifd). Pairs are packed into one decode per batch.
         """
+        pairs = [(self.tokenize(p), self.llm.tokenize(c.encode("utf-8"), add_bos=False, special=True))
+                 for p, c in zip(prompts, completions)]
+        if any(not p or not c for p, c in pairs):
+            raise ValueError("completion_logprobs needs a non-empty prompt and completion")
+
+        def read(i: int, logprobs: Callable[[int, Sequence[int]], list[float]]) -> tuple[float, int]:
+            completion = pairs[i][1]
+            return sum(logprobs(k, [tok])[0] for k, tok in enumerate(completion)), len(completion)
+
+        return self._decode_packed([p + c for p, c in pairs], [len(p) - 1 for p, _ in pairs], read)
+
+    def _decode_packed(self, seqs: list[list[int]], first_read: list[int],
+                       read: Callable[[int, Callable[[int, Sequence[int]], list[float]]], Any]) -> list[Any]:
+        """Evaluate token sequences packed up to `n_parallel` per llama_decode (memory cleared between).
+
+        Logits are kept from position `first_read[i]` to the second-to-last token (or just that
+        position, when it is the last); `read(i, logprobs)` is called once per sequence, in order,
+        with logprobs(k, ids) = log P(each of ids) at the k-th kept position.
+        """
         import llama_cpp as lc
 
         ctx = self._context()
         memory = lc.llama_get_memory(ctx)
         n_vocab = self.llm.n_vocab()
         batch = lc.llama_batch_init(self.n_ctx + self.n_parallel, 0, 1)
-        out: list[tuple[float, int]] = []
+        out: list[Any] = []
         try:
             i = 0
-            while i < len(prompts):
+            while i < len(seqs):
                 lc.llama_memory_clear(memory, True)
                 batch.n_tokens, jobs = 0, []
-                while i < len(prompts) and len(jobs) < self.n_parallel:
-                    p_ids = self.tokenize(prompts[i])
-                    c_ids = self.llm.tokenize(completions[i].encode("utf-8"), add_bos=False, special=True)
-                    if not p_ids or not c_ids:
-                        raise ValueError("completion_logprobs needs a non-empty prompt and completion")
-                    tokens = p_ids + c_ids
+                while i < len(seqs) and len(jobs) < self.n_parallel:
+                    tokens, lo = seqs[i], first_read[i]
+                    hi = max(lo, len(tokens) - 2)
                     if len(tokens) >= self.n_ctx:
-                        raise ValueError(f"prompt + completion of {len(tokens)} tokens does not fit n_ctx={self.n_ctx}")
+                        raise ValueError(f"a sequence of {len(tokens)} tokens does not fit n_ctx={self.n_ctx}")
                     if jobs and batch.n_tokens + len(tokens) > self.n_ctx + self.n_parallel:
                         break
-                    rows = [_add(batch, tok, pos, len(jobs), pos >= len(p_ids) - 1 and pos < len(tokens) - 1)
-                            for pos, tok in enumerate(tokens)]
-                    jobs.append((rows[len(p_ids) - 1 : len(tokens) - 1], c_ids))
+                    rows = [_add(batch, tok, pos, len(jobs), lo <= pos <= hi) for pos, tok in enumerate(tokens)]
+                    jobs.append(rows[lo : hi + 1])
                     i += 1
                 if lc.llama_decode(ctx, batch) != 0:
                     raise RuntimeError("llama_decode failed (KV cache full?)")
-                for rows, c_ids in jobs:
-                    lp = sum(_log_softmax_at(lc.llama_get_logits_ith(ctx, r), n_vocab, [t])[0] for r, t in zip(rows, c_ids))
-                    out.append((lp, len(c_ids)))
+                for rows in jobs:
+                    out.append(read(len(out), lambda k, ids: _log_softmax_at(lc.llama_get_logits_ith(ctx, rows[k]), n_vocab, ids)))
         finally:
             lc.llama_batch_free(batch)
             lc.llama_memory_clear(memory, True)
