@@ -90,27 +90,37 @@ def _figure() -> tuple[Any, Any]:
     return plt, plt.figure(figsize=FIGSIZE, dpi=DPI)
 
 
-def _save(plt: Any, fig: Any, path: Path) -> None:
+def _save(plt: Any, fig: Any, path: Path, legend_ax: Any = None) -> None:
+    if legend_ax is not None and legend_ax.get_legend_handles_labels()[0]:
+        legend_ax.legend()
+    fig.tight_layout()
     tmp = path.with_suffix(".tmp.png")
     fig.savefig(tmp, dpi=DPI)  # no bbox_inches="tight": every plot keeps the documented size
     plt.close(fig)
     tmp.replace(path)
 
 
+def _scale(run_dir: Path) -> int:
+    """The run's assess.scale (scores are 1..scale), from its recipe.yaml; 9 if unreadable."""
+    import yaml
+
+    try:
+        return int(yaml.safe_load((run_dir / "recipe.yaml").read_text(encoding="utf-8"))["assess"]["scale"])
+    except (OSError, TypeError, KeyError, ValueError, yaml.YAMLError):
+        return 9
+
+
 def plot_scores(m: dict[str, Any], run_dir: Path, path: Path) -> None:
     plt, fig = _figure()
     ax = fig.add_subplot(1, 1, 1)
-    scale = 9
+    scale = _scale(run_dir)
     for t in iterations(m):
         scores = [x["score"] for x in read_jsonl(run_dir / f"iter_{t:02d}" / "scored.jsonl")]
         if scores:
             ax.hist(scores, bins=[1 + i * 0.25 for i in range(4 * (scale - 1) + 1)], histtype="step", linewidth=2,
                     label=f"iteration {t} (n={len(scores)}, mean {sum(scores) / len(scores):.2f})")
     ax.set(title="Self-assessment scores (expected score, mean of aspects)", xlabel="score", ylabel="pairs", xlim=(1, scale))
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend()
-    fig.tight_layout()
-    _save(plt, fig, path)
+    _save(plt, fig, path, legend_ax=ax)
 
 
 def plot_selection(m: dict[str, Any], path: Path) -> None:
@@ -135,7 +145,6 @@ def plot_selection(m: dict[str, Any], path: Path) -> None:
     if its:
         ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
         ax.set_ylim(0, max(bottom) * 1.15)
-    fig.tight_layout()
     _save(plt, fig, path)
 
 
@@ -147,10 +156,7 @@ def plot_loss(m: dict[str, Any], path: Path) -> None:
         if losses:
             ax.plot(range(1, len(losses) + 1), losses, marker=".", label=f"iteration {t}")
     ax.set(title="LoRA training loss (answer tokens only)", xlabel="step", ylabel="loss")
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend()
-    fig.tight_layout()
-    _save(plt, fig, path)
+    _save(plt, fig, path, legend_ax=ax)
 
 
 def plot_eval(m: dict[str, Any], path: Path) -> None:
@@ -175,7 +181,6 @@ def plot_eval(m: dict[str, Any], path: Path) -> None:
     ax.set_xticks([r["t"] for r in rows])
     if rows:
         ax.legend(fontsize=8)
-    fig.tight_layout()
     _save(plt, fig, path)
 
 
@@ -195,7 +200,6 @@ def plot_throughput(m: dict[str, Any], run_dir: Path, path: Path) -> None:
     pair_ax.set(title="Self-assessment pairs per second", xlabel="iteration", ylabel="pairs/s")
     if its:
         tok_ax.legend(fontsize=8)
-    fig.tight_layout()
     _save(plt, fig, path)
 
 
