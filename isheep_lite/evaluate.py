@@ -72,6 +72,12 @@ def judge_prompt(engine: Engine, request: str, a: str, b: str) -> str:
     return models.render_chat(engine.info, [{"role": "user", "content": content}], add_generation_prompt=True) + JUDGE_PREFILL
 
 
+def empty_rule(new: str, old: str) -> float | None:
+    """The verdict for `new` when either answer is empty (loss, win or tie); None when the judge must decide."""
+    n, o = bool(new.strip()), bool(old.strip())
+    return None if n and o else 0.5 + 0.5 * (n - o)
+
+
 def pairwise(
     judge: Engine, requests: list[str], new: list[str], old: list[str], progress: Callable[[int], None] = lambda n: None
 ) -> dict[str, Any]:
@@ -79,25 +85,30 @@ def pairwise(
 
     In each order the judge's preference is read from its next-token probabilities of " A" and " B"
     (no parsing). A pair is a win when `new` is preferred in both orders, a loss when `old` is, and a
-    tie when the orders disagree — the usual verdict of a position-biased judge. The score
-    (wins + ties/2)/n is 0.5 for "no difference"; its 95 % interval is a bootstrap over prompts.
+    tie when the orders disagree — the usual verdict of a position-biased judge. An empty answer is
+    decided by rule, not by the judge: it loses to any non-empty one and ties with another empty one
+    (measured: the embedded 135M judge preferred an empty answer to a good one in 7 of 8 pairs —
+    bench/results/assess-quality.json). The score (wins + ties/2)/n is 0.5 for "no difference";
+    its 95 % interval is a bootstrap over prompts.
     """
-    labels = [judge.token_id(" A"), judge.token_id(" B")]
-    prompts = [judge_prompt(judge, q, n, o) for q, n, o in zip(requests, new, old)]  # new is A
-    prompts += [judge_prompt(judge, q, o, n) for q, n, o in zip(requests, new, old)]  # new is B
-    lps = judge.score_many(prompts, labels)
-    progress(len(requests))
     k = len(requests)
-    verdicts = []
-    for i in range(k):
-        new_first = lps[i][0] > lps[i][1]
-        new_second = lps[k + i][1] > lps[k + i][0]
-        verdicts.append(1.0 if new_first and new_second else 0.0 if not (new_first or new_second) else 0.5)
+    verdicts = [empty_rule(n, o) for n, o in zip(new, old)]
+    judged = [i for i in range(k) if verdicts[i] is None]
+    labels = [judge.token_id(" A"), judge.token_id(" B")]
+    prompts = [judge_prompt(judge, requests[i], new[i], old[i]) for i in judged]  # new is A
+    prompts += [judge_prompt(judge, requests[i], old[i], new[i]) for i in judged]  # new is B
+    lps = judge.score_many(prompts, labels) if judged else []
+    progress(k)
+    m = len(judged)
+    for j, i in enumerate(judged):
+        new_first = lps[j][0] > lps[j][1]
+        new_second = lps[m + j][1] > lps[m + j][0]
+        verdicts[i] = 1.0 if new_first and new_second else 0.0 if not (new_first or new_second) else 0.5
     wins, losses = verdicts.count(1.0), verdicts.count(0.0)
-    a_first = sum(lps[i][0] > lps[i][1] for i in range(2 * k))
-    return {"prompts": k, "win": wins, "tie": k - wins - losses, "loss": losses,
+    a_first = sum(lp[0] > lp[1] for lp in lps)
+    return {"prompts": k, "win": wins, "tie": k - wins - losses, "loss": losses, "judged": m,
             "score": round(sum(verdicts) / k, 4) if k else None, "score_ci95": bootstrap_ci(verdicts),
-            "judge_prefers_a": round(a_first / (2 * k), 4) if k else None, "verdicts": verdicts}
+            "judge_prefers_a": round(a_first / (2 * m), 4) if m else None, "verdicts": verdicts}
 
 
 # ---- comparing two models on the same prompts ---------------------------------------------------

@@ -107,6 +107,13 @@ def test_pairwise_judges_both_orders(tiny_engine: Engine) -> None:
     assert (biased["win"], biased["tie"], biased["loss"]) == (0, 4, 0) and biased["judge_prefers_a"] == 1.0
 
 
+def test_empty_answers_are_decided_by_rule_not_by_the_judge(tiny_engine: Engine) -> None:
+    # The biased judge always prefers A; an empty answer must still lose, wherever it stands.
+    out = evaluate.pairwise(_StubJudge(tiny_engine.info, bias_a=True), ["q1", "q2", "q3", "q4"],
+                            ["", "GOOD", " \n", "meh"], ["GOOD", "", "", "meh"])
+    assert out["verdicts"] == [0.0, 1.0, 0.5, 0.5] and out["judged"] == 1 and out["judge_prefers_a"] == 1.0
+
+
 def test_pairwise_on_a_real_engine(tiny_engine: Engine) -> None:
     out = evaluate.pairwise(tiny_engine, ["Name a colour."], ["Blue."], ["Green."])
     assert out["win"] + out["tie"] + out["loss"] == 1 and 0 <= out["score"] <= 1
