@@ -7,7 +7,12 @@ tests/data/assess_labelled.jsonl holds 84 (instruction, response) pairs written 
 scores every pair; AUROC = P(a random good pair scores above a random bad one), ties count half;
 0.5 = no separation. The 95 % interval is a percentile bootstrap over pairs (2000 resamples).
 Signals: the assessment levels (quality only, instruction-following only, both = the default mean),
-with log-prob scores and with grammar-constrained digits, and IFD (lower = better, so −IFD is used).
+the yes/no verdict, each with log-prob scores and grammar-constrained answers, IFD (lower = better,
+so −IFD is used), and rank-mean combinations (filter.rank_by: score+ifd).
+Also the pairwise judge (evaluate.pairwise) on the 42 (good, bad) answers to the same instruction:
+how often it prefers the good one in both orders, and its position bias.
+Caveat: the verdict question and the combinations were picked after trying several signals on this
+same set, so their AUROC is optimistic; an untouched held-out set would be the fair test.
 Prints a table and writes bench/results/assess-quality.json.
 """
 from __future__ import annotations
@@ -18,7 +23,7 @@ import random
 import time
 from pathlib import Path
 
-from isheep_lite import assess, models
+from isheep_lite import assess, evaluate, filters, models
 from isheep_lite.engine import Engine
 from isheep_lite.recipe import AssessConfig
 
@@ -44,6 +49,23 @@ def auroc_ci(scores: list[float], labels: list[int], n_boot: int = 2000, seed: i
     return [round(vals[int(0.025 * n_boot)], 3), round(vals[int(0.975 * n_boot) - 1], 3)]
 
 
+def judge_accuracy(e: Engine, rows: list[dict]) -> dict:
+    """The pairwise judge on (good, bad) answers to the same instruction, good as `new`, bad as `old`."""
+    pairs: dict[str, dict[str, str]] = {}
+    for r in rows:
+        pairs.setdefault(r["instruction"], {})[r["label"]] = r["response"]
+    qs = [q for q, v in pairs.items() if {"good", "bad"} <= set(v)]
+    out = evaluate.pairwise(e, qs, [pairs[q]["good"] for q in qs], [pairs[q]["bad"] for q in qs])
+    # Position bias cancels in the sum of both orders' log-odds; a forced choice with no tie margin.
+    labels = [e.token_id(" A"), e.token_id(" B")]
+    prompts = [evaluate.judge_prompt(e, q, pairs[q]["good"], pairs[q]["bad"]) for q in qs]
+    prompts += [evaluate.judge_prompt(e, q, pairs[q]["bad"], pairs[q]["good"]) for q in qs]
+    lps, k = e.score_many(prompts, labels), len(qs)
+    by_odds = sum((lps[i][0] - lps[i][1]) + (lps[k + i][1] - lps[k + i][0]) > 0 for i in range(k))
+    return {"pairs": k, "good_both_orders": out["win"], "bad_both_orders": out["loss"], "ties": out["tie"],
+            "judge_prefers_a": out["judge_prefers_a"], "good_by_log_odds": int(by_odds)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default="embedded:smollm2-135m-instruct")
@@ -56,14 +78,23 @@ def main() -> None:
     with Engine(path, n_ctx=2048, n_parallel=16) as e:
         for mode in ("logprob", "grammar"):
             t = time.perf_counter()
-            out = assess.assess(e, rows, AssessConfig(mode=mode), "bench", {}, lambda r: None)
+            cfg = AssessConfig(mode=mode, aspects=["quality", "following", "verdict"])
+            out = assess.assess(e, rows, cfg, "bench", {}, lambda r: None)
             seconds[mode] = time.perf_counter() - t
             signals[f"quality only ({mode})"] = [r["scores"]["quality"] for r in out]
             signals[f"following only ({mode})"] = [r["scores"]["following"] for r in out]
-            signals[f"both, mean ({mode}) {'← default' if mode == 'logprob' else ''}".strip()] = [r["score"] for r in out]
+            signals[f"both, mean ({mode}) {'← default' if mode == 'logprob' else ''}".strip()] = [
+                (r["scores"]["quality"] + r["scores"]["following"]) / 2 for r in out]
+            signals[f"verdict ({mode})"] = [r["scores"]["verdict"] for r in out]
         t = time.perf_counter()
         signals["−IFD (judge-free)"] = [-x for x in assess.ifd(e, rows)]
         seconds["ifd"] = time.perf_counter() - t
+        for name in ("both, mean (logprob) ← default", "verdict (logprob)"):
+            signals[f"{name.split(' ←')[0]} + IFD, rank mean"] = [
+                (a + b) / 2 for a, b in zip(filters.ranks(signals[name]), filters.ranks(signals["−IFD (judge-free)"]))]
+        t = time.perf_counter()
+        judge = judge_accuracy(e, rows)
+        seconds["pairwise judge"] = time.perf_counter() - t
     results = {name: {"auroc": round(auroc(s, labels), 3), "ci95": auroc_ci(s, labels)} for name, s in signals.items()}
     by_kind = {}
     for name in ("both, mean (logprob) ← default", "−IFD (judge-free)"):
@@ -78,7 +109,10 @@ def main() -> None:
     print("\nAUROC of good vs each kind of bad:")
     for name, kinds in by_kind.items():
         print(f"  {name}: " + ", ".join(f"{k} {v}" for k, v in kinds.items()))
-    out = {"model": path.name, "pairs": len(rows), "results": results, "by_kind": by_kind,
+    print(f"\nPairwise judge on {judge['pairs']} (good, bad) answers to one instruction: prefers good in both orders "
+          f"{judge['good_both_orders']}, bad in both {judge['bad_both_orders']}, ties {judge['ties']}; "
+          f"position A chosen {judge['judge_prefers_a']:.0%}; summed log-odds favour good in {judge['good_by_log_odds']}")
+    out = {"model": path.name, "pairs": len(rows), "results": results, "by_kind": by_kind, "pairwise_judge": judge,
            "seconds": {k: round(v, 1) for k, v in seconds.items()}}
     (ROOT / "results").mkdir(exist_ok=True)
     (ROOT / "results" / "assess-quality.json").write_text(json.dumps(out, indent=2, ensure_ascii=False))

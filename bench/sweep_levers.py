@@ -34,7 +34,12 @@ VARIANTS: dict[str, list[str]] = {
     "short_answers": ["filter.max_response_words=120"],
     "lr_3e-5": ["train.lr=3e-5"],
     "epochs_3": ["train.epochs=3"],
+    # Selection by IFD (judge-free) and by the yes/no verdict + IFD: these re-run self-assessment
+    # (M_0 grades again, now also recording IFD) on the same pairs.
+    "rank_ifd": ["assess.ifd=true", "filter.rank_by=ifd"],
+    "verdict_ifd": ["assess.aspects=[verdict]", "assess.ifd=true", "filter.rank_by=score+ifd"],
 }
+REASSESS = {"rank_ifd", "verdict_ifd"}
 REUSED = ("instructions", "responses", "assess")
 
 
@@ -51,12 +56,12 @@ def stricter_pool(d: Path) -> None:
         write_jsonl(d / name, [x for x in read_jsonl(d / name) if x["id"] in keep])
 
 
-def prepare(source: Path, dest: Path, m0_eval: dict | None, strict: bool) -> None:
-    """A run directory holding the source's M_0 and iteration-1 records up to self-assessment."""
+def prepare(source: Path, dest: Path, m0_eval: dict | None, strict: bool, reassess: bool = False) -> None:
+    """A run directory holding the source's M_0 and iteration-1 records up to self-assessment (or before it)."""
     shutil.rmtree(dest, ignore_errors=True)
     (dest / "iter_01").mkdir(parents=True)
     shutil.copytree(source / "iter_00", dest / "iter_00")
-    for name in ("completions", "instructions", "instructions_rejected", "responses", "scored"):
+    for name in ("completions", "instructions", "instructions_rejected", "responses") + (() if reassess else ("scored",)):
         shutil.copy(source / "iter_01" / f"{name}.jsonl", dest / "iter_01" / f"{name}.jsonl")
     if strict:
         stricter_pool(dest / "iter_01")
@@ -64,7 +69,7 @@ def prepare(source: Path, dest: Path, m0_eval: dict | None, strict: bool) -> Non
     it0 = {"base": m["iterations"]["0"]["base"]}
     if m0_eval:
         it0["eval"] = m0_eval
-    it1 = {k: m["iterations"]["1"][k] for k in REUSED}
+    it1 = {k: m["iterations"]["1"][k] for k in REUSED if not (reassess and k == "assess")}
     (dest / "manifest.json").write_text(json.dumps({"iterations": {"0": it0, "1": it1}}, indent=2))
 
 
@@ -92,7 +97,7 @@ def main() -> None:
     m0_eval = results.get("m0_eval")
     for name in names:
         dest = args.out / name
-        prepare(args.source, dest, m0_eval, strict=name == "strict_instr")
+        prepare(args.source, dest, m0_eval, strict=name == "strict_instr", reassess=name in REASSESS)
         overrides = [f"name={name}", f"runs_dir={args.out}", "loop.iterations=1", f"eval.suite_prompts={args.suite}", *VARIANTS[name]]
         start = time.time()
         store = loop.run(recipe.load(None, overrides), force=True)

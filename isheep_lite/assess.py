@@ -30,15 +30,23 @@ CRITERIA = {
     ),
 }
 PREFILL = "Score: "
+# A yes/no verdict instead of a graded score: the probability of " Yes" against " No", mapped onto
+# 1..scale. Measured on tests/data/assess_labelled.jsonl with the embedded model it separated good from
+# bad better than either graded aspect (bench/results/assess-quality.json).
+VERDICT_QUESTION = "Is the response a correct answer that does exactly what the instruction asks? Answer Yes or No."
+VERDICT_PREFILL = "Answer:"
+VERDICT_WORDS = (" No", " Yes")
 
 
 def assessment_prompt(engine: Engine, instruction: str, response: str, aspect: str, scale: int) -> str:
+    question = VERDICT_QUESTION if aspect == "verdict" else (
+        f"{CRITERIA[aspect]} Rate it from 1 (very poor) to {scale} (excellent). Reply with the number only.")
     content = (
         "Read the instruction and the response below.\n\n"
-        f"### Instruction\n{instruction}\n\n### Response\n{response}\n\n### Question\n{CRITERIA[aspect]} "
-        f"Rate it from 1 (very poor) to {scale} (excellent). Reply with the number only."
+        f"### Instruction\n{instruction}\n\n### Response\n{response}\n\n### Question\n{question}"
     )
-    return models.render_chat(engine.info, [{"role": "user", "content": content}], add_generation_prompt=True) + PREFILL
+    prefill = VERDICT_PREFILL if aspect == "verdict" else PREFILL
+    return models.render_chat(engine.info, [{"role": "user", "content": content}], add_generation_prompt=True) + prefill
 
 
 def expected_score(logprobs: list[float]) -> tuple[float, list[float], float]:
@@ -59,22 +67,41 @@ def parse_score(text: str, scale: int) -> int | None:
     return None
 
 
-def score_prompts(engine: Engine, prompts: list[str], cfg: AssessConfig, digits: list[int]) -> list[tuple[float | None, list[float] | None, float | None]]:
-    """(score, distribution over 1..scale, digit probability mass) per pre-filled prompt, by `cfg.mode`.
+def score_prompts(engine: Engine, prompts: list[str], cfg: AssessConfig, aspect: str) -> list[tuple[float | None, list[float] | None, float | None]]:
+    """(score, distribution over the answers, their probability mass) per pre-filled prompt, by `cfg.mode`.
 
     logprob: one forward pass, expected value of the next-token distribution (never fails);
-    grammar: greedy generation constrained by the GBNF `root ::= [1-scale]` (always one valid digit);
-    generate: free greedy reply without the pre-fill, first number parsed (None when there is none) —
+    grammar: greedy generation constrained by a GBNF grammar to one valid answer;
+    generate: free greedy reply without the pre-fill, parsed (None when it holds no answer) —
     for backends that expose neither log-probs nor grammars.
+    A graded aspect answers a digit 1..scale; the verdict answers No/Yes, scored 1 or scale
+    (its expected score is 1 + (scale − 1)·P(Yes)).
     """
+    verdict = aspect == "verdict"
+    answers = list(VERDICT_WORDS) if verdict else [str(d) for d in range(1, cfg.scale + 1)]
+    values = [1.0, float(cfg.scale)] if verdict else [float(d) for d in range(1, cfg.scale + 1)]
     if cfg.mode == "logprob":
-        return [expected_score(lp) for lp in engine.score_many(prompts, digits)]
+        out = []
+        for lp in engine.score_many(prompts, [engine.token_id(a) for a in answers]):
+            _, dist, mass = expected_score(lp)
+            out.append((sum(v * q for v, q in zip(values, dist)), dist, mass))
+        return out
+    prefill = VERDICT_PREFILL if verdict else PREFILL
     if cfg.mode == "grammar":
-        s = Sampling(temperature=0.0, max_tokens=2, grammar=f"root ::= [1-{cfg.scale}]")
-        return [(float(int(c.text.strip())), None, None) for c in engine.generate(prompts, [s] * len(prompts))]
+        rule = '" Yes" | " No"' if verdict else f"[1-{cfg.scale}]"
+        s = Sampling(temperature=0.0, max_tokens=3, grammar=f"root ::= {rule}")
+        return [(values[[a.strip() for a in answers].index(c.text.strip())], None, None)
+                for c in engine.generate(prompts, [s] * len(prompts))]
     s = Sampling(temperature=0.0, max_tokens=48)
-    outs = engine.generate([p[: -len(PREFILL)] for p in prompts], [s] * len(prompts))
-    return [(None if (v := parse_score(c.text, cfg.scale)) is None else float(v), None, None) for c in outs]
+    outs = engine.generate([p[: -len(prefill)] for p in prompts], [s] * len(prompts))
+    parse = parse_verdict if verdict else parse_score
+    return [(None if (v := parse(c.text, cfg.scale)) is None else float(v), None, None) for c in outs]
+
+
+def parse_verdict(text: str, scale: int) -> int | None:
+    """scale for a reply that starts with yes, 1 for no, None otherwise (free-generation mode)."""
+    m = re.match(r"\W*(yes|no)\b", text, re.IGNORECASE)
+    return None if m is None else scale if m.group(1).lower() == "yes" else 1
 
 
 def ifd(engine: Engine, records: list[dict[str, Any]]) -> list[float]:
@@ -103,7 +130,6 @@ def assess(
     progress: Callable[[int], None] = lambda n: None,
 ) -> list[dict[str, Any]]:
     """Score every record on every aspect; `done` holds records scored before a resume."""
-    digits = [engine.token_id(str(d)) for d in range(1, cfg.scale + 1)]
     progress(sum(r["id"] in done for r in records))
     # Fixed chunks over all records, each saved before the next; a resumed run rescores an
     # unfinished chunk whole (same batch composition, same scores) and writes only what is missing.
@@ -112,9 +138,10 @@ def assess(
         part = records[start : start + chunk]
         if all(r["id"] in done for r in part):
             continue
-        prompts = [assessment_prompt(engine, user_message(r["instruction"], r["input"]), r["response"], a, cfg.scale)
-                   for r in part for a in cfg.aspects]
-        results = iter(score_prompts(engine, prompts, cfg, digits))
+        per_aspect = [score_prompts(engine, [assessment_prompt(engine, user_message(r["instruction"], r["input"]),
+                                                               r["response"], a, cfg.scale) for r in part], cfg, a)
+                      for a in cfg.aspects]
+        results = iter(x for row in zip(*per_aspect) for x in row)
         ifds = iter(ifd(engine, part) if cfg.ifd else [None] * len(part))
         for rec in part:
             scores, dists, mass = {}, {}, {}

@@ -145,12 +145,39 @@ def mean_score(record: dict[str, Any], aspects: Sequence[str]) -> float:
     return sum(record["scores"][a] for a in aspects) / len(aspects)
 
 
+def ranks(values: Sequence[float]) -> list[float]:
+    """Fractional rank of each value in 0..1 (ties share their mean rank): scale-free, so signals can be averaged."""
+    order = sorted(range(len(values)), key=lambda i: values[i])
+    out = [0.0] * len(values)
+    i = 0
+    while i < len(order):
+        j = i
+        while j + 1 < len(order) and values[order[j + 1]] == values[order[i]]:
+            j += 1
+        for k in range(i, j + 1):
+            out[order[k]] = (i + j) / 2 / max(1, len(values) - 1)
+        i = j + 1
+    return out
+
+
+def rank_keys(records: list[dict[str, Any]], aspects: Sequence[str], rank_by: str) -> list[float]:
+    """Higher is better. score: mean self-assessment; ifd: −IFD; score+ifd: the mean of both fractional ranks."""
+    by_score = [mean_score(r, aspects) for r in records]
+    if rank_by == "score":
+        return by_score
+    by_ifd = [-r["ifd"] for r in records]
+    if rank_by == "ifd":
+        return by_ifd
+    return [(a + b) / 2 for a, b in zip(ranks(by_score), ranks(by_ifd))]
+
+
 def select(records: list[dict[str, Any]], aspects: Sequence[str], cfg: FilterConfig) -> tuple[list[dict], list[dict]]:
-    """IFD ceiling, absolute threshold on every aspect, then the top fraction by mean score.
+    """IFD ceiling, absolute threshold on every aspect, then the top fraction by `cfg.rank_by`.
 
     The rank cut exists because a small model is a weak, compressed judge (FACTS.md: expected scores
     of 4.96 vs 4.53 for a right and a wrong answer): a fixed threshold keeps all or nothing, a rank
     keeps its relatively best. Ties keep record order (stable sort), so selection is deterministic.
+    With no aspects (assessment switched off) only the rule filters have run and everything is kept.
     """
     kept, rejected = [], []
     for r in records:
@@ -162,8 +189,9 @@ def select(records: list[dict[str, Any]], aspects: Sequence[str], cfg: FilterCon
             rejected.append({**r, "reason": "below_min_score"})
         else:
             kept.append(r)
-    if cfg.keep_top is not None and kept:
-        order = sorted(range(len(kept)), key=lambda i: -mean_score(kept[i], aspects))
+    if cfg.keep_top is not None and kept and aspects:
+        keys = rank_keys(kept, aspects, cfg.rank_by)
+        order = sorted(range(len(kept)), key=lambda i: -keys[i])
         n_keep = max(1, round(cfg.keep_top * len(kept)))
         top = set(order[:n_keep])
         rejected += [{**kept[i], "reason": "below_top_fraction"} for i in range(len(kept)) if i not in top]

@@ -15,7 +15,7 @@ from typing import Any, Callable, Iterator
 
 from . import assess, evaluate, export, filters, models, synth, train
 from .engine import Engine
-from .recipe import Recipe, dump_yaml
+from .recipe import Recipe, UserError, dump_yaml
 from .store import JsonlWriter, RunStore, atomic_write_text, check_free_disk, read_jsonl, write_jsonl
 
 
@@ -167,6 +167,9 @@ def iteration(store: RunStore, r: Recipe, t: int, seeds: list[dict], given: Path
         assessor = engine if r.assess.assessor == "current" else None
 
         def make_scores() -> dict[str, Any]:
+            if not r.assess.enabled:  # the no-assessment ablation: every candidate goes on unscored
+                write_jsonl(d / "scored.jsonl", [{**x, "scores": {}, "score": None} for x in candidates])
+                return {"scored": 0, "assessor": None, "score_mean": None}
             done = {x["id"]: x for x in read_jsonl(d / "scored.jsonl")}
             with contextlib.ExitStack() as stack:
                 judge = assessor or stack.enter_context(open_engine(base_served, r))
@@ -175,13 +178,14 @@ def iteration(store: RunStore, r: Recipe, t: int, seeds: list[dict], given: Path
                 bar = stack.enter_context(progress_bar(f"it{t} self-assessment", len(candidates)))
                 rows = assess.assess(judge, candidates, r.assess, name, done, out.write, bar)
             scores = [x["score"] for x in rows if x["score"] is not None]
-            return {"scored": len(rows), "assessor": name, **_stats(scores)}
+            return {"scored": len(rows), "assessor": name, **_stats(scores), "score_hist": histogram(scores, r.assess.scale)}
 
         stage(store, t, "assess", make_scores)
     scored = {x["id"]: x for x in read_jsonl(d / "scored.jsonl")}
 
     def make_selection() -> dict[str, Any]:
-        kept, dropped = filters.select([scored[x["id"]] for x in candidates], r.assess.aspects, f)
+        aspects = r.assess.aspects if r.assess.enabled else []
+        kept, dropped = filters.select([scored[x["id"]] for x in candidates], aspects, f)
         write_jsonl(d / "kept.jsonl", [{"id": x["id"], "messages": conversation(x), "score": x["score"]} for x in kept])
         write_jsonl(d / "rejected.jsonl", rejected + dropped)
         return {"kept": len(kept), "rejected": len(rejected) + len(dropped), "kept_ratio": round(len(kept) / max(1, len(responses)), 4),
@@ -192,6 +196,9 @@ def iteration(store: RunStore, r: Recipe, t: int, seeds: list[dict], given: Path
     def make_training() -> dict[str, Any]:
         iters = range(1, t + 1) if r.loop.data == "cumulative" else [t]
         data = [x["messages"] for i in iters for x in read_jsonl(store.iter_dir(i) / "kept.jsonl")]
+        if not data:
+            raise UserError(f"iteration {t}: no pair passed selection, nothing to train on (reasons in {d / 'rejected.jsonl'}); "
+                            "lower filter.min_score or raise synth.num_instructions")
         return {"trained_on": str(train_hf), **train.train(data, train_hf, given, d, r.train, seed + t)}
 
     stage(store, t, "train", make_training)
@@ -272,6 +279,15 @@ def _count(rows: list[dict[str, Any]], key: str) -> dict[str, int]:
     for x in rows:
         out[x[key]] = out.get(x[key], 0) + 1
     return dict(sorted(out.items(), key=lambda kv: -kv[1]))
+
+
+def histogram(xs: list[float], scale: int) -> dict[str, int]:
+    """Counts of scores in unit bins "1-2", …, "(scale-1)-scale" (the last bin holds the top score too)."""
+    counts = {f"{lo}-{lo + 1}": 0 for lo in range(1, scale)}
+    for x in xs:
+        lo = min(max(int(x), 1), scale - 1)
+        counts[f"{lo}-{lo + 1}"] += 1
+    return counts
 
 
 def _stats(xs: list[float]) -> dict[str, Any]:

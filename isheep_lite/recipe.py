@@ -64,6 +64,7 @@ class AssessConfig:
     scale: int = 9  # scores 1..scale; ≤ 9 keeps every score one token, so log-probs read it in one step
     mode: str = "logprob"  # logprob: expected score from next-token probabilities | grammar: GBNF-constrained digit | generate: parse a free reply
     assessor: str = "current"  # current: M_t grades its own pairs | base: M_0 grades every iteration
+    enabled: bool = True  # false: no self-assessment at all, the rule filters alone select (an ablation)
     ifd: bool = False  # also record IFD = PPL(response | instruction) / PPL(response | empty request) per pair
 
 
@@ -71,6 +72,7 @@ class AssessConfig:
 class FilterConfig:
     min_score: float | None = None  # keep pairs whose every aspect score ≥ this (paper: > 8 of 10)
     keep_top: float | None = 0.5  # then keep this top fraction by mean score; null = no rank cut
+    rank_by: str = "score"  # keep_top ranks by: score (self-assessment) | ifd (−IFD, judge-free) | score+ifd (mean of both ranks); ifd needs assess.ifd
     max_ifd: float | None = None  # drop pairs whose IFD ≥ this (1.0: the instruction does not help predict the answer); needs assess.ifd
     min_words: int = 4  # instruction length bounds in words (paper: more than 3 …
     max_words: int = 150  # … and at most 150)
@@ -142,6 +144,7 @@ CHOICES = {
     "loop.promote": {"best", "latest"},
     "synth.source": {"seeds", "magpie"},
     "assess.mode": {"logprob", "grammar", "generate"},
+    "filter.rank_by": {"score", "ifd", "score+ifd"},
     "assess.assessor": {"current", "base"},
     "train.backend": {"hf"},
 }
@@ -156,7 +159,7 @@ NON_NEGATIVE = (
     "train.checkpoint_steps",
     "eval.stop_prompts", "eval.suite_prompts",
 )
-ASPECTS = {"quality", "following"}
+ASPECTS = {"quality", "following", "verdict"}
 EXPORT_TYPES = {"f16", "f32", "q8_0", "q4_k_m", "q4_0", "q5_k_m", "q6_k"}
 
 
@@ -297,6 +300,11 @@ def validate(r: Recipe) -> None:
         raise UserError(f"recipe: filter.min_score must be in 1..assess.scale or null, got {r.filter.min_score}")
     if r.filter.max_ifd is not None and (not r.assess.ifd or r.filter.max_ifd <= 0):
         raise UserError("recipe: filter.max_ifd needs assess.ifd: true and a value > 0")
+    if r.filter.rank_by != "score" and not r.assess.ifd:
+        raise UserError(f"recipe: filter.rank_by={r.filter.rank_by} needs assess.ifd: true")
+    if not r.assess.enabled and (r.filter.keep_top is not None or r.filter.min_score is not None or r.assess.ifd):
+        raise UserError("recipe: assess.enabled: false selects by rule filters alone; set filter.keep_top: null, "
+                        "filter.min_score: null and assess.ifd: false")
     if r.filter.min_words > r.filter.max_words:
         raise UserError("recipe: filter.min_words must be ≤ filter.max_words")
     if not 0 < r.filter.dedup_rouge_l <= 1:

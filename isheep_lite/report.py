@@ -115,7 +115,7 @@ def plot_scores(m: dict[str, Any], run_dir: Path, path: Path) -> None:
     ax = fig.add_subplot(1, 1, 1)
     scale = _scale(run_dir)
     for t in iterations(m):
-        scores = [x["score"] for x in read_jsonl(run_dir / f"iter_{t:02d}" / "scored.jsonl")]
+        scores = [x["score"] for x in read_jsonl(run_dir / f"iter_{t:02d}" / "scored.jsonl") if x["score"] is not None]
         if scores:
             ax.hist(scores, bins=[1 + i * 0.25 for i in range(4 * (scale - 1) + 1)], histtype="step", linewidth=2,
                     label=f"iteration {t} (n={len(scores)}, mean {sum(scores) / len(scores):.2f})")

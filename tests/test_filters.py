@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from isheep_lite.filters import RougeIndex, instruction_reject_reason, response_reject_reason, rouge_l, select
+from isheep_lite.filters import RougeIndex, instruction_reject_reason, ranks, response_reject_reason, rouge_l, select
+from isheep_lite.loop import histogram
 from isheep_lite.recipe import FilterConfig
 
 CFG = FilterConfig()
@@ -91,3 +92,23 @@ def test_ifd_ceiling_rejects_answers_the_instruction_does_not_explain() -> None:
     recs = [{**_rec(0, 5, 5), "ifd": 0.3}, {**_rec(1, 9, 9), "ifd": 1.2}, _rec(2, 6, 6)]
     kept, rejected = select(recs, ["quality", "following"], FilterConfig(keep_top=None, max_ifd=1.0))
     assert [r["id"] for r in kept] == [0, 2] and [r["reason"] for r in rejected] == ["high_ifd"]
+
+
+def test_rank_by_ifd_and_by_the_mean_of_both_ranks() -> None:
+    # Self-scores and IFD disagree: a ranks first by score, c by IFD (lower is better).
+    recs = [{"id": i, "scores": {"quality": q}, "ifd": ifd} for i, q, ifd in [("a", 9, 1.2), ("b", 5, 0.5), ("c", 1, 0.1), ("d", 4, 0.9)]]
+    pick = lambda by: [r["id"] for r in select(recs, ["quality"], FilterConfig(keep_top=0.25, rank_by=by))[0]]
+    assert pick("score") == ["a"] and pick("ifd") == ["c"]
+    # Fractional ranks: score a 1, b 2/3, d 1/3, c 0; −IFD c 1, b 2/3, d 1/3, a 0 → b has the best mean.
+    assert pick("score+ifd") == ["b"]
+    assert ranks([3.0, 1.0, 3.0, 2.0]) == [5 / 6, 0.0, 5 / 6, 1 / 3]
+
+
+def test_without_assessment_the_rule_filters_alone_select() -> None:
+    recs = [{"id": i, "scores": {}, "score": None} for i in range(3)]
+    kept, rejected = select(recs, [], FilterConfig(keep_top=None, min_score=None))
+    assert [r["id"] for r in kept] == [0, 1, 2] and rejected == []
+
+
+def test_score_histogram_bins() -> None:
+    assert histogram([1.0, 1.9, 2.0, 8.5, 9.0], 9) == {"1-2": 2, "2-3": 1, "3-4": 0, "4-5": 0, "5-6": 0, "6-7": 0, "7-8": 0, "8-9": 2}

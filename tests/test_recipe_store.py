@@ -40,6 +40,10 @@ def test_overrides_are_typed_yaml_values() -> None:
         ("export.types=q8_0", "master export"),
         ("filter.max_ifd=1.0", "needs assess.ifd: true"),
         ("assess.mode=guess", "assess.mode must be one of"),
+        ("filter.rank_by=score+ifd", "needs assess.ifd: true"),
+        ("filter.rank_by=random", "filter.rank_by must be one of"),
+        ("assess.enabled=false", "rule filters alone"),
+        ("assess.aspects=[quality,style]", "assess.aspects must be"),
         ("noequals", "section.key=value"),
     ],
 )

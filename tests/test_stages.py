@@ -94,16 +94,28 @@ def test_assess_scores_every_record_and_resumes(tiny_engine: Engine) -> None:
     assert [r["id"] for r in again] == ["r2"] and resumed[:2] == out[:2]
 
 
+def test_verdict_is_the_probability_of_yes_on_the_score_scale(tiny_engine: Engine) -> None:
+    recs = [{"id": "r0", "instruction": "Name two fruits.", "input": "", "response": "Apple, pear."}]
+    [row] = assess.assess(tiny_engine, recs, AssessConfig(aspects=["verdict"]), "M_0", {}, lambda r: None)
+    p_no, p_yes = row["score_dist"]["verdict"]
+    assert p_no + p_yes == pytest.approx(1.0, abs=1e-3) and row["score"] == pytest.approx(1 + 8 * p_yes, abs=1e-3)
+    prompt = assess.assessment_prompt(tiny_engine, "Name two fruits.", "Apple, pear.", "verdict", 9)
+    assert prompt.endswith(assess.VERDICT_PREFILL) and "Answer Yes or No" in prompt
+    assert assess.parse_verdict("Yes, it does.", 9) == 9 and assess.parse_verdict(" no.", 9) == 1
+    assert assess.parse_verdict("Maybe", 9) is None and assess.parse_verdict("Yesterday", 9) is None
+
+
 @pytest.mark.parametrize("mode", ["grammar", "generate"])
 def test_assess_by_grammar_or_generated_text(tiny_engine: Engine, mode: str) -> None:
     recs = [{"id": f"r{i}", "instruction": f"Name {i} fruits.", "input": "", "response": "Apple, pear."} for i in range(5)]
-    out = assess.assess(tiny_engine, recs, AssessConfig(mode=mode), "M_0", {}, lambda r: None)
+    cfg = AssessConfig(mode=mode, aspects=["quality", "following", "verdict"])
+    out = assess.assess(tiny_engine, recs, cfg, "M_0", {}, lambda r: None)
     assert [r["id"] for r in out] == [r["id"] for r in recs] and all("score_dist" not in r for r in out)
     for r in out:
-        for v in r["scores"].values():
-            if mode == "grammar":  # the grammar admits nothing but a digit 1..scale: always a valid score
-                assert v in {1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0}
-            else:  # a random model's free reply rarely holds a number: None is kept, never guessed
+        for aspect, v in r["scores"].items():
+            if mode == "grammar":  # the grammar admits nothing but a valid answer: always a valid score
+                assert v in ({1.0, 9.0} if aspect == "verdict" else {1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0})
+            else:  # a random model's free reply rarely holds an answer: None is kept, never guessed
                 assert v is None or 1 <= v <= 9
         assert (r["score"] is None) == any(v is None for v in r["scores"].values())
 
