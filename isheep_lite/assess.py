@@ -31,8 +31,8 @@ CRITERIA = {
 }
 PREFILL = "Score: "
 # A yes/no verdict instead of a graded score: the probability of " Yes" against " No", mapped onto
-# 1..scale. Measured on tests/data/assess_labelled.jsonl with the embedded model it separated good from
-# bad better than either graded aspect (bench/results/assess-quality.json).
+# 1..scale. On tests/data/assess_labelled.jsonl with the embedded model its AUROC (0.556) was above
+# either graded aspect's, though no interval excluded chance (bench/results/assess-quality.json).
 VERDICT_QUESTION = "Is the response a correct answer that does exactly what the instruction asks? Answer Yes or No."
 VERDICT_PREFILL = "Answer:"
 VERDICT_WORDS = (" No", " Yes")

@@ -87,9 +87,10 @@ def pairwise(
     (no parsing). A pair is a win when `new` is preferred in both orders, a loss when `old` is, and a
     tie when the orders disagree — the usual verdict of a position-biased judge. An empty answer is
     decided by rule, not by the judge: it loses to any non-empty one and ties with another empty one
-    (measured: the embedded 135M judge preferred an empty answer to a good one in 7 of 8 pairs —
-    bench/results/assess-quality.json). The score (wins + ties/2)/n is 0.5 for "no difference";
-    its 95 % interval is a bootstrap over prompts.
+    (a development probe: against 8 good answers the embedded 135M judge's summed log-odds favoured
+    the empty answer 7 times, and the both-orders rule called all 8 ties; its position bias and
+    chance-level accuracy are in bench/results/assess-quality.json). The score (wins + ties/2)/n is
+    0.5 for "no difference"; its 95 % interval is a bootstrap over prompts.
     """
     k = len(requests)
     verdicts = [empty_rule(n, o) for n, o in zip(new, old)]

@@ -71,7 +71,7 @@ class AssessConfig:
 @dataclass
 class FilterConfig:
     min_score: float | None = None  # keep pairs whose every aspect score ≥ this (paper: > 8 of 10)
-    keep_top: float | None = 0.5  # then keep this top fraction by mean score; null = no rank cut
+    keep_top: float | None = 0.5  # then keep this top fraction, ranked by rank_by; null = no rank cut
     rank_by: str = "score"  # keep_top ranks by: score (self-assessment) | ifd (−IFD, judge-free) | score+ifd (mean of both ranks); ifd needs assess.ifd
     max_ifd: float | None = None  # drop pairs whose IFD ≥ this (1.0: the instruction does not help predict the answer); needs assess.ifd
     min_words: int = 4  # instruction length bounds in words (paper: more than 3 …
