@@ -198,7 +198,7 @@ def iteration(store: RunStore, r: Recipe, t: int, seeds: list[dict], given: Path
         data = [x["messages"] for i in iters for x in read_jsonl(store.iter_dir(i) / "kept.jsonl")]
         if not data:
             raise UserError(f"iteration {t}: no pair passed selection, nothing to train on (reasons in {d / 'rejected.jsonl'}); "
-                            "lower filter.min_score or raise synth.num_instructions")
+                            "rerun under a new name with a lower filter.min_score or more synth.num_instructions")
         return {"trained_on": str(train_hf), **train.train(data, train_hf, given, d, r.train, seed + t)}
 
     stage(store, t, "train", make_training)
