@@ -56,12 +56,8 @@ def judge_accuracy(e: Engine, rows: list[dict]) -> dict:
         pairs.setdefault(r["instruction"], {})[r["label"]] = r["response"]
     qs = [q for q, v in pairs.items() if {"good", "bad"} <= set(v)]
     out = evaluate.pairwise(e, qs, [pairs[q]["good"] for q in qs], [pairs[q]["bad"] for q in qs])
-    # Position bias cancels in the sum of both orders' log-odds; a forced choice with no tie margin.
-    labels = [e.token_id(" A"), e.token_id(" B")]
-    prompts = [evaluate.judge_prompt(e, q, pairs[q]["good"], pairs[q]["bad"]) for q in qs]
-    prompts += [evaluate.judge_prompt(e, q, pairs[q]["bad"], pairs[q]["good"]) for q in qs]
-    lps, k = e.score_many(prompts, labels), len(qs)
-    by_odds = sum((lps[i][0] - lps[i][1]) + (lps[k + i][1] - lps[k + i][0]) > 0 for i in range(k))
+    k = len(qs)
+    by_odds = sum(x is not None and x > 0 for x in out["log_odds"])  # a forced choice, no tie margin
     return {"pairs": k, "good_both_orders": out["win"], "bad_both_orders": out["loss"], "ties": out["tie"],
             "judge_prefers_a": out["judge_prefers_a"], "good_by_log_odds": int(by_odds)}
 

@@ -73,16 +73,6 @@ def prepare(source: Path, dest: Path, m0_eval: dict | None, strict: bool, reasse
     (dest / "manifest.json").write_text(json.dumps({"iterations": {"0": it0, "1": it1}}, indent=2))
 
 
-def paired_delta(a: list[int], b: list[int], n_boot: int = 2000, seed: int = 0) -> dict:
-    import random
-
-    diffs = [y - x for x, y in zip(a, b)]
-    rng, n = random.Random(seed), len(diffs)
-    means = sorted(sum(rng.choices(diffs, k=n)) / n for _ in range(n_boot))
-    return {"delta": round(sum(diffs) / n, 4), "ci95": [round(means[int(0.025 * n_boot)], 4), round(means[int(0.975 * n_boot) - 1], 4)],
-            "p_worse": round(sum(m < 0 for m in means) / n_boot, 3)}
-
-
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("source", type=Path)
@@ -109,7 +99,7 @@ def main() -> None:
             "overrides": VARIANTS[name] or (["instructions: min_words 8, ROUGE-L < 0.5"] if name == "strict_instr" else []),
             "kept": fl["kept"], "train_steps": tr["steps"], "train_loss": tr["train_loss"],
             "stop_rate": e1["stop_rate"], "strict": e1["ifeval"]["strict"], "loose": e1["ifeval"]["loose"], "strict_ci95": e1["ifeval"]["strict_ci95"],
-            "vs_m0": paired_delta(m0_eval["ifeval"]["strict_pass"], e1["ifeval"]["strict_pass"]),
+            "vs_m0": evaluate.paired_bootstrap(m0_eval["ifeval"]["strict_pass"], e1["ifeval"]["strict_pass"]),
             "seconds": round(time.time() - start, 1),
         }
         args.json.write_text(json.dumps(results, indent=2))

@@ -101,15 +101,17 @@ def pairwise(
     lps = judge.score_many(prompts, labels) if judged else []
     progress(k)
     m = len(judged)
+    log_odds: list[float | None] = [None] * k  # for new, both orders summed: the position bias cancels
     for j, i in enumerate(judged):
         new_first = lps[j][0] > lps[j][1]
         new_second = lps[m + j][1] > lps[m + j][0]
         verdicts[i] = 1.0 if new_first and new_second else 0.0 if not (new_first or new_second) else 0.5
+        log_odds[i] = round((lps[j][0] - lps[j][1]) + (lps[m + j][1] - lps[m + j][0]), 4)
     wins, losses = verdicts.count(1.0), verdicts.count(0.0)
     a_first = sum(lp[0] > lp[1] for lp in lps)
     return {"prompts": k, "win": wins, "tie": k - wins - losses, "loss": losses, "judged": m,
             "score": round(sum(verdicts) / k, 4) if k else None, "score_ci95": bootstrap_ci(verdicts),
-            "judge_prefers_a": round(a_first / (2 * m), 4) if m else None, "verdicts": verdicts}
+            "judge_prefers_a": round(a_first / (2 * m), 4) if m else None, "verdicts": verdicts, "log_odds": log_odds}
 
 
 # ---- comparing two models on the same prompts ---------------------------------------------------

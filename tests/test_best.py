@@ -103,6 +103,7 @@ def test_pairwise_judges_both_orders(tiny_engine: Engine) -> None:
     fair = evaluate.pairwise(_StubJudge(tiny_engine.info), requests, new, old)
     assert (fair["win"], fair["tie"], fair["loss"]) == (2, 1, 1) and fair["score"] == 0.5 + 0.125
     assert fair["score_ci95"][0] <= fair["score"] <= fair["score_ci95"][1]
+    assert fair["log_odds"][:2] == [3.8, 3.8] and fair["log_odds"][2] == -3.8
     biased = evaluate.pairwise(_StubJudge(tiny_engine.info, bias_a=True), requests, new, old)
     assert (biased["win"], biased["tie"], biased["loss"]) == (0, 4, 0) and biased["judge_prefers_a"] == 1.0
 
@@ -112,6 +113,7 @@ def test_empty_answers_are_decided_by_rule_not_by_the_judge(tiny_engine: Engine)
     out = evaluate.pairwise(_StubJudge(tiny_engine.info, bias_a=True), ["q1", "q2", "q3", "q4"],
                             ["", "GOOD", " \n", "meh"], ["GOOD", "", "", "meh"])
     assert out["verdicts"] == [0.0, 1.0, 0.5, 0.5] and out["judged"] == 1 and out["judge_prefers_a"] == 1.0
+    assert out["log_odds"] == [None, None, None, 0.0]  # pure position bias cancels to zero
 
 
 def test_pairwise_on_a_real_engine(tiny_engine: Engine) -> None:
