@@ -15,7 +15,7 @@ import re
 from typing import Any, Callable
 
 from . import models
-from .engine import Engine, Sampling
+from .engine import EngineBase, Sampling
 from .recipe import AssessConfig
 from .synth import user_message
 
@@ -38,7 +38,7 @@ VERDICT_PREFILL = "Answer:"
 VERDICT_WORDS = (" No", " Yes")
 
 
-def assessment_prompt(engine: Engine, instruction: str, response: str, aspect: str, scale: int) -> str:
+def assessment_prompt(engine: EngineBase, instruction: str, response: str, aspect: str, scale: int) -> str:
     question = VERDICT_QUESTION if aspect == "verdict" else (
         f"{CRITERIA[aspect]} Rate it from 1 (very poor) to {scale} (excellent). Reply with the number only.")
     content = (
@@ -67,7 +67,7 @@ def parse_score(text: str, scale: int) -> int | None:
     return None
 
 
-def score_prompts(engine: Engine, prompts: list[str], cfg: AssessConfig, aspect: str) -> list[tuple[float | None, list[float] | None, float | None]]:
+def score_prompts(engine: EngineBase, prompts: list[str], cfg: AssessConfig, aspect: str) -> list[tuple[float | None, list[float] | None, float | None]]:
     """(score, distribution over the answers, their probability mass) per pre-filled prompt, by `cfg.mode`.
 
     logprob: one forward pass, expected value of the next-token distribution (never fails);
@@ -104,7 +104,7 @@ def parse_verdict(text: str, scale: int) -> int | None:
     return None if m is None else scale if m.group(1).lower() == "yes" else 1
 
 
-def ifd(engine: Engine, records: list[dict[str, Any]]) -> list[float]:
+def ifd(engine: EngineBase, records: list[dict[str, Any]]) -> list[float]:
     """Instruction-following difficulty: PPL(response | instruction) / PPL(response | empty request).
 
     Both perplexities are over the same tokens — the assistant turn after the chat template — so the
@@ -121,7 +121,7 @@ def ifd(engine: Engine, records: list[dict[str, Any]]) -> list[float]:
 
 
 def assess(
-    engine: Engine,
+    engine: EngineBase,
     records: list[dict[str, Any]],
     cfg: AssessConfig,
     assessor_name: str,

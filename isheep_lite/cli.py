@@ -41,13 +41,20 @@ def eval_cmd(
     suite_prompts: int = typer.Option(40, help="instruction-following suite prompts (0 = skip; max 160)"),
     against: Optional[str] = typer.Option(None, help="a second GGUF: judge MODEL's answers against its answers, both orders"),
     judge: Optional[str] = typer.Option(None, help="the judge GGUF for --against (default: MODEL itself)"),
+    backend: str = typer.Option("llama_cpp", help="llama_cpp | transformers (MODEL dequantised by transformers)"),
+    server: Optional[str] = typer.Option(None, help="an OpenAI-compatible server serving MODEL, e.g. http://127.0.0.1:8080/v1: "
+                                                   "MODEL's answers are generated there (its chat template is read from MODEL)"),
+    parallel: int = typer.Option(16, help="sequences (or, with --server, requests) in flight at a time"),
 ) -> None:
     """Evaluate a GGUF: stop rate, instruction-following accuracy, optionally a pairwise verdict (greedy, held-out prompts)."""
     import json
 
     from . import loop, models, recipe
 
-    r = recipe.load(None, [f"eval.stop_prompts={stop_prompts}", f"eval.suite_prompts={suite_prompts}"])
+    engine = [f"model.backend={backend}", f"model.n_parallel={parallel}"]
+    if server:
+        engine = ["model.backend=openai", f"model.base_url={server}", f"model.n_parallel={parallel}"]
+    r = recipe.load(None, [f"eval.stop_prompts={stop_prompts}", f"eval.suite_prompts={suite_prompts}", *engine])
     gguf = models.resolve_gguf(model)
     reference = None
     if against:

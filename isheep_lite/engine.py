@@ -73,7 +73,61 @@ class _Slot:
     next_token: int | None = None
 
 
-class Engine:
+class EngineBase:
+    """What every stage needs from a backend; a backend implements the five methods that raise here.
+
+    `info` carries the chat template and special tokens (the GGUF's, or the HF tokenizer's), so
+    every backend renders exactly the same prompt text.
+    """
+
+    info: models.GgufInfo
+    n_parallel: int = 1
+
+    def tokenize(self, text: str) -> list[int]:
+        raise NotImplementedError
+
+    def token_id(self, text: str) -> int:
+        raise NotImplementedError
+
+    def generate(self, prompts: Sequence[str], samplings: Sequence[Sampling],
+                 on_result: Callable[[int, Completion], None] = lambda i, c: None) -> list[Completion]:
+        raise NotImplementedError
+
+    def score_many(self, prompts: Sequence[str], token_ids: Sequence[int]) -> list[list[float]]:
+        raise NotImplementedError
+
+    def completion_logprobs(self, prompts: Sequence[str], completions: Sequence[str]) -> list[tuple[float, int]]:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self) -> "EngineBase":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def complete(self, prompt: str, s: Sampling) -> Completion:
+        """One raw-text completion (the batched path with one prompt)."""
+        return self.generate([prompt], [s])[0]
+
+    def chat(self, messages: list[dict[str, str]], s: Sampling) -> Completion:
+        return self.chat_many([messages], [s])[0]
+
+    def chat_many(
+        self, conversations: Sequence[list[dict[str, str]]], samplings: Sequence[Sampling],
+        on_result: Callable[[int, Completion], None] = lambda i, c: None,
+    ) -> list[Completion]:
+        prompts = [models.render_chat(self.info, m, add_generation_prompt=True) for m in conversations]
+        return self.generate(prompts, samplings, on_result)
+
+    def next_token_logprobs(self, prompt: str, token_ids: Sequence[int]) -> list[float]:
+        """log P(next token = t | prompt) for each t, normalised over the whole vocabulary."""
+        return self.score_many([prompt], token_ids)[0]
+
+
+class Engine(EngineBase):
     """A GGUF loaded in llama.cpp (CPU, or GPU where llama-cpp-python was built with CUDA)."""
 
     def __init__(self, gguf_path: Path, n_ctx: int = 2048, n_threads: int = 0, n_parallel: int = 16, kv_budget_gb: float = 4.0):
@@ -108,26 +162,9 @@ class Engine:
             self.llm.close()
             self.llm = None
 
-    def __enter__(self) -> "Engine":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
     def tokenize(self, text: str) -> list[int]:
         """Exactly as llama.cpp tokenizes a prompt: special tokens parsed, BOS per the model's metadata."""
         return self.llm.tokenize(text.encode("utf-8"), add_bos=True, special=True)
-
-    def complete(self, prompt: str, s: Sampling) -> Completion:
-        """One raw-text completion (the batched path with one prompt)."""
-        return self.generate([prompt], [s])[0]
-
-    def chat(self, messages: list[dict[str, str]], s: Sampling) -> Completion:
-        return self.chat_many([messages], [s])[0]
-
-    def next_token_logprobs(self, prompt: str, token_ids: Sequence[int]) -> list[float]:
-        """log P(next token = t | prompt) for each t, normalised over the whole vocabulary."""
-        return self.score_many([prompt], token_ids)[0]
 
     def token_id(self, text: str) -> int:
         """The single token that spells `text` (no BOS); raises if it takes several tokens."""
@@ -257,13 +294,6 @@ class Engine:
             lc.llama_batch_free(batch)
             lc.llama_memory_clear(memory, True)
         return [r for r in results if r is not None]
-
-    def chat_many(
-        self, conversations: Sequence[list[dict[str, str]]], samplings: Sequence[Sampling],
-        on_result: Callable[[int, Completion], None] = lambda i, c: None,
-    ) -> list[Completion]:
-        prompts = [models.render_chat(self.info, m, add_generation_prompt=True) for m in conversations]
-        return self.generate(prompts, samplings, on_result)
 
     def score_many(self, prompts: Sequence[str], token_ids: Sequence[int]) -> list[list[float]]:
         """`next_token_logprobs` for many prompts, evaluated together (up to `n_parallel` per decode)."""

@@ -13,7 +13,7 @@ from importlib import resources
 from typing import Any, Callable, Sequence
 
 from . import ifeval, models
-from .engine import Completion, Engine, Sampling
+from .engine import Completion, EngineBase, Sampling
 
 
 def stop_prompts(n: int) -> list[dict[str, str]]:
@@ -22,7 +22,7 @@ def stop_prompts(n: int) -> list[dict[str, str]]:
 
 
 def greedy_answers(
-    engine: Engine, prompts: list[str], max_tokens: int, progress: Callable[[int], None]
+    engine: EngineBase, prompts: list[str], max_tokens: int, progress: Callable[[int], None]
 ) -> list[Completion]:
     """One greedy single-turn chat answer per prompt, batched."""
     greedy = Sampling(temperature=0.0, max_tokens=max_tokens)
@@ -31,7 +31,7 @@ def greedy_answers(
 
 
 def stop_rate(
-    engine: Engine, n_prompts: int, max_tokens: int, progress: Callable[[int], None] = lambda n: None
+    engine: EngineBase, n_prompts: int, max_tokens: int, progress: Callable[[int], None] = lambda n: None
 ) -> dict[str, Any]:
     """Fraction of greedy answers that end with the end-of-turn token within `max_tokens`."""
     prompts = stop_prompts(n_prompts)
@@ -46,7 +46,7 @@ def stop_rate(
 
 
 def instruction_following(
-    engine: Engine, n_prompts: int, max_tokens: int, progress: Callable[[int], None] = lambda n: None
+    engine: EngineBase, n_prompts: int, max_tokens: int, progress: Callable[[int], None] = lambda n: None
 ) -> dict[str, Any]:
     """Greedy answers to `n_prompts` suite prompts (balanced over constraint kinds), checked strictly and loosely."""
     items = ifeval.subset(n_prompts)
@@ -67,7 +67,7 @@ JUDGE_PREFILL = "Better response:"
 JUDGE_CHARS = 1500  # each answer is cut to this in the judge's prompt (a babbling answer is visible by then)
 
 
-def judge_prompt(engine: Engine, request: str, a: str, b: str) -> str:
+def judge_prompt(engine: EngineBase, request: str, a: str, b: str) -> str:
     content = JUDGE_PROMPT.format(request=request, a=a[:JUDGE_CHARS], b=b[:JUDGE_CHARS])
     return models.render_chat(engine.info, [{"role": "user", "content": content}], add_generation_prompt=True) + JUDGE_PREFILL
 
@@ -79,7 +79,7 @@ def empty_rule(new: str, old: str) -> float | None:
 
 
 def pairwise(
-    judge: Engine, requests: list[str], new: list[str], old: list[str], progress: Callable[[int], None] = lambda n: None
+    judge: EngineBase, requests: list[str], new: list[str], old: list[str], progress: Callable[[int], None] = lambda n: None
 ) -> dict[str, Any]:
     """Win/tie/loss of `new` against `old`, each pair judged in both orders to cancel position bias.
 

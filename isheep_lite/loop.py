@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from . import assess, evaluate, export, filters, models, synth, train
-from .engine import Engine
+from .engine import Engine, EngineBase
 from .recipe import Recipe, UserError, dump_yaml
 from .store import JsonlWriter, RunStore, atomic_write_text, check_free_disk, read_jsonl, write_jsonl
 
@@ -29,8 +29,18 @@ def progress_bar(desc: str, total: int) -> Iterator[Callable[[int], None]]:
         yield lambda n: p.advance(task, n)
 
 
-def open_engine(gguf: Path, r: Recipe) -> Engine:
-    return Engine(gguf, r.model.n_ctx, r.model.n_threads, r.model.n_parallel, r.model.kv_budget_gb)
+def open_engine(gguf: Path, r: Recipe, backend: str | None = None) -> EngineBase:
+    """The recipe's backend (or `backend`) serving `gguf` (openai: the server at model.base_url serves it)."""
+    m, backend = r.model, backend or r.model.backend
+    if backend == "transformers":
+        from .hf_engine import HFEngine
+
+        return HFEngine(gguf, m.n_parallel, m.n_threads)
+    if backend == "openai":
+        from .http_engine import OpenAIEngine
+
+        return OpenAIEngine(str(m.base_url), gguf, m.n_parallel)
+    return Engine(gguf, m.n_ctx, m.n_threads, m.n_parallel, m.kv_budget_gb)
 
 
 def stage(store: RunStore, t: int, name: str, work: Callable[[], dict[str, Any]]) -> dict[str, Any]:
@@ -83,7 +93,9 @@ def checks(gguf: Path, r: Recipe, reference: dict[str, Any] | None = None, judge
             old = {x["id"]: x["text"] for x in reference.get("samples", [])}
             rows = [x for x in out["samples"] if x["id"] in old]
             with contextlib.ExitStack() as stack:
-                j = engine if judge is None else stack.enter_context(open_engine(judge, r))
+                # a judge GGUF of its own runs here: the server serves the model under evaluation only
+                local = "llama_cpp" if r.model.backend == "openai" else None
+                j = engine if judge is None else stack.enter_context(open_engine(judge, r, local))
                 with progress_bar("eval: pairwise judge", len(rows)) as bar:
                     out["pairwise"] = evaluate.pairwise(j, [x["prompt"] for x in rows], [x["text"] for x in rows],
                                                         [old[x["id"]] for x in rows], bar)
@@ -227,6 +239,9 @@ def planned_bytes(r: Recipe, n_params: int, done: set[int]) -> int:
 
 def preflight(r: Recipe) -> tuple[list[dict[str, str]], Path]:
     """Every input is checked before anything is written: seeds, GGUFs, HF weights, free disk."""
+    if r.model.backend == "openai":
+        raise UserError("model.backend=openai sends work to a server that serves one fixed model, but the loop serves "
+                        "a new model each iteration; use it with `isheep eval MODEL.gguf --server URL`")
     seeds = synth.load_seeds(r.synth.seeds)
     given = models.resolve_gguf(r.model.gguf)
     info = models.check_arch(given)

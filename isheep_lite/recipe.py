@@ -25,6 +25,8 @@ class UserError(Exception):
 class ModelConfig:
     gguf: str = "embedded:smollm2-135m-instruct"  # GGUF used for generation: `embedded:…` or a path
     hf: str | None = None  # HF weights for training: local dir or HF-cache repo id; null = dequantise the GGUF
+    backend: str = "llama_cpp"  # llama_cpp: the batched llama.cpp engine | transformers: PyTorch (models llama.cpp cannot run) | openai: a server (`isheep eval --server` only)
+    base_url: str | None = None  # openai backend: the server's OpenAI-compatible root, e.g. http://127.0.0.1:8080/v1
     serve_base: str = "export"  # export: serve M_0 re-exported like every M_t (F16) | original: the GGUF as given
     n_ctx: int = 2048  # llama.cpp context window per sequence
     n_threads: int = 0  # CPU threads for llama.cpp; 0 = all cores
@@ -139,6 +141,7 @@ class Recipe:
 # ---- choices and ranges checked by validate() ---------------------------------------------------
 CHOICES = {
     "model.serve_base": {"export", "original"},
+    "model.backend": {"llama_cpp", "transformers", "openai"},
     "loop.train_from": {"base", "previous"},
     "loop.data": {"latest", "cumulative"},
     "loop.promote": {"best", "latest"},
@@ -305,6 +308,12 @@ def validate(r: Recipe) -> None:
     if not r.assess.enabled and (r.filter.keep_top is not None or r.filter.min_score is not None or r.assess.ifd):
         raise UserError("recipe: assess.enabled: false selects by rule filters alone; set filter.keep_top: null, "
                         "filter.min_score: null and assess.ifd: false")
+    if r.model.backend == "openai" and not r.model.base_url:
+        raise UserError("recipe: model.backend=openai needs model.base_url (e.g. http://127.0.0.1:8080/v1)")
+    if r.model.backend == "openai" and r.assess.ifd:
+        raise UserError("recipe: assess.ifd needs per-token log-probs, which model.backend=openai does not offer")
+    if r.model.backend == "transformers" and r.assess.mode == "grammar":
+        raise UserError("recipe: model.backend=transformers has no grammar sampling; use assess.mode logprob or generate")
     if r.filter.min_words > r.filter.max_words:
         raise UserError("recipe: filter.min_words must be ≤ filter.max_words")
     if not 0 < r.filter.dedup_rouge_l <= 1:

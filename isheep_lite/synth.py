@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from . import models
-from .engine import Completion, Engine, Sampling
+from .engine import Completion, EngineBase, Sampling
 from .filters import RougeIndex, instruction_reject_reason
 from .recipe import FilterConfig, SynthConfig, UserError
 
@@ -123,7 +123,7 @@ def derive_seed(*parts: Any) -> int:
 
 
 def generate_instructions(
-    engine: Engine,
+    engine: EngineBase,
     seeds: list[dict[str, str]],
     cfg: SynthConfig,
     fcfg: FilterConfig,
@@ -189,7 +189,7 @@ def generate_instructions(
 
 # ---- responses ----------------------------------------------------------------------------------
 def generate_responses(
-    engine: Engine,
+    engine: EngineBase,
     instructions: list[dict[str, Any]],
     cfg: SynthConfig,
     run_seed: int,
