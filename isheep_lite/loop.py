@@ -9,6 +9,7 @@ with its counts and seconds; a rerun of the same command skips what is done and 
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import json
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -242,6 +243,7 @@ def preflight(r: Recipe) -> tuple[list[dict[str, str]], Path]:
     if r.model.backend == "openai":
         raise UserError("model.backend=openai sends work to a server that serves one fixed model, but the loop serves "
                         "a new model each iteration; use it with `isheep eval MODEL.gguf --server URL`")
+    train.resolve_backend(r.train.backend, False, importlib.util.find_spec("unsloth") is not None)
     seeds = synth.load_seeds(r.synth.seeds)
     given = models.resolve_gguf(r.model.gguf)
     info = models.check_arch(given)

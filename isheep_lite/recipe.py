@@ -84,7 +84,9 @@ class FilterConfig:
 
 @dataclass
 class TrainConfig:
-    backend: str = "hf"  # hf: transformers+peft+trl
+    backend: str = "hf"  # hf: transformers+peft+trl | unsloth: Unsloth (the gpu extra) | auto: unsloth on CUDA when installed, else hf
+    load_in_4bit: bool = True  # on CUDA: QLoRA on an NF4 base (ignored on CPU, which trains a 16/32-bit base)
+    auto_batch: bool = True  # on CUDA: micro-batch from the memory planner and the free VRAM, same effective batch
     lora_r: int = 16  # chosen by measurement: bench/results/lever-sweep.json (r 16 beat r 8 and every other lever tried)
     lora_alpha: int = 32  # scale alpha/r = 2, as the paper's 16/8
     lora_dropout: float = 0.05
@@ -149,7 +151,7 @@ CHOICES = {
     "assess.mode": {"logprob", "grammar", "generate"},
     "filter.rank_by": {"score", "ifd", "score+ifd"},
     "assess.assessor": {"current", "base"},
-    "train.backend": {"hf"},
+    "train.backend": {"hf", "unsloth", "auto"},
 }
 POSITIVE = (
     "loop.iterations", "synth.num_instructions", "synth.few_shot", "synth.tasks_per_prompt", "synth.max_tokens",

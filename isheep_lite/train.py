@@ -1,4 +1,11 @@
-"""LoRA SFT on the kept pairs (transformers + peft + trl), in a child process.
+"""LoRA SFT on the kept pairs, in a child process: transformers + peft + trl, or Unsloth.
+
+Backends (`train.backend`): `hf` is transformers + peft + trl — bitsandbytes NF4 QLoRA on CUDA
+(`train.load_in_4bit`), plain LoRA on CPU. `unsloth` is Unsloth's FastLanguageModel (4-bit QLoRA on
+CUDA; its CPU fallback trains 16-bit LoRA), imported only here. `auto` takes Unsloth on a CUDA
+machine that has it, else hf. On CUDA the micro-batch comes from the memory planner (planner.py)
+and the free VRAM, and a CUDA out-of-memory error halves it for that step and the rest (the
+gradient is the same: the halves are summed over the same token count), so no progress is lost.
 
 Why a child process: when it exits, every byte it held (RAM, and VRAM on a GPU) is returned before
 generation starts again — the usual complaint about running Unsloth/TRL and inference in one process.
@@ -13,12 +20,13 @@ same reason.
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import os
 import shutil
 import subprocess
 import sys
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -50,30 +58,122 @@ def build_examples(
     return examples, dropped
 
 
-def make_trainer(hf_dir: Path, examples: list[dict[str, list[int]]], cfg: TrainConfig, out_dir: Path, seed: int) -> Any:
-    """A TRL SFTTrainer over a LoRA-wrapped model; kept separate so tests can inspect its batches."""
+def resolve_backend(name: str, cuda: bool, has_unsloth: bool) -> str:
+    """`auto` → unsloth on a CUDA machine that has it installed, else hf; `unsloth` must be installed."""
+    if name == "unsloth" and not has_unsloth:
+        raise UserError("train.backend=unsloth needs Unsloth: pip install 'isheep-lite[gpu]'")
+    if name == "auto":
+        return "unsloth" if cuda and has_unsloth else "hf"
+    return name
+
+
+def choose_batches(cfg: TrainConfig, hf_dir: Path, examples: list[dict[str, list[int]]], backend: str,
+                   free_bytes: float | None) -> tuple[int, int, dict[str, Any] | None]:
+    """(micro-batch, grad accumulation, plan): from the planner when the free memory is known (CUDA),
+    keeping the effective batch batch_size × grad_accum; the recipe's values otherwise."""
+    if free_bytes is None or not cfg.auto_batch:
+        return cfg.batch_size, cfg.grad_accum, None
+    from . import planner
+
+    shape = planner.Shape.from_config(json.loads((hf_dir / "config.json").read_text(encoding="utf-8")))
+    seq = max(len(e["input_ids"]) for e in examples)
+    try:
+        plan = planner.plan_batches(shape, free_bytes, bits=4 if cfg.load_in_4bit else 16, r=cfg.lora_r,
+                                    targets=list(cfg.target_modules), seq_len=seq, backend=backend,
+                                    effective_batch=cfg.batch_size * cfg.grad_accum)
+    except MemoryError as e:
+        raise UserError(str(e)) from None
+    return plan["micro_batch"], plan["grad_accum"], {**plan, "free_gb": round(free_bytes / planner.GB, 2), "seq_len": seq}
+
+
+def _split(inputs: dict[str, Any], parts: int) -> list[dict[str, Any]]:
+    """A collated batch cut into `parts` smaller batches along the batch dimension."""
     import torch
-    from datasets import Dataset
+
+    n = next(v.shape[0] for v in inputs.values() if isinstance(v, torch.Tensor))
+    step = -(-n // parts)
+    return [{k: v[i : i + step] if isinstance(v, torch.Tensor) else v for k, v in inputs.items()} for i in range(0, n, step)]
+
+
+def with_oom_backoff(trainer_cls: Any) -> Any:
+    """`trainer_cls` whose training step survives a CUDA out-of-memory error: the step's gradients are
+    restored, the micro-batch is cut in two (then four, …) and the step is redone; later steps keep
+    the smaller pieces. Each piece's loss is normalised by the whole micro-batch's token count, so
+    the summed gradient equals the uncut one."""
+    import torch
+
+    class OomBackoff(trainer_cls):  # type: ignore[misc, valid-type]
+        oom_splits = 1
+
+        def training_step(self, model: Any, inputs: dict[str, Any], num_items_in_batch: Any = None) -> Any:
+            while True:
+                saved = [(p, None if p.grad is None else p.grad.clone()) for p in model.parameters() if p.requires_grad]
+                try:
+                    if self.oom_splits == 1:
+                        return super().training_step(model, inputs, num_items_in_batch)
+                    n = num_items_in_batch
+                    if n is None:  # the token count the whole micro-batch would have been normalised by
+                        n = int((inputs["labels"][..., 1:] != -100).sum()) * self.current_gradient_accumulation_steps
+                    return sum(super(OomBackoff, self).training_step(model, part, n) for part in _split(inputs, self.oom_splits))
+                except torch.cuda.OutOfMemoryError:
+                    for p, g in saved:
+                        p.grad = g
+                    torch.cuda.empty_cache()
+                    if self.oom_splits >= len(inputs["input_ids"]):
+                        raise
+                    self.oom_splits *= 2
+                    print(f"CUDA out of memory: micro-batch split in {self.oom_splits} from now on", file=sys.stderr)
+
+    return OomBackoff
+
+
+def load_model(hf_dir: Path, cfg: TrainConfig, backend: str, cuda: bool, seed: int) -> tuple[Any, Any]:
+    """(LoRA-wrapped model, tokenizer) for the backend: 4-bit base on CUDA when train.load_in_4bit."""
+    import torch
+
+    four_bit = cuda and cfg.load_in_4bit
+    if backend == "unsloth":
+        from unsloth import FastLanguageModel
+
+        model, tokenizer = FastLanguageModel.from_pretrained(str(hf_dir), max_seq_length=cfg.max_seq_len,
+                                                             load_in_4bit=four_bit, dtype=None, local_files_only=True)
+        model = FastLanguageModel.get_peft_model(
+            model, r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+            target_modules=list(cfg.target_modules), use_gradient_checkpointing="unsloth" if cuda else False,
+            random_state=seed)
+        return model, tokenizer
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(hf_dir))
+    if four_bit:
+        from peft import prepare_model_for_kbit_training
+        from transformers import BitsAndBytesConfig
+
+        q = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                               bnb_4bit_compute_dtype=torch.bfloat16)
+        model = AutoModelForCausalLM.from_pretrained(str(hf_dir), quantization_config=q, dtype=torch.bfloat16, device_map={"": 0})
+        model = prepare_model_for_kbit_training(model)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(str(hf_dir), dtype=torch.bfloat16 if cuda else torch.float32)
+    lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                      target_modules=list(cfg.target_modules), task_type="CAUSAL_LM")
+    return get_peft_model(model, lora), tokenizer
+
+
+def make_trainer(hf_dir: Path, examples: list[dict[str, list[int]]], cfg: TrainConfig, out_dir: Path, seed: int,
+                 backend: str = "hf") -> Any:
+    """A TRL SFTTrainer (with the OOM back-off) over a LoRA-wrapped model; kept separate so tests can inspect its batches."""
+    import torch
+    from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
     torch.manual_seed(seed)
     cuda = torch.cuda.is_available()
-    tokenizer = AutoTokenizer.from_pretrained(str(hf_dir))
+    model, tokenizer = load_model(hf_dir, cfg, backend, cuda, seed)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    model = AutoModelForCausalLM.from_pretrained(str(hf_dir), dtype=torch.float32)
-    model = get_peft_model(
-        model,
-        LoraConfig(
-            r=cfg.lora_r,
-            lora_alpha=cfg.lora_alpha,
-            lora_dropout=cfg.lora_dropout,
-            target_modules=list(cfg.target_modules),
-            task_type="CAUSAL_LM",
-        ),
-    )
+    bf16 = cuda and torch.cuda.is_bf16_supported()
     args = SFTConfig(
         output_dir=str(out_dir / "checkpoints"),
         per_device_train_batch_size=cfg.batch_size,
@@ -90,13 +190,13 @@ def make_trainer(hf_dir: Path, examples: list[dict[str, list[int]]], cfg: TrainC
         seed=seed,
         data_seed=seed,
         max_length=cfg.max_seq_len,
-        bf16=False,
-        fp16=False,
+        bf16=bf16,
+        fp16=cuda and not bf16,
         use_cpu=not cuda,
         dataloader_num_workers=0,
         disable_tqdm=False,
     )
-    return SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(examples), processing_class=tokenizer)
+    return with_oom_backoff(SFTTrainer)(model=model, args=args, train_dataset=Dataset.from_list(examples), processing_class=tokenizer)
 
 
 def run_training(job: dict[str, Any]) -> dict[str, Any]:
@@ -105,12 +205,21 @@ def run_training(job: dict[str, Any]) -> dict[str, Any]:
 
     cfg = TrainConfig(**job["cfg"])
     torch.set_num_threads(cfg.threads or os.cpu_count() or 1)
+    cuda = torch.cuda.is_available()
+    backend = resolve_backend(cfg.backend, cuda, importlib.util.find_spec("unsloth") is not None)
+    if backend == "unsloth":
+        import unsloth  # noqa: F401  — before transformers, trl and peft, which it patches
     out_dir = Path(job["out_dir"])
     examples, dropped = build_examples(job["conversations"], Path(job["gguf"]), cfg.max_seq_len)
     if not examples:
         raise UserError("no training example fits train.max_seq_len")
+    micro, accum, plan = choose_batches(cfg, Path(job["hf_dir"]), examples, backend,
+                                        torch.cuda.mem_get_info()[0] if cuda else None)
+    cfg = replace(cfg, batch_size=micro, grad_accum=accum)
     resume = last_checkpoint(out_dir / "checkpoints", job_key(job))
-    trainer = make_trainer(Path(job["hf_dir"]), examples, cfg, out_dir, job["seed"])
+    trainer = make_trainer(Path(job["hf_dir"]), examples, cfg, out_dir, job["seed"], backend)
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
     result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     adapter = out_dir / "adapter"
     tmp = out_dir / "adapter.tmp"
@@ -128,6 +237,14 @@ def run_training(job: dict[str, Any]) -> dict[str, Any]:
         "losses": [round(x, 4) for x in losses],
         "tokens": sum(len(e["input_ids"]) for e in examples),
         "resumed_from_step": int(resume.name.split("-")[1]) if resume else None,
+        "backend": backend,
+        "device": torch.cuda.get_device_name() if cuda else "cpu",
+        "micro_batch": micro,
+        "grad_accum": accum,
+        "memory_plan": plan,
+        "oom_splits": trainer.oom_splits,
+        "peak_vram_gb": round(torch.cuda.max_memory_allocated() / 1e9, 2) if cuda else None,
+        "seconds_per_step": round(result.metrics.get("train_runtime", 0) / max(1, trainer.state.global_step), 3),
     }
 
 

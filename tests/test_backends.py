@@ -184,3 +184,20 @@ def test_the_loop_refuses_the_http_backend(tmp_path: Path) -> None:
                           "model.base_url=http://127.0.0.1:9/v1", f"runs_dir={tmp_path}"], capture_output=True, text=True)
     assert out.returncode == 2 and "isheep eval" in out.stderr and "Traceback" not in out.stderr
     assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.slow
+def test_an_iteration_runs_on_the_transformers_backend(tmp_path: Path, smol_hf: Path) -> None:
+    """Every stage of the loop (instructions, responses, grades, eval, pairwise judge) on PyTorch."""
+    from isheep_lite import recipe
+    from isheep_lite.loop import run
+
+    r = recipe.load(None, [f"runs_dir={tmp_path}", "name=hf", "model.backend=transformers", "loop.iterations=1",
+                           "synth.num_instructions=6", "synth.response_max_tokens=96", "train.epochs=1",
+                           "eval.stop_prompts=4", "eval.max_tokens=96", "eval.suite_prompts=4", "eval.suite_max_tokens=96"])
+    m = run(r).manifest["iterations"]
+    assert m["1"]["instructions"]["instructions"] == 6 and m["1"]["responses"]["responses"] == 6
+    assert m["1"]["assess"]["status"] == "done" and m["1"]["filter"]["kept"] >= 1
+    assert m["1"]["eval"]["pairwise"]["prompts"] == 4 and m["1"]["promote"]["status"] == "done"
+    scored = [json.loads(x) for x in (tmp_path / "hf" / "iter_01" / "scored.jsonl").read_text().splitlines()]
+    assert all(1 <= x["score"] <= 9 for x in scored)

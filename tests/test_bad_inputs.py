@@ -64,6 +64,8 @@ CASES = [
     (["run", "loop.train_from=bse"], "did you mean 'base'"),
     (["run", "filter.keep_top=1.5"], "filter.keep_top must be in (0, 1]"),
     (["run", "export.types=f16,q3"], "unknown export type 'q3'"),
+    (["run", "train.backend=unsloth"], "pip install 'isheep-lite[gpu]'"),
+    (["run", "model.backend=transformers", "assess.mode=grammar"], "no grammar sampling"),
     (["run", "eval.worse_confidence=1.5"], "eval.worse_confidence must be in"),
     (["run", "name=../escape"], "name"),
     (["run", "a.yaml", "b.yaml"], "at most one recipe file"),

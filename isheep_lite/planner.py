@@ -1,0 +1,113 @@
+"""Memory planner: peak training memory from a model's config, and the micro-batch that fits.
+
+Peak memory of LoRA / QLoRA SFT is the sum of five parts (bytes):
+
+    weights      linear layers: NF4 with double-quantised scales, 0.5 + 1/64 B/param (4-bit), or
+                 2 B/param (16-bit); embeddings and lm_head stay 16-bit (neither bitsandbytes nor
+                 Unsloth quantises them)
+    lora         adapter params × 16 B (fp32 weight 4 + fp32 grad 4 + Adam m and v 8);
+                 params = r × (d_in + d_out) per target matrix per layer
+    activations  with gradient checkpointing one layer is recomputed at a time, b·s·(8h + 3i)·2 B
+                 (attention projections, MLP gate/up/act), and each layer keeps its input, b·s·h·2 B
+                 — on the GPU with transformers, offloaded to CPU RAM by Unsloth
+    logits       b·s·V × 6 B with transformers (16-bit logits + the fp32 copy the loss takes);
+                 × 2 B with Unsloth, whose fused cross-entropy never makes the fp32 copy — the
+                 largest part for small models with big vocabularies
+    overhead     CUDA context, cuBLAS workspace, allocator fragmentation: 0.75 GB
+
+Checked against published figures in tests/test_planner.py. The same numbers size llama.cpp on a
+GPU: the weights of the GGUF plus the KV cache (models.kv_bytes_per_cell) must fit the free VRAM.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+GB = 1e9
+OVERHEAD = 0.75 * GB
+TARGET_SHAPES = {  # target module → (d_in, d_out) in units of (hidden, kv_dim, intermediate)
+    "q_proj": ("h", "q"), "k_proj": ("h", "kv"), "v_proj": ("h", "kv"), "o_proj": ("q", "h"),
+    "gate_proj": ("h", "i"), "up_proj": ("h", "i"), "down_proj": ("i", "h"),
+}
+
+
+@dataclass(frozen=True)
+class Shape:
+    layers: int
+    hidden: int
+    intermediate: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    vocab: int
+    tied: bool
+
+    @classmethod
+    def from_config(cls, c: dict[str, Any]) -> "Shape":
+        """From an HF config.json (text config of multimodal models)."""
+        c = c.get("text_config", c)
+        heads = c["num_attention_heads"]
+        return cls(layers=c["num_hidden_layers"], hidden=c["hidden_size"], intermediate=c["intermediate_size"],
+                   heads=heads, kv_heads=c.get("num_key_value_heads") or heads,
+                   head_dim=c.get("head_dim") or c["hidden_size"] // heads, vocab=c["vocab_size"],
+                   tied=bool(c.get("tie_word_embeddings", False)))
+
+    def dims(self) -> dict[str, int]:
+        return {"h": self.hidden, "q": self.heads * self.head_dim, "kv": self.kv_heads * self.head_dim, "i": self.intermediate}
+
+    def linear_params(self) -> int:
+        """Parameters of the transformer blocks' linear layers (what 4-bit quantises)."""
+        d = self.dims()
+        per_layer = sum(d[a] * d[b] for a, b in TARGET_SHAPES.values())
+        return self.layers * per_layer
+
+    def embedding_params(self) -> int:
+        return self.vocab * self.hidden * (1 if self.tied else 2)
+
+    def params(self) -> int:
+        return self.linear_params() + self.embedding_params()
+
+
+def lora_params(s: Shape, r: int, targets: list[str]) -> int:
+    d = s.dims()
+    return s.layers * sum(r * (d[TARGET_SHAPES[t][0]] + d[TARGET_SHAPES[t][1]]) for t in targets if t in TARGET_SHAPES)
+
+
+def estimate(s: Shape, *, bits: int, r: int, targets: list[str], batch: int, seq_len: int,
+             backend: str = "hf", gradient_checkpointing: bool = True) -> dict[str, float]:
+    """Peak training memory in bytes, by part (see the module docstring), and its total."""
+    per_linear = 0.5 + 1 / 64 if bits == 4 else 2.0
+    tokens = batch * seq_len
+    layer = tokens * (8 * s.hidden + 3 * s.intermediate) * 2  # one layer's recomputed activations
+    if not gradient_checkpointing:
+        act = s.layers * layer
+    else:
+        act = layer + (0 if backend == "unsloth" else s.layers * tokens * s.hidden * 2)
+    parts = {
+        "weights": s.linear_params() * per_linear + s.embedding_params() * 2,
+        "lora": lora_params(s, r, targets) * 16.0,
+        "activations": float(act),
+        "logits": tokens * s.vocab * (2.0 if backend == "unsloth" else 6.0),
+        "overhead": OVERHEAD,
+    }
+    parts["total"] = sum(parts.values())
+    return parts
+
+
+def plan_batches(s: Shape, free_bytes: float, *, bits: int, r: int, targets: list[str], seq_len: int,
+                 effective_batch: int, backend: str = "hf", headroom: float = 0.9,
+                 gradient_checkpointing: bool = True) -> dict[str, Any]:
+    """The largest power-of-two micro-batch ≤ effective_batch whose estimate fits headroom × free
+    memory, and the gradient accumulation that keeps the effective batch. Raises when even a
+    micro-batch of 1 does not fit."""
+    micro = 1 << max(0, effective_batch.bit_length() - 1)
+    while micro >= 1:
+        est = estimate(s, bits=bits, r=r, targets=targets, batch=micro, seq_len=seq_len, backend=backend,
+                       gradient_checkpointing=gradient_checkpointing)
+        if est["total"] <= headroom * free_bytes:
+            return {"micro_batch": micro, "grad_accum": -(-effective_batch // micro), "estimate_gb": round(est["total"] / GB, 2)}
+        micro //= 2
+    need = estimate(s, bits=bits, r=r, targets=targets, batch=1, seq_len=seq_len, backend=backend,
+                    gradient_checkpointing=gradient_checkpointing)
+    raise MemoryError(f"even one sequence of {seq_len} tokens needs ~{need['total'] / GB:.1f} GB; "
+                      f"{free_bytes / GB:.1f} GB free (try 4-bit, a lower train.max_seq_len or a smaller model)")
