@@ -84,7 +84,7 @@ class FilterConfig:
 
 @dataclass
 class TrainConfig:
-    backend: str = "hf"  # hf: transformers+peft+trl | unsloth: Unsloth (the gpu extra) | auto: unsloth on CUDA when installed, else hf
+    backend: str = "hf"  # hf: transformers+peft+trl | unsloth: Unsloth (the gpu extra) | auto: unsloth where installed, else hf
     load_in_4bit: bool = True  # on CUDA: QLoRA on an NF4 base (ignored on CPU, which trains a 16/32-bit base)
     auto_batch: bool = True  # on CUDA: micro-batch from the memory planner and the free VRAM, same effective batch
     lora_r: int = 16  # chosen by measurement: bench/results/lever-sweep.json (r 16 beat r 8 and every other lever tried)

@@ -2,8 +2,8 @@
 
 Backends (`train.backend`): `hf` is transformers + peft + trl — bitsandbytes NF4 QLoRA on CUDA
 (`train.load_in_4bit`), plain LoRA on CPU. `unsloth` is Unsloth's FastLanguageModel (4-bit QLoRA on
-CUDA; its CPU fallback trains 16-bit LoRA), imported only here. `auto` takes Unsloth on a CUDA
-machine that has it, else hf. On CUDA the micro-batch comes from the memory planner (planner.py)
+CUDA; its CPU fallback trains LoRA), imported only here. `auto` takes Unsloth wherever it is
+installed, else hf (see `resolve_backend`). On CUDA the micro-batch comes from the memory planner (planner.py)
 and the free VRAM, and a CUDA out-of-memory error halves it for that step and the rest (the
 gradient is the same: the halves are summed over the same token count), so no progress is lost.
 
@@ -58,13 +58,19 @@ def build_examples(
     return examples, dropped
 
 
-def resolve_backend(name: str, cuda: bool, has_unsloth: bool) -> str:
-    """`auto` → unsloth on a CUDA machine that has it installed, else hf; `unsloth` must be installed."""
+def resolve_backend(name: str, cuda: bool, has_unsloth: bool, has_triton: bool = False) -> str:
+    """`auto` → unsloth wherever it is installed, else hf; `unsloth` must be installed.
+
+    Why auto takes Unsloth on a CPU too: where the gpu extra is installed (Triton, TRL 1.15), TRL's
+    fused LM head runs a Triton kernel even on a CPU and fails ("0 active drivers"), while Unsloth's
+    CPU trainer gives the same losses as hf on the same data (tests/test_unsloth.py)."""
     if name == "unsloth" and not has_unsloth:
         raise UserError("train.backend=unsloth needs Unsloth: pip install 'isheep-lite[gpu]'")
-    if name == "auto":
-        return "unsloth" if cuda and has_unsloth else "hf"
-    return name
+    backend = ("unsloth" if has_unsloth else "hf") if name == "auto" else name
+    if backend == "hf" and not cuda and has_triton:
+        raise UserError("train.backend=hf cannot train on a CPU where Triton is installed (TRL runs a GPU-only kernel); "
+                        "use train.backend=unsloth or auto")
+    return backend
 
 
 def choose_batches(cfg: TrainConfig, hf_dir: Path, examples: list[dict[str, list[int]]], backend: str,
@@ -135,8 +141,9 @@ def load_model(hf_dir: Path, cfg: TrainConfig, backend: str, cuda: bool, seed: i
     if backend == "unsloth":
         from unsloth import FastLanguageModel
 
-        model, tokenizer = FastLanguageModel.from_pretrained(str(hf_dir), max_seq_length=cfg.max_seq_len,
-                                                             load_in_4bit=four_bit, dtype=None, local_files_only=True)
+        # CPU: float32 as the hf backend (Unsloth's fallback would pick bfloat16)
+        model, tokenizer = FastLanguageModel.from_pretrained(str(hf_dir), max_seq_length=cfg.max_seq_len, load_in_4bit=four_bit,
+                                                             dtype=None if cuda else torch.float32, local_files_only=True)
         model = FastLanguageModel.get_peft_model(
             model, r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
             target_modules=list(cfg.target_modules), use_gradient_checkpointing="unsloth" if cuda else False,
@@ -206,7 +213,8 @@ def run_training(job: dict[str, Any]) -> dict[str, Any]:
     cfg = TrainConfig(**job["cfg"])
     torch.set_num_threads(cfg.threads or os.cpu_count() or 1)
     cuda = torch.cuda.is_available()
-    backend = resolve_backend(cfg.backend, cuda, importlib.util.find_spec("unsloth") is not None)
+    found = importlib.util.find_spec
+    backend = resolve_backend(cfg.backend, cuda, found("unsloth") is not None, found("triton") is not None)
     if backend == "unsloth":
         import unsloth  # noqa: F401  — before transformers, trl and peft, which it patches
     out_dir = Path(job["out_dir"])
@@ -274,9 +282,10 @@ def last_checkpoint(ckpt_dir: Path, key: str) -> Path | None:
 
 
 def train(
-    conversations: list[list[dict[str, str]]], hf_dir: Path, gguf_path: Path, out_dir: Path, cfg: TrainConfig, seed: int
+    conversations: list[list[dict[str, str]]], hf_dir: Path, gguf_path: Path, out_dir: Path, cfg: TrainConfig, seed: int,
+    python: str = sys.executable,
 ) -> dict[str, Any]:
-    """Run `run_training` in a fresh Python process and return its summary."""
+    """Run `run_training` in a fresh Python process (`python`: e.g. a venv with the gpu extra) and return its summary."""
     out_dir.mkdir(parents=True, exist_ok=True)
     job_path = out_dir / "train_job.json"
     result_path = out_dir / "train_result.json"
@@ -285,7 +294,7 @@ def train(
            "cfg": asdict(cfg), "seed": seed}
     job_path.write_text(json.dumps(job))
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    proc = subprocess.run([sys.executable, "-m", "isheep_lite.train", str(job_path)], env=env, preexec_fn=_die_with_parent)
+    proc = subprocess.run([python, "-m", "isheep_lite.train", str(job_path)], env=env, preexec_fn=_die_with_parent)
     if proc.returncode == 2:
         raise UserError("training refused its input (see the line above)")
     if proc.returncode != 0 or not result_path.exists():

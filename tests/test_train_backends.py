@@ -14,17 +14,19 @@ CONVOS = [[{"role": "user", "content": f"Name fruit number {i}."}, {"role": "ass
           for i in range(8)]
 
 
-@pytest.mark.parametrize("name,cuda,has,expected", [
-    ("auto", True, True, "unsloth"), ("auto", True, False, "hf"), ("auto", False, True, "hf"),
-    ("hf", True, True, "hf"), ("unsloth", False, True, "unsloth"),
+@pytest.mark.parametrize("name,cuda,has,triton,expected", [
+    ("auto", True, True, True, "unsloth"), ("auto", False, True, True, "unsloth"), ("auto", True, False, False, "hf"),
+    ("auto", False, False, False, "hf"), ("hf", True, True, True, "hf"), ("unsloth", False, True, True, "unsloth"),
 ])
-def test_backend_selection(name: str, cuda: bool, has: bool, expected: str) -> None:
-    assert train.resolve_backend(name, cuda, has) == expected
+def test_backend_selection(name: str, cuda: bool, has: bool, triton: bool, expected: str) -> None:
+    assert train.resolve_backend(name, cuda, has, triton) == expected
 
 
-def test_asking_for_unsloth_without_it_names_the_extra() -> None:
+def test_asking_for_what_cannot_run_is_one_line() -> None:
     with pytest.raises(UserError, match=r"pip install 'isheep-lite\[gpu\]'"):
         train.resolve_backend("unsloth", True, False)
+    with pytest.raises(UserError, match="Triton"):
+        train.resolve_backend("hf", False, True, has_triton=True)
 
 
 def test_batches_come_from_the_planner_when_free_memory_is_known(tiny: dict[str, Path]) -> None:

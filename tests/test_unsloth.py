@@ -1,0 +1,60 @@
+"""The Unsloth training backend, for real, on CPU (Unsloth's CPU fallback; CI has no GPU).
+
+Unsloth pins its own torch, transformers and trl, so it lives in its own venv: `.venv-gpu` at the
+repository root, made here with the `gpu` extra on first use (≈ 3 min, 6.6 GB; kept for reruns).
+The training child runs in that venv; the export and llama.cpp check run in this one — which is
+also how a GPU user's LoRA adapter travels: PEFT format, merged and written as GGUF by export.py.
+"""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from isheep_lite import export, train
+from isheep_lite.engine import Engine, Sampling
+from isheep_lite.recipe import TrainConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+GPU_VENV = ROOT / ".venv-gpu"
+PROMPT = "What is the secret code of the lighthouse?"
+ANSWER = "The secret code is BLUE HERON 42."
+
+
+@pytest.fixture(scope="session")
+def gpu_python() -> str:
+    py = GPU_VENV / "bin" / "python"
+    has = [str(py), "-c", "import importlib.util as u, sys; sys.exit(not (u.find_spec('unsloth') and u.find_spec('isheep_lite')))"]
+    if not (py.exists() and subprocess.run(has).returncode == 0):
+        subprocess.run([sys.executable, "-m", "venv", str(GPU_VENV)], check=True)
+        subprocess.run([str(py), "-m", "pip", "install", "-q", "-e", f"{ROOT}[gpu]"], check=True, timeout=1800)
+    return str(py)
+
+
+@pytest.mark.slow
+def test_unsloth_lora_is_exported_and_loaded_by_llama_cpp(gpu_python: str, tiny: dict[str, Path], tmp_path: Path) -> None:
+    convo = [{"role": "user", "content": PROMPT}, {"role": "assistant", "content": ANSWER}]
+    cfg = TrainConfig(backend="unsloth", lora_r=16, lora_alpha=32, lora_dropout=0.0, lr=1e-2, epochs=40, batch_size=4,
+                      warmup_steps=0, checkpoint_steps=0)
+    result = train.train([convo] * 4, tiny["hf"], tiny["gguf"], tmp_path, cfg, seed=0, python=gpu_python)
+    assert result["backend"] == "unsloth" and result["device"] == "cpu" and result["steps"] == 40
+    assert result["loss_last"] < result["loss_first"]
+    paths = export.export(tiny["hf"], tmp_path / "adapter", tiny["gguf"], tmp_path, ["f16"])
+    greedy = Sampling(temperature=0.0, max_tokens=32)
+    with Engine(Path(paths["f16"]), n_ctx=256) as tuned:
+        out = tuned.chat([{"role": "user", "content": PROMPT}], greedy)
+    assert out.text.strip() == ANSWER and out.finish_reason == "stop"
+
+
+@pytest.mark.slow
+def test_auto_takes_unsloth_where_installed_and_hf_matches_it(gpu_python: str, tiny: dict[str, Path], tmp_path: Path) -> None:
+    """`auto` with the gpu extra but no CUDA trains with Unsloth's CPU trainer, whose losses equal the
+    hf backend's (here, where no Triton is installed) on the same data and seed."""
+    convo = [{"role": "user", "content": PROMPT}, {"role": "assistant", "content": ANSWER}]
+    cfg = TrainConfig(backend="auto", lora_dropout=0.0, epochs=3, batch_size=4, warmup_steps=0, checkpoint_steps=0)
+    auto = train.train([convo] * 4, tiny["hf"], tiny["gguf"], tmp_path / "auto", cfg, seed=0, python=gpu_python)
+    hf = train.train([convo] * 4, tiny["hf"], tiny["gguf"], tmp_path / "hf", cfg, seed=0)
+    assert auto["backend"] == "unsloth" and hf["backend"] == "hf"
+    assert auto["losses"] == pytest.approx(hf["losses"], abs=0.02)
