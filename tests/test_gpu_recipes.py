@@ -1,0 +1,46 @@
+"""The GPU recipes and the Colab notebook: they load and validate, their memory comments are the
+planner's own numbers, and the notebook is valid nbformat whose code compiles."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from isheep_lite import recipe
+from isheep_lite.planner import GB, Shape, estimate
+
+ROOT = Path(__file__).resolve().parents[1]
+# Published config.json of each model (layers, hidden, intermediate, heads, KV heads, head dim, vocab, tied).
+RECIPES = {
+    "qwen2.5-7b-24gb.yaml": Shape(28, 3584, 18944, 28, 4, 128, 152064, False),
+    "llama3.1-8b-24gb.yaml": Shape(32, 4096, 14336, 32, 8, 128, 128256, False),
+    "qwen2.5-1.5b-colab-t4.yaml": Shape(28, 1536, 8960, 12, 2, 128, 151936, True),
+}
+
+
+@pytest.mark.parametrize("name", RECIPES)
+def test_gpu_recipe_loads_and_its_memory_comment_is_the_planners(name: str) -> None:
+    path = ROOT / "recipes" / name
+    r = recipe.load(path)
+    assert r.train.backend == "auto" and r.train.load_in_4bit and r.train.auto_batch
+    text = path.read_text(encoding="utf-8")
+    assert "NOT YET RUN ON REAL HARDWARE" in text
+    claimed = float(re.search(r"peak ≈ ([\d.]+) GB", text).group(1))
+    est = estimate(RECIPES[name], bits=4, r=r.train.lora_r, targets=r.train.target_modules,
+                   batch=r.train.batch_size, seq_len=r.train.max_seq_len, backend="unsloth")
+    assert abs(est["total"] / GB - claimed) < 0.1, (name, est["total"] / GB)
+
+
+def test_colab_notebook_is_valid_and_its_code_compiles() -> None:
+    import nbformat
+
+    nb = nbformat.read(ROOT / "recipes" / "isheep_colab.ipynb", as_version=4)
+    nbformat.validate(nb)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert len(code) >= 4
+    for cell in code:  # shell (!) and magic (%) lines are IPython's; the rest must be Python
+        python = "\n".join(line for line in cell.source.splitlines() if not line.lstrip().startswith(("!", "%")))
+        compile(python, "<notebook cell>", "exec")
+    text = "\n".join(c.source for c in code)
+    assert "recipes/qwen2.5-1.5b-colab-t4.yaml" in text and "isheep report" in text
