@@ -248,7 +248,7 @@ def preflight(r: Recipe) -> tuple[list[dict[str, str]], Path]:
     given = models.resolve_gguf(r.model.gguf)
     info = models.check_arch(given)
     if r.model.hf:
-        models.user_hf(r.model.hf)
+        models.check_same_model(info, given, models.user_hf(r.model.hf))
     if r.eval.judge not in ("base", "current"):
         models.gguf_info(models.resolve_gguf(r.eval.judge))
     manifest = Path(r.run_dir) / "manifest.json"

@@ -207,6 +207,25 @@ def user_hf(hf: str) -> Path:
     return p.resolve()
 
 
+def check_same_model(info: GgufInfo, gguf_path: Path, hf_dir: Path) -> None:
+    """Refuse a GGUF (generation) and an HF directory (training) of different models — e.g. model.hf
+    set to the user's model while model.gguf is still the embedded default. Compared by parameter
+    count (±10 %), from the GGUF's tensors and the HF config (planner.Shape); an HF config the
+    planner cannot read is not checked."""
+    import json
+
+    from .planner import Shape
+
+    try:
+        shape = Shape.from_config(json.loads((hf_dir / "config.json").read_text(encoding="utf-8")))
+    except (KeyError, TypeError, ValueError):
+        return
+    if shape.params() and not 0.9 <= info.n_params / shape.params() <= 1.1:
+        raise UserError(f"model.gguf ({gguf_path.name}, {info.n_params / 1e6:,.0f}M parameters) and model.hf "
+                        f"({hf_dir.name}, {shape.params() / 1e6:,.0f}M) are not the same model; give the GGUF of the "
+                        "HF model (llama.cpp's convert_hf_to_gguf.py makes one from the HF directory)")
+
+
 def resolve_hf(hf: str | None, gguf_path: Path) -> Path:
     """HF weights directory: the user's (local dir or offline HF-cache id), else a cached dequantisation."""
     if hf:

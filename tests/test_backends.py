@@ -192,12 +192,13 @@ def test_an_iteration_runs_on_the_transformers_backend(tmp_path: Path, smol_hf: 
     from isheep_lite import recipe
     from isheep_lite.loop import run
 
-    r = recipe.load(None, [f"runs_dir={tmp_path}", "name=hf", "model.backend=transformers", "loop.iterations=1",
-                           "synth.num_instructions=6", "synth.response_max_tokens=96", "train.epochs=1",
-                           "eval.stop_prompts=4", "eval.max_tokens=96", "eval.suite_prompts=4", "eval.suite_max_tokens=96"])
+    r = recipe.load(None, [f"runs_dir={tmp_path}", "name=hf", "model.backend=transformers", "model.n_parallel=8",
+                           "loop.iterations=1", "synth.num_instructions=4", "synth.max_tokens=128",
+                           "synth.response_max_tokens=96", "train.epochs=1", "eval.stop_prompts=3", "eval.max_tokens=64",
+                           "eval.suite_prompts=3", "eval.suite_max_tokens=64"])
     m = run(r).manifest["iterations"]
-    assert m["1"]["instructions"]["instructions"] == 6 and m["1"]["responses"]["responses"] == 6
+    assert m["1"]["instructions"]["instructions"] == 4 and m["1"]["responses"]["responses"] == 4
     assert m["1"]["assess"]["status"] == "done" and m["1"]["filter"]["kept"] >= 1
-    assert m["1"]["eval"]["pairwise"]["prompts"] == 4 and m["1"]["promote"]["status"] == "done"
+    assert m["1"]["eval"]["pairwise"]["prompts"] == 3 and m["1"]["promote"]["status"] == "done"
     scored = [json.loads(x) for x in (tmp_path / "hf" / "iter_01" / "scored.jsonl").read_text().splitlines()]
     assert all(1 <= x["score"] <= 9 for x in scored)

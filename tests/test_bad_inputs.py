@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import subprocess
 import sys
@@ -51,6 +52,10 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (ws / "badconfig" / "config.json").write_text("{not json")
     (ws / "afile").write_text("a file where a folder should be")
     (ws / "notarun").mkdir()
+    (ws / "otherhf").mkdir()  # an 8B model's config next to the default 135M GGUF
+    (ws / "otherhf" / "config.json").write_text(json.dumps({
+        "model_type": "llama", "num_hidden_layers": 32, "hidden_size": 4096, "intermediate_size": 14336,
+        "num_attention_heads": 32, "num_key_value_heads": 8, "vocab_size": 128256}))
     return ws
 
 
@@ -78,6 +83,7 @@ CASES = [
     (["run", "synth.seeds=noinstr.jsonl"], "noinstr.jsonl:1: each line needs"),
     (["run", "model.hf=missing_dir"], "neither a directory nor in the local HF cache"),
     (["run", "model.hf=emptydir"], "has no config.json"),
+    (["run", "model.hf=otherhf"], "are not the same model"),
     (["run", "model.hf=badconfig"], "config.json is not valid JSON"),
     (["run", "eval.judge=missing.gguf"], "model file not found"),
     (["run", "runs_dir=afile"], "cannot create run directory"),
