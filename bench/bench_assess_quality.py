@@ -1,6 +1,6 @@
 """Does self-assessment separate good from bad answers? AUROC on this project's labelled set.
 
-    python bench/bench_assess_quality.py [--model embedded:smollm2-135m-instruct]
+    python bench/bench_assess_quality.py [--model embedded:smollm2-135m-instruct] [--labelled PATH ...]
 
 tests/data/assess_labelled.jsonl holds 84 (instruction, response) pairs written for this project,
 42 good and 42 bad (wrong, off-topic, ignores a constraint, repetitive, truncated). Each signal
@@ -12,8 +12,12 @@ so −IFD is used), and rank-mean combinations (filter.rank_by: score+ifd).
 Also the pairwise judge (evaluate.pairwise) on the 42 (good, bad) answers to the same instruction:
 how often it prefers the good one in both orders, and its position bias.
 Caveat: the verdict question and the combinations were picked after trying several signals on this
-same set, so their AUROC is optimistic; an untouched held-out set would be the fair test.
-Prints a table and writes bench/results/assess-quality.json.
+same set, so their AUROC is optimistic. tests/data/assess_labelled_heldout.jsonl is the fair test:
+84 more pairs (new instructions, the same mix of bad kinds), written after every signal here was
+fixed and scored once with them unchanged (`--labelled tests/data/assess_labelled_heldout.jsonl`).
+Several files are pooled (`--labelled A.jsonl B.jsonl`). Prints a table and writes
+bench/results/assess-quality.json (assess-quality-<file stem>.json for another labelled file,
+assess-quality-pooled.json for several).
 """
 from __future__ import annotations
 
@@ -65,8 +69,10 @@ def judge_accuracy(e: Engine, rows: list[dict]) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default="embedded:smollm2-135m-instruct")
+    ap.add_argument("--labelled", nargs="+", default=[str(LABELLED)], help="one labelled JSONL, or several pooled")
     args = ap.parse_args()
-    rows = [json.loads(line) for line in LABELLED.read_text().splitlines() if line.strip()]
+    files = [Path(x) for x in args.labelled]
+    rows = [json.loads(line) for f in files for line in f.read_text().splitlines() if line.strip()]
     labels = [int(r["label"] == "good") for r in rows]
     path = models.resolve_gguf(args.model)
     signals: dict[str, list[float]] = {}
@@ -108,10 +114,12 @@ def main() -> None:
     print(f"\nPairwise judge on {judge['pairs']} (good, bad) answers to one instruction: prefers good in both orders "
           f"{judge['good_both_orders']}, bad in both {judge['bad_both_orders']}, ties {judge['ties']}; "
           f"position A chosen {judge['judge_prefers_a']:.0%}; summed log-odds favour good in {judge['good_by_log_odds']}")
-    out = {"model": path.name, "pairs": len(rows), "results": results, "by_kind": by_kind, "pairwise_judge": judge,
+    out = {"model": path.name, "labelled": [f.name for f in files], "pairs": len(rows), "results": results, "by_kind": by_kind, "pairwise_judge": judge,
            "seconds": {k: round(v, 1) for k, v in seconds.items()}}
     (ROOT / "results").mkdir(exist_ok=True)
-    (ROOT / "results" / "assess-quality.json").write_text(json.dumps(out, indent=2, ensure_ascii=False))
+    name = ("assess-quality.json" if [f.resolve() for f in files] == [LABELLED.resolve()]
+            else f"assess-quality-{files[0].stem}.json" if len(files) == 1 else "assess-quality-pooled.json")
+    (ROOT / "results" / name).write_text(json.dumps(out, indent=2, ensure_ascii=False))
 
 
 if __name__ == "__main__":
