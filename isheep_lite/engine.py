@@ -86,8 +86,16 @@ class EngineBase:
     def tokenize(self, text: str) -> list[int]:
         raise NotImplementedError
 
-    def token_id(self, text: str) -> int:
+    def encode(self, text: str) -> list[int]:
+        """`text` as tokens without a BOS (for single plain-text tokens such as the score digits)."""
         raise NotImplementedError
+
+    def token_id(self, text: str) -> int:
+        """The single token that spells `text`; raises if it takes several tokens."""
+        ids = self.encode(text)
+        if len(ids) != 1:
+            raise ValueError(f"{text!r} is {len(ids)} tokens for this model, not one")
+        return ids[0]
 
     def generate(self, prompts: Sequence[str], samplings: Sequence[Sampling],
                  on_result: Callable[[int, Completion], None] = lambda i, c: None) -> list[Completion]:
@@ -166,12 +174,8 @@ class Engine(EngineBase):
         """Exactly as llama.cpp tokenizes a prompt: special tokens parsed, BOS per the model's metadata."""
         return self.llm.tokenize(text.encode("utf-8"), add_bos=True, special=True)
 
-    def token_id(self, text: str) -> int:
-        """The single token that spells `text` (no BOS); raises if it takes several tokens."""
-        ids = self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=False)
-        if len(ids) != 1:
-            raise ValueError(f"{text!r} is {len(ids)} tokens for this model, not one")
-        return ids[0]
+    def encode(self, text: str) -> list[int]:
+        return self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=False)
 
     # ---- batched paths -------------------------------------------------------------------------
     def _context(self) -> Any:

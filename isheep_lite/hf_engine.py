@@ -56,11 +56,8 @@ class HFEngine(EngineBase):
         """The rendered chat template already holds every special token it needs: add none."""
         return self.tok(text, add_special_tokens=False)["input_ids"]
 
-    def token_id(self, text: str) -> int:
-        ids = self.tokenize(text)
-        if len(ids) != 1:
-            raise ValueError(f"{text!r} is {len(ids)} tokens for this model, not one")
-        return ids[0]
+    def encode(self, text: str) -> list[int]:
+        return self.tokenize(text)
 
     def _left_padded(self, seqs: list[list[int]]) -> tuple[Any, Any, Any]:
         import torch

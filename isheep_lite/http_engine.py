@@ -49,11 +49,8 @@ class OpenAIEngine(EngineBase):
     def tokenize(self, text: str) -> list[int]:
         return self.vocab.tokenize(text.encode("utf-8"), add_bos=True, special=True)
 
-    def token_id(self, text: str) -> int:
-        ids = self.vocab.tokenize(text.encode("utf-8"), add_bos=False, special=False)
-        if len(ids) != 1:
-            raise ValueError(f"{text!r} is {len(ids)} tokens for this model, not one")
-        return ids[0]
+    def encode(self, text: str) -> list[int]:
+        return self.vocab.tokenize(text.encode("utf-8"), add_bos=False, special=False)
 
     def _post(self, body: dict[str, Any]) -> dict[str, Any]:
         if self.model:
