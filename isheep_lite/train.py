@@ -106,7 +106,9 @@ def with_oom_backoff(trainer_cls: Any) -> Any:
     """`trainer_cls` whose training step survives a CUDA out-of-memory error: the step's gradients are
     restored, the micro-batch is cut in two (then four, …) and the step is redone; later steps keep
     the smaller pieces. Each piece's loss is normalised by the whole micro-batch's token count, so
-    the summed gradient equals the uncut one."""
+    the summed gradient equals the uncut one. The price: a copy of the trainable (LoRA) gradients
+    before each micro-step that already holds some (gradient accumulation), e.g. 0.17 GB at r 16 on
+    an 8B model; with grad_accum 1 there is nothing to copy."""
     import torch
 
     class OomBackoff(trainer_cls):  # type: ignore[misc, valid-type]
