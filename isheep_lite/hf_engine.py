@@ -101,12 +101,13 @@ class HFEngine(EngineBase):
                         done[r] = Completion(self.tok.decode(new[r], skip_special_tokens=True), len(new[r]), "stop")
                         continue
                     new[r].append(tok)
-                    text = self.tok.decode(new[r], skip_special_tokens=True)
+                    # decode the text so far only when a stop string must be looked for, or at the end
+                    text = self.tok.decode(new[r], skip_special_tokens=True) if s.stop else ""
                     hits = [text.index(x) for x in s.stop if x in text]
                     if hits:
                         done[r] = Completion(text[: min(hits)], len(new[r]), "stop")
                     elif len(new[r]) >= s.max_tokens:
-                        done[r] = Completion(text, len(new[r]), "length")
+                        done[r] = Completion(self.tok.decode(new[r], skip_special_tokens=True), len(new[r]), "length")
                 if len(done) == len(prompts):
                     break
                 mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
