@@ -45,6 +45,8 @@ def eval_cmd(
     server: Optional[str] = typer.Option(None, help="an OpenAI-compatible server serving MODEL, e.g. http://127.0.0.1:8080/v1: "
                                                    "MODEL's answers are generated there (its chat template is read from MODEL)"),
     parallel: int = typer.Option(16, help="sequences (or, with --server, requests) in flight at a time"),
+    lora: Optional[List[str]] = typer.Option(None, "--lora", help="a GGUF LoRA adapter to apply to MODEL (repeatable, in order), "
+                                                                  "e.g. runs/NAME/iter_01/adapter-f16.gguf"),
 ) -> None:
     """Evaluate a GGUF: stop rate, instruction-following accuracy, optionally a pairwise verdict (greedy, held-out prompts)."""
     import json
@@ -55,14 +57,14 @@ def eval_cmd(
     if server:
         engine = ["model.backend=openai", f"model.base_url={server}", f"model.n_parallel={parallel}"]
     r = recipe.load(None, [f"eval.stop_prompts={stop_prompts}", f"eval.suite_prompts={suite_prompts}", *engine])
-    gguf = models.resolve_gguf(model)
+    served = loop.Served(models.resolve_gguf(model), tuple(models.resolve_gguf(a) for a in lora or []))
     reference = None
     if against:
         if not stop_prompts:
             raise recipe.UserError("--against judges the answers to the stop-rate prompts: --stop-prompts must be > 0")
         rr = recipe.load(None, [f"eval.stop_prompts={stop_prompts}", "eval.suite_prompts=0"])
-        reference = loop.checks(models.resolve_gguf(against), rr)
-    result = loop.checks(gguf, r, reference, models.resolve_gguf(judge) if judge else None)
+        reference = loop.checks(loop.Served(models.resolve_gguf(against)), rr)
+    result = loop.checks(served, r, reference, loop.Served(models.resolve_gguf(judge)) if judge else None)
     result.pop("samples", None)
     result.get("ifeval", {}).pop("strict_pass", None)
     result.get("pairwise", {}).pop("verdicts", None)

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from . import models
+from .recipe import UserError
 
 
 @dataclass(frozen=True)
@@ -138,7 +139,12 @@ class EngineBase:
 class Engine(EngineBase):
     """A GGUF loaded in llama.cpp (CPU, or GPU where llama-cpp-python was built with CUDA)."""
 
-    def __init__(self, gguf_path: Path, n_ctx: int = 2048, n_threads: int = 0, n_parallel: int = 16, kv_budget_gb: float = 4.0):
+    def __init__(self, gguf_path: Path, n_ctx: int = 2048, n_threads: int = 0, n_parallel: int = 16, kv_budget_gb: float = 4.0,
+                 adapters: Sequence[Path] = (), n_gpu_layers: int = -1):
+        """`adapters`: GGUF LoRA adapters (export.write_lora_gguf) applied on top of the weights at
+        load time, in order, each at scale 1 — M_t = base + Δ_1 + … (one per iteration trained on
+        top of the previous one), with no merged copy of the model on disk."""
+        import llama_cpp as lc
         from llama_cpp import Llama
 
         self.path = Path(gguf_path)
@@ -154,18 +160,43 @@ class Engine(EngineBase):
             n_ctx=n_ctx,
             n_threads=self.n_threads,
             n_batch=512,
-            n_gpu_layers=-1,
+            n_gpu_layers=n_gpu_layers,
             logits_all=False,
             verbose=False,
         )
+        self._adapters: list[Any] = []
+        for a in adapters:
+            models.check_gguf(Path(a))
+            handle = lc.llama_adapter_lora_init(self.llm._model.model, str(a).encode())
+            if not handle:
+                self.close()
+                raise UserError(f"llama.cpp could not load the LoRA adapter {a} (made for another model?)")
+            self._adapters.append(handle)
+        self._apply_adapters(self.llm._ctx.ctx)
+
+    def _apply_adapters(self, ctx: Any) -> None:
+        """Every loaded adapter, at scale 1, on one llama.cpp context (each context keeps its own list)."""
+        if not self._adapters:
+            return
+        import ctypes
+
+        import llama_cpp as lc
+
+        n = len(self._adapters)
+        handles = (lc.llama_adapter_lora_p_ctypes * n)(*self._adapters)
+        if lc.llama_set_adapters_lora(ctx, handles, n, (ctypes.c_float * n)(*([1.0] * n))) != 0:
+            raise RuntimeError("llama.cpp could not apply the LoRA adapters to a context")
 
     def close(self) -> None:
         """Free the model now (llama.cpp's own finaliser fails noisily at interpreter exit)."""
-        if self._batch_ctx is not None:
-            import llama_cpp as lc
+        import llama_cpp as lc
 
+        if self._batch_ctx is not None:
             lc.llama_free(self._batch_ctx)
             self._batch_ctx = None
+        for handle in getattr(self, "_adapters", []):  # before the model, as llama-cpp-python's Llama does
+            lc.llama_adapter_lora_free(handle)
+        self._adapters = []
         if self.llm is not None:
             self.llm.close()
             self.llm = None
@@ -198,6 +229,7 @@ class Engine(EngineBase):
             self._batch_ctx = lc.llama_init_from_model(self.llm._model.model, params)
             if not self._batch_ctx:
                 raise RuntimeError("llama.cpp could not create a batched context (out of memory?)")
+            self._apply_adapters(self._batch_ctx)
         return self._batch_ctx
 
     def _sampler(self, s: Sampling) -> Any:

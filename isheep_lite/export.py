@@ -13,6 +13,7 @@ from __future__ import annotations
 import ctypes
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 from typing import Any, Mapping
@@ -111,6 +112,11 @@ def write_gguf(
         if outtype == "f16" and w.ndim >= 2:
             w = w.astype(np.float16)
         writer.add_tensor(name, np.ascontiguousarray(w))
+    _write_atomically(writer, tmp, out)
+
+
+def _write_atomically(writer: Any, tmp: Path, out: Path) -> None:
+    """Finish a GGUFWriter that writes to `tmp`, then rename it to `out` (never a half-written file)."""
     try:
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
@@ -119,6 +125,66 @@ def write_gguf(
         os.replace(tmp, out)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def lora_pairs(adapter_dir: Path) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], float]:
+    """A PEFT adapter as {HF weight name: (A, B)} float32, and the alpha llama.cpp needs.
+
+    llama.cpp scales by alpha / rank; PEFT by lora_alpha / r, or lora_alpha / sqrt(r) with rsLoRA,
+    so the alpha written is the one that gives PEFT's scale. What a GGUF adapter cannot hold
+    (DoRA magnitudes, fully trained modules such as `modules_to_save`) is refused, not dropped.
+    """
+    from safetensors.numpy import load_file
+
+    cfg = json.loads((adapter_dir / "adapter_config.json").read_text(encoding="utf-8"))
+    if cfg.get("use_dora"):
+        raise UserError(f"{adapter_dir}: a DoRA adapter cannot be written as a llama.cpp LoRA adapter; set export.adapter: false")
+    r, alpha = int(cfg["r"]), float(cfg["lora_alpha"])
+    scale = alpha / r ** 0.5 if cfg.get("use_rslora") else alpha / r
+    pairs: dict[str, dict[str, np.ndarray]] = {}
+    for key, w in load_file(str(adapter_dir / "adapter_model.safetensors")).items():
+        m = re.fullmatch(r"(?:base_model\.model\.)?(.+)\.lora_([AB])\.weight", key)
+        if m is None:
+            raise UserError(f"{adapter_dir}: tensor '{key}' is not a LoRA A/B matrix; a GGUF adapter holds only those "
+                            "(set export.adapter: false to merge instead)")
+        pairs.setdefault(m.group(1) + ".weight", {})[m.group(2)] = np.asarray(w, dtype=np.float32)
+    out = {name: (ab["A"], ab["B"]) for name, ab in pairs.items()}
+    return out, scale * r
+
+
+def write_lora_gguf(adapter_dir: Path, config: Mapping[str, Any], template: Path, out: Path, outtype: str = "f16") -> None:
+    """A PEFT LoRA adapter → a GGUF adapter llama.cpp applies at load time (`Engine(..., adapters=)`).
+
+    The layout is llama.cpp's own converter's: `<tensor>.lora_a` (r × in) and `<tensor>.lora_b`
+    (out × r) under the base tensor's GGUF name, general.type=adapter, adapter.lora.alpha. For
+    `llama` GGUFs the Q/K output rows are permuted as in the base weights: permuting the rows of
+    B·A is permuting the rows of B. Megabytes instead of a merged model's gigabytes, and no
+    re-quantisation: the served base stays the user's own quantised GGUF.
+    """
+    import gguf
+
+    reader = gguf.GGUFReader(str(template))
+    arch = reader.fields["general.architecture"].contents()
+    arch_enum = {v: k for k, v in gguf.MODEL_ARCH_NAMES.items()}[arch]
+    name_map = gguf.get_tensor_name_map(arch_enum, int(config["num_hidden_layers"]))
+    pairs, alpha = lora_pairs(adapter_dir)
+    tmp = out.with_name(out.name + ".tmp")
+    writer = gguf.GGUFWriter(str(tmp), arch)
+    writer.add_type(gguf.GGUFType.ADAPTER)
+    writer.add_string(gguf.Keys.Adapter.TYPE, "lora")
+    writer.add_float32(gguf.Keys.Adapter.LORA_ALPHA, float(alpha))
+    dtype = np.float16 if outtype == "f16" else np.float32
+    for hf_name, (a, b) in pairs.items():
+        name = name_map.get_name(hf_name, try_suffixes=(".weight",))
+        if name is None:
+            raise UserError(f"no GGUF name for LoRA target '{hf_name}' (architecture {arch})")
+        if arch == "llama" and hf_name.endswith("self_attn.q_proj.weight"):
+            b = permute_qk(b, config["num_attention_heads"])
+        elif arch == "llama" and hf_name.endswith("self_attn.k_proj.weight"):
+            b = permute_qk(b, config["num_key_value_heads"])
+        writer.add_tensor(name + ".lora_a", np.ascontiguousarray(a.astype(dtype)))
+        writer.add_tensor(name + ".lora_b", np.ascontiguousarray(b.astype(dtype)))
+    _write_atomically(writer, tmp, out)
 
 
 def quantize(src: Path, dst: Path, qtype: str) -> None:

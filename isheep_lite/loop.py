@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -30,9 +31,24 @@ def progress_bar(desc: str, total: int) -> Iterator[Callable[[int], None]]:
         yield lambda n: p.advance(task, n)
 
 
-def open_engine(gguf: Path, r: Recipe, backend: str | None = None) -> EngineBase:
-    """The recipe's backend (or `backend`) serving `gguf` (openai: the server at model.base_url serves it)."""
-    m, backend = r.model, backend or r.model.backend
+@dataclass(frozen=True)
+class Served:
+    """A model as it is generated from: a GGUF, plus GGUF LoRA adapters llama.cpp applies at load
+    time (export.mode=adapter: M_t = served base + Δ_t, or + every Δ of its chain with train_from=previous)."""
+
+    gguf: Path
+    adapters: tuple[Path, ...] = ()
+
+    def __str__(self) -> str:
+        return " + ".join(str(p) for p in (self.gguf, *self.adapters))
+
+
+def open_engine(model: Served, r: Recipe, backend: str | None = None) -> EngineBase:
+    """The recipe's backend (or `backend`) serving `model` (openai: the server at model.base_url serves it)."""
+    m, backend, gguf = r.model, backend or r.model.backend, model.gguf
+    if model.adapters and backend != "llama_cpp":
+        raise UserError(f"GGUF LoRA adapters (export.mode=adapter) are applied by llama.cpp: use model.backend=llama_cpp, "
+                        f"or export.mode=merged with model.backend={backend}")
     if backend == "transformers":
         from .hf_engine import HFEngine
 
@@ -41,7 +57,13 @@ def open_engine(gguf: Path, r: Recipe, backend: str | None = None) -> EngineBase
         from .http_engine import OpenAIEngine
 
         return OpenAIEngine(str(m.base_url), gguf, m.n_parallel)
-    return Engine(gguf, m.n_ctx, m.n_threads, m.n_parallel, m.kv_budget_gb)
+    return Engine(gguf, m.n_ctx, m.n_threads, m.n_parallel, m.kv_budget_gb, adapters=model.adapters)
+
+
+def adapter_mode(r: Recipe, n_params: int) -> bool:
+    """export.mode auto: adapters from 3B parameters, where a merged F16 export per iteration costs
+    6+ GB of disk, minutes of writing, and more VRAM to serve than the user's quantised GGUF."""
+    return r.export.mode == "adapter" or (r.export.mode == "auto" and n_params >= 3_000_000_000)
 
 
 def stage(store: RunStore, t: int, name: str, work: Callable[[], dict[str, Any]]) -> dict[str, Any]:
@@ -57,7 +79,7 @@ def conversation(rec: dict[str, Any]) -> list[dict[str, str]]:
             {"role": "assistant", "content": rec["response"]}]
 
 
-def base_model(store: RunStore, r: Recipe, given: Path) -> tuple[Path, Path]:
+def base_model(store: RunStore, r: Recipe, given: Path) -> tuple[Path, Served]:
     """iter_00: M_0's HF weights, and the GGUF M_0 is served and evaluated from.
 
     By default M_0 is re-exported from its HF weights in the same format as every tuned model
@@ -74,16 +96,16 @@ def base_model(store: RunStore, r: Recipe, given: Path) -> tuple[Path, Path]:
         return {"gguf": paths[r.export.types[0]], "hf": str(hf_dir)}
 
     entry = stage(store, 0, "base", prepare)
-    gguf = Path(entry["gguf"])
-    eval_stage(store, 0, gguf, r)
-    return Path(entry["hf"]), gguf
+    served = Served(Path(entry["gguf"]))
+    eval_stage(store, 0, served, r)
+    return Path(entry["hf"]), served
 
 
-def checks(gguf: Path, r: Recipe, reference: dict[str, Any] | None = None, judge: Path | None = None) -> dict[str, Any]:
+def checks(model: Served, r: Recipe, reference: dict[str, Any] | None = None, judge: Served | None = None) -> dict[str, Any]:
     """Stop rate, instruction-following accuracy and (given M_0's eval entry) the pairwise verdict
     of one model: greedy answers to held-out prompts."""
     out: dict[str, Any] = {}
-    with open_engine(gguf, r) as engine:
+    with open_engine(model, r) as engine:
         if r.eval.stop_prompts:
             with progress_bar("eval: stop rate", r.eval.stop_prompts) as bar:
                 out.update(evaluate.stop_rate(engine, r.eval.stop_prompts, r.eval.max_tokens, bar))
@@ -100,20 +122,21 @@ def checks(gguf: Path, r: Recipe, reference: dict[str, Any] | None = None, judge
                 with progress_bar("eval: pairwise judge", len(rows)) as bar:
                     out["pairwise"] = evaluate.pairwise(j, [x["prompt"] for x in rows], [x["text"] for x in rows],
                                                         [old[x["id"]] for x in rows], bar)
-            out["pairwise"]["judge"] = str(judge or gguf)
+            out["pairwise"]["judge"] = str(judge or model)
     return out
 
 
-def eval_stage(store: RunStore, t: int, gguf: Path, r: Recipe, base_served: Path | None = None) -> None:
+def eval_stage(store: RunStore, t: int, model: Served, r: Recipe, base_served: Served | None = None) -> None:
     """M_t's checks as the manifest's `eval` stage, unless every check is switched off."""
     if not (r.eval.stop_prompts or r.eval.suite_prompts):
         return
     reference = store.stage_entry(0, "eval") if t > 0 else None
     judge = {"base": base_served, "current": None}[r.eval.judge] if r.eval.judge in ("base", "current") \
-        else models.resolve_gguf(r.eval.judge)
+        else Served(models.resolve_gguf(r.eval.judge))
+
     def work() -> dict[str, Any]:
-        result = checks(gguf, r, reference, judge)
-        atomic_write_text(store.iter_dir(t) / "eval.json", json.dumps({"model": str(gguf), **result}, indent=2, ensure_ascii=False))
+        result = checks(model, r, reference, judge)
+        atomic_write_text(store.iter_dir(t) / "eval.json", json.dumps({"model": str(model), **result}, indent=2, ensure_ascii=False))
         return result
 
     stage(store, t, "eval", work)
@@ -139,10 +162,11 @@ def promote(store: RunStore, r: Recipe, t: int, best: int) -> dict[str, Any]:
     return stage(store, t, "promote", decide)
 
 
-def iteration(store: RunStore, r: Recipe, t: int, seeds: list[dict], given: Path, current: Path,
-              train_hf: Path, base_served: Path) -> Path:
-    """One iteration: the best model so far (GGUF `current`) writes and grades the data, LoRA is
-    trained on `train_hf` (M_0's weights, or the best model's merged weights); returns M_t's GGUF."""
+def iteration(store: RunStore, r: Recipe, t: int, seeds: list[dict], given: Path, current: Served,
+              train_hf: Path, base_served: Served, adapters: bool = False) -> Served:
+    """One iteration: the best model so far (`current`) writes and grades the data, LoRA is trained
+    on `train_hf` (M_0's weights, or the best model's merged weights); returns M_t as it is served:
+    a merged GGUF, or (`adapters`) the served base plus M_t's chain of GGUF LoRA adapters."""
     d, seed = store.iter_dir(t), r.loop.seed
     s, f = r.synth, r.filter
 
@@ -186,7 +210,7 @@ def iteration(store: RunStore, r: Recipe, t: int, seeds: list[dict], given: Path
             done = {x["id"]: x for x in read_jsonl(d / "scored.jsonl")}
             with contextlib.ExitStack() as stack:
                 judge = assessor or stack.enter_context(open_engine(base_served, r))
-                name = current.parent.name if assessor else "M_0"
+                name = (current.adapters or (current.gguf,))[-1].parent.name if assessor else "M_0"
                 out = stack.enter_context(JsonlWriter(d / "scored.jsonl"))
                 bar = stack.enter_context(progress_bar(f"it{t} self-assessment", len(candidates)))
                 rows = assess.assess(judge, candidates, r.assess, name, done, out.write, bar)
@@ -217,25 +241,46 @@ def iteration(store: RunStore, r: Recipe, t: int, seeds: list[dict], given: Path
     stage(store, t, "train", make_training)
 
     def make_export() -> dict[str, Any]:
-        paths = export.export(train_hf, d / "adapter", given, d, r.export.types)
+        if adapters:
+            config = json.loads((train_hf / "config.json").read_text(encoding="utf-8"))
+            export.write_lora_gguf(d / "adapter", config, given, d / "adapter-f16.gguf")
+            paths = {"adapter": str(d / "adapter-f16.gguf")}
+        else:
+            paths = export.export(train_hf, d / "adapter", given, d, r.export.types)
         if r.loop.train_from == "previous":
             export.save_merged_hf(train_hf, d / "adapter", d / "merged")
         return {"files": paths}
 
-    tuned = Path(stage(store, t, "export", make_export)["files"][r.export.types[0]])
+    files = stage(store, t, "export", make_export)["files"]
+    if adapters:  # trained on M_0's weights: base + Δ_t; on the best model's merged weights: its chain + Δ_t
+        chain = current.adapters if r.loop.train_from == "previous" else ()
+        tuned = Served(base_served.gguf, (*chain, Path(files["adapter"])))
+    else:
+        tuned = Served(Path(files[r.export.types[0]]))
     eval_stage(store, t, tuned, r, base_served)
     return tuned
+
+
+def final_export(store: RunStore, r: Recipe, best: int, given: Path) -> Path:
+    """Adapter mode: the best model written whole (merged, every export.types), once, at the end."""
+    d = store.iter_dir(best)
+    trained_on = Path(store.stage_entry(best, "train")["trained_on"])
+    entry = stage(store, best, "final_export", lambda: {"files": export.export(trained_on, d / "adapter", given, d, r.export.types)})
+    return Path(entry["files"][r.export.types[0]])
 
 
 BYTES_PER_PARAM = {"f32": 4.0, "f16": 2.0, "q8_0": 1.07, "q4_k_m": 0.6, "q4_1": 0.63, "q5_k_m": 0.7}
 
 
 def planned_bytes(r: Recipe, n_params: int, done: set[int]) -> int:
-    """Disk the remaining exports will take: every GGUF type, the F16 M_0, merged HF weights (float32)."""
-    per_iter = sum(BYTES_PER_PARAM.get(t, 2.0) for t in r.export.types) + (4.0 if r.loop.train_from == "previous" else 0.0)
+    """Disk the remaining exports will take: every GGUF type (in adapter mode: an adapter, ≤ 2 % of
+    the model, per iteration and the types once at the end), the F16 M_0, merged HF weights (float32)."""
+    types = sum(BYTES_PER_PARAM.get(t, 2.0) for t in r.export.types)
+    per_iter = (0.04 if adapter_mode(r, n_params) else types) + (4.0 if r.loop.train_from == "previous" else 0.0)
     todo = [t for t in range(1, r.loop.iterations + 1) if t not in done]
     base = 0.0 if 0 in done or r.model.serve_base == "original" else 2.0
-    return int(1.1 * n_params * (base + per_iter * len(todo)))
+    final = types if adapter_mode(r, n_params) and todo else 0.0
+    return int(1.1 * n_params * (base + per_iter * len(todo) + final))
 
 
 def preflight(r: Recipe) -> tuple[list[dict[str, str]], Path]:
@@ -247,6 +292,9 @@ def preflight(r: Recipe) -> tuple[list[dict[str, str]], Path]:
     seeds = synth.load_seeds(r.synth.seeds)
     given = models.resolve_gguf(r.model.gguf)
     info = models.check_arch(given)
+    if adapter_mode(r, info.n_params) and r.model.backend != "llama_cpp":
+        raise UserError(f"export.mode={r.export.mode} serves GGUF LoRA adapters, which only llama.cpp applies: "
+                        f"set export.mode=merged for model.backend={r.model.backend}")
     if r.model.hf:
         models.check_same_model(info, given, models.user_hf(r.model.hf))
     if r.eval.judge not in ("base", "current"):
@@ -268,6 +316,7 @@ def run(r: Recipe, force: bool = False) -> RunStore:
     iteration, never the run; `final_model` is the best model.
     """
     seeds, given = preflight(r)
+    adapters = adapter_mode(r, models.gguf_info(given).n_params)
     store = RunStore(r.run_dir)
     store.open(dump_yaml(r), force=force)
     try:
@@ -277,15 +326,17 @@ def run(r: Recipe, force: bool = False) -> RunStore:
         for t in range(1, r.loop.iterations + 1):
             current, current_hf = models_by_t[best]
             train_hf = base_hf if r.loop.train_from == "base" else current_hf
-            tuned = iteration(store, r, t, seeds, given, current, train_hf, base_served)
+            tuned = iteration(store, r, t, seeds, given, current, train_hf, base_served, adapters)
             models_by_t[t] = (tuned, store.iter_dir(t) / "merged")
             verdict = promote(store, r, t, best)
             best = verdict["best"]
-            store.set_run_info(best={"iteration": best, "gguf": str(models_by_t[best][0])})
+            served = models_by_t[best][0]
+            store.set_run_info(best={"iteration": best, "gguf": str(served.gguf), "adapters": [str(a) for a in served.adapters]})
             if verdict["worse"] and r.loop.stop_when_worse:
                 store.set_run_info(stopped_early=f"iteration {t} scored worse than iteration {verdict['against']}")
                 break
-        store.set_run_info(final_model=str(models_by_t[best][0]))
+        final = final_export(store, r, best, given) if adapters and best > 0 else models_by_t[best][0].gguf
+        store.set_run_info(final_model=str(final))
     finally:
         store.close()
     return store

@@ -106,6 +106,7 @@ class TrainConfig:
 @dataclass
 class ExportConfig:
     types: list[str] = field(default_factory=lambda: ["f16"])  # f16 master; add q8_0 / q4_k_m to also quantise
+    mode: str = "auto"  # merged: a whole GGUF per iteration | adapter: a GGUF LoRA adapter applied to the served base at load time, the merged model only for the final one | auto: adapter from 3B parameters
 
 
 @dataclass
@@ -152,6 +153,7 @@ CHOICES = {
     "filter.rank_by": {"score", "ifd", "score+ifd"},
     "assess.assessor": {"current", "base"},
     "train.backend": {"hf", "unsloth", "auto"},
+    "export.mode": {"auto", "adapter", "merged"},
 }
 POSITIVE = (
     "loop.iterations", "synth.num_instructions", "synth.few_shot", "synth.tasks_per_prompt", "synth.max_tokens",

@@ -16,18 +16,19 @@ def _fake_run(tmp_path: Path, tiny: dict[str, Path], monkeypatch: pytest.MonkeyP
     """loop.run with every iteration and check faked: iteration t's model passes QUALITY[t] of 40 prompts."""
     seen: dict[int, tuple[Path, Path]] = {}
 
-    def fake_checks(gguf: Path, r: recipe.Recipe, reference: Any = None, judge: Any = None) -> dict[str, Any]:
+    def fake_checks(model: loop.Served, r: recipe.Recipe, reference: Any = None, judge: Any = None) -> dict[str, Any]:
+        gguf = model.gguf
         t = int(gguf.parent.name[5:]) if gguf.parent.name.startswith("iter_") else 0
         k = round(QUALITY[t] * 40)
         return {"ifeval": {"strict_pass": [1] * k + [0] * (40 - k), "strict": k / 40, "loose": k / 40, "strict_ci95": [0, 1]}}
 
-    def fake_iteration(store: Any, r: recipe.Recipe, t: int, seeds: Any, given: Path, current: Path, train_hf: Path,
-                       base_served: Path) -> Path:
-        seen[t] = (current, train_hf)
+    def fake_iteration(store: Any, r: recipe.Recipe, t: int, seeds: Any, given: Path, current: loop.Served, train_hf: Path,
+                       base_served: loop.Served, adapters: bool) -> loop.Served:
+        seen[t] = (current.gguf, train_hf)
         gguf = store.iter_dir(t) / "model-f16.gguf"
         gguf.write_bytes(b"not a real model")
-        loop.eval_stage(store, t, gguf, r, base_served)
-        return gguf
+        loop.eval_stage(store, t, loop.Served(gguf), r, base_served)
+        return loop.Served(gguf)
 
     monkeypatch.setattr(loop, "checks", fake_checks)
     monkeypatch.setattr(loop, "iteration", fake_iteration)
