@@ -149,11 +149,17 @@ class Engine(EngineBase):
 
         self.path = Path(gguf_path)
         self.info = models.gguf_info(self.path)
+        for a in adapters:
+            models.check_gguf(Path(a))
         self.n_ctx = n_ctx
         # Fewer sequences rather than an out-of-memory failure: the KV cache of the batched context
         # (n_parallel × n_ctx cells, bytes per cell from the GGUF metadata) must fit kv_budget_gb.
         self.n_parallel = models.fit_parallel(n_parallel, n_ctx, self.info.kv_bytes_per_cell, int(kv_budget_gb * 2**30))
         self.n_threads = n_threads or os.cpu_count() or 1
+        self.gpu_plan: dict[str, Any] | None = None
+        if n_gpu_layers == -1 and lc.llama_supports_gpu_offload():
+            n_gpu_layers = self._plan_gpu(adapters)
+            n_ctx = self.n_ctx
         self._batch_ctx: Any = None
         self.llm: Any = Llama(
             model_path=str(self.path),
@@ -166,13 +172,27 @@ class Engine(EngineBase):
         )
         self._adapters: list[Any] = []
         for a in adapters:
-            models.check_gguf(Path(a))
             handle = lc.llama_adapter_lora_init(self.llm._model.model, str(a).encode())
             if not handle:
                 self.close()
                 raise UserError(f"llama.cpp could not load the LoRA adapter {a} (made for another model?)")
             self._adapters.append(handle)
         self._apply_adapters(self.llm._ctx.ctx)
+
+    def _plan_gpu(self, adapters: Sequence[Path]) -> int:
+        """On a GPU build: layers, context and sequences that fit the free VRAM (planner.plan_llama)."""
+        from . import planner
+
+        free = planner.gpu_free_bytes()
+        if free is None:  # no NVIDIA tool to ask: every layer, as llama.cpp would
+            return -1
+        weights = self.path.stat().st_size + sum(Path(a).stat().st_size for a in adapters)
+        self.gpu_plan = planner.plan_llama(
+            weights_bytes=weights, n_layers=self.info.n_layers, kv_bytes_per_cell=self.info.kv_bytes_per_cell,
+            n_vocab=self.info.n_vocab, free_bytes=free, n_ctx=self.n_ctx, n_parallel=self.n_parallel,
+            n_ctx_train=self.info.n_ctx_train)
+        self.n_ctx, self.n_parallel = self.gpu_plan["n_ctx"], self.gpu_plan["n_parallel"]
+        return int(self.gpu_plan["n_gpu_layers"])
 
     def _apply_adapters(self, ctx: Any) -> None:
         """Every loaded adapter, at scale 1, on one llama.cpp context (each context keeps its own list)."""

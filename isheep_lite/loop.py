@@ -17,7 +17,7 @@ from typing import Any, Callable, Iterator
 
 from . import assess, evaluate, export, filters, models, synth, train
 from .engine import Engine, EngineBase
-from .recipe import Recipe, UserError, dump_yaml
+from .recipe import ModelConfig, Recipe, UserError, dump_yaml
 from .store import JsonlWriter, RunStore, atomic_write_text, check_free_disk, read_jsonl, write_jsonl
 
 
@@ -283,6 +283,17 @@ def planned_bytes(r: Recipe, n_params: int, done: set[int]) -> int:
     return int(1.1 * n_params * (base + per_iter * len(todo) + final))
 
 
+def generation_gguf(r: Recipe) -> Path:
+    """model.gguf, or with model.converter the GGUF llama.cpp's converter makes from model.hf."""
+    if not r.model.converter:
+        return models.resolve_gguf(r.model.gguf)
+    if not r.model.hf:
+        raise UserError("model.converter makes the GGUF from model.hf: set model.hf to the HF model directory")
+    if r.model.gguf != ModelConfig.gguf:
+        raise UserError("set model.gguf or model.converter, not both: the converter makes the GGUF from model.hf")
+    return models.converted_gguf(models.user_hf(r.model.hf), r.model.converter)
+
+
 def preflight(r: Recipe) -> tuple[list[dict[str, str]], Path]:
     """Every input is checked before anything is written: seeds, GGUFs, HF weights, free disk."""
     if r.model.backend == "openai":
@@ -290,7 +301,7 @@ def preflight(r: Recipe) -> tuple[list[dict[str, str]], Path]:
                         "a new model each iteration; use it with `isheep eval MODEL.gguf --server URL`")
     train.resolve_backend(r.train.backend, False, importlib.util.find_spec("unsloth") is not None)
     seeds = synth.load_seeds(r.synth.seeds)
-    given = models.resolve_gguf(r.model.gguf)
+    given = generation_gguf(r)
     info = models.check_arch(given)
     if adapter_mode(r, info.n_params) and r.model.backend != "llama_cpp":
         raise UserError(f"export.mode={r.export.mode} serves GGUF LoRA adapters, which only llama.cpp applies: "

@@ -59,6 +59,9 @@ class GgufInfo:
     eos: str | None
     n_params: int
     kv_bytes_per_cell: int  # KV-cache bytes per token of context (F16 K and V over every layer)
+    n_layers: int = 0  # <arch>.block_count
+    n_ctx_train: int = 0  # <arch>.context_length: the longest context the model was trained for
+    n_vocab: int = 0
 
 
 def _field_value(reader: Any, key: str) -> Any:
@@ -84,10 +87,14 @@ def gguf_info(path: Path) -> GgufInfo:
         return tokens[i] if i is not None and 0 <= i < len(tokens) else None
 
     n_params = sum(int(t.n_elements) for t in reader.tensors)
+    arch = str(_field_value(reader, "general.architecture"))
+    meta = {k: _field_value(reader, k) for k in reader.fields if k.startswith(f"{arch}.")}
     return GgufInfo(
-        kv_bytes_per_cell=kv_bytes_per_cell({k: _field_value(reader, k) for k in reader.fields if k.startswith(f"{_field_value(reader, 'general.architecture')}.")},
-                                            str(_field_value(reader, "general.architecture"))),
-        arch=str(_field_value(reader, "general.architecture")),
+        kv_bytes_per_cell=kv_bytes_per_cell(meta, arch),
+        n_layers=int(meta.get(f"{arch}.block_count") or 0),
+        n_ctx_train=int(meta.get(f"{arch}.context_length") or 0),
+        n_vocab=len(tokens),
+        arch=arch,
         chat_template=_field_value(reader, "tokenizer.chat_template"),
         bos=tok("tokenizer.ggml.bos_token_id"),
         eos=tok("tokenizer.ggml.eos_token_id"),
@@ -223,7 +230,43 @@ def check_same_model(info: GgufInfo, gguf_path: Path, hf_dir: Path) -> None:
     if shape.params() and not 0.9 <= info.n_params / shape.params() <= 1.1:
         raise UserError(f"model.gguf ({gguf_path.name}, {info.n_params / 1e6:,.0f}M parameters) and model.hf "
                         f"({hf_dir.name}, {shape.params() / 1e6:,.0f}M) are not the same model; give the GGUF of the "
-                        "HF model (llama.cpp's convert_hf_to_gguf.py makes one from the HF directory)")
+                        "HF model, or set model.converter to llama.cpp's convert_hf_to_gguf.py to make one from model.hf")
+
+
+def converted_gguf(hf_dir: Path, converter: str) -> Path:
+    """The F16 GGUF of an HF directory, made once by llama.cpp's own converter and cached.
+
+    The converter is the user's (a llama.cpp checkout's convert_hf_to_gguf.py): it knows every
+    architecture's tokenizer and tensor layout, which this toolkit does not re-implement. Cached by
+    the HF directory's path and its files' sizes and times, and the converter's path and time;
+    written to a temporary name first.
+    """
+    import subprocess
+    import sys
+
+    script = Path(converter).expanduser()
+    if not script.is_file():
+        raise UserError(f"model.converter: {script} not found (give the path of llama.cpp's convert_hf_to_gguf.py)")
+    h = hashlib.sha256(f"{hf_dir.resolve()}|{script.resolve()}:{script.stat().st_mtime_ns}".encode())
+    for f in sorted(hf_dir.iterdir()):
+        if f.is_file():
+            h.update(f"{f.name}:{f.stat().st_size}:{f.stat().st_mtime_ns}".encode())
+    out = cache_root() / "gguf" / f"{hf_dir.name}-{h.hexdigest()[:16]}.f16.gguf"
+    if out.is_file():
+        return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + f".tmp{os.getpid()}")
+    cmd = [sys.executable, str(script), str(hf_dir), "--outfile", str(tmp), "--outtype", "f16"]
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        if done.returncode != 0 or not tmp.is_file():
+            last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+            raise UserError(f"llama.cpp's converter failed on {hf_dir} (exit {done.returncode}): {last}")
+        check_gguf(tmp)
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return out
 
 
 def resolve_hf(hf: str | None, gguf_path: Path) -> Path:

@@ -15,8 +15,9 @@ Peak memory of LoRA / QLoRA SFT is the sum of five parts (bytes):
                  largest part for small models with big vocabularies
     overhead     CUDA context, cuBLAS workspace, allocator fragmentation: 0.75 GB
 
-Checked against published figures in tests/test_planner.py. The same numbers size llama.cpp on a
-GPU: the weights of the GGUF plus the KV cache (models.kv_bytes_per_cell) must fit the free VRAM.
+Checked against published figures in tests/test_planner.py. `plan_llama` sizes llama.cpp on a GPU
+the same way: the GGUF's weights (its file size, adapters included), the KV cache
+(n_parallel × n_ctx cells × models.kv_bytes_per_cell) and a compute buffer must fit the free VRAM.
 """
 from __future__ import annotations
 
@@ -111,3 +112,51 @@ def plan_batches(s: Shape, free_bytes: float, *, bits: int, r: int, targets: lis
                     gradient_checkpointing=gradient_checkpointing)
     raise MemoryError(f"even one sequence of {seq_len} tokens needs ~{need['total'] / GB:.1f} GB; "
                       f"{free_bytes / GB:.1f} GB free (try 4-bit, a lower train.max_seq_len or a smaller model)")
+
+
+def plan_llama(*, weights_bytes: int, n_layers: int, kv_bytes_per_cell: int, n_vocab: int, free_bytes: float,
+               n_ctx: int, n_parallel: int, n_ctx_train: int = 0, headroom: float = 0.9,
+               min_parallel: int = 4) -> dict[str, Any]:
+    """n_gpu_layers, n_ctx and n_parallel for llama.cpp on a GPU with `free_bytes` of VRAM.
+
+    VRAM = weights + KV + compute buffer must stay under headroom × free, where KV is
+    (n_parallel + 1) · n_ctx · kv_bytes_per_cell (the batched context, plus the engine's
+    single-sequence one) and the compute buffer is a 512-token micro-batch of logits
+    (512 · n_vocab · 4 B) plus 0.5 GB of activations and CUDA context. In order: n_ctx is capped at
+    the trained context (cells past it are never useful); all layers with the asked n_parallel;
+    all layers with fewer sequences (halving, down to `min_parallel`) — a sequence less costs less
+    than a layer left on the CPU; else as many layers as fit, each taking its share of weights and
+    of KV, the rest on the CPU (n_gpu_layers 0 when not even one fits).
+    """
+    n_ctx = min(n_ctx, n_ctx_train) if n_ctx_train else n_ctx
+    fixed = 0.5 * GB + 512 * n_vocab * 4
+    budget = headroom * free_bytes - fixed
+    parallel = n_parallel
+    while True:
+        kv = (parallel + 1) * n_ctx * kv_bytes_per_cell
+        if weights_bytes + kv <= budget:
+            return {"n_gpu_layers": -1, "n_ctx": n_ctx, "n_parallel": parallel,
+                    "vram_gb": round((weights_bytes + kv + fixed) / GB, 2)}
+        if parallel <= min_parallel:
+            break
+        parallel = max(min_parallel, parallel // 2)
+    per_layer = weights_bytes / (n_layers + 1) + kv / max(n_layers, 1)  # + 1: embeddings and output stay on the CPU
+    layers = max(0, min(n_layers, int(budget // per_layer))) if budget > 0 else 0
+    return {"n_gpu_layers": layers, "n_ctx": n_ctx, "n_parallel": parallel,
+            "vram_gb": round((layers * per_layer + fixed) / GB, 2) if layers else 0.0}
+
+
+def gpu_free_bytes() -> float | None:
+    """Free memory of GPU 0 from nvidia-smi (no CUDA context is made in this process), or None."""
+    import shutil
+    import subprocess
+
+    smi = shutil.which("nvidia-smi")
+    if smi is None:
+        return None
+    try:
+        out = subprocess.run([smi, "--query-gpu=memory.free", "--format=csv,noheader,nounits"],
+                             capture_output=True, text=True, timeout=10, check=True).stdout
+        return float(out.split()[0]) * 2**20
+    except (OSError, subprocess.SubprocessError, ValueError, IndexError):
+        return None

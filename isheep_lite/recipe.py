@@ -25,6 +25,7 @@ class UserError(Exception):
 class ModelConfig:
     gguf: str = "embedded:smollm2-135m-instruct"  # GGUF used for generation: `embedded:…` or a path
     hf: str | None = None  # HF weights for training: local dir or HF-cache repo id; null = dequantise the GGUF
+    converter: str | None = None  # path to llama.cpp's convert_hf_to_gguf.py: make the generation GGUF (F16, cached) from model.hf instead of model.gguf
     backend: str = "llama_cpp"  # llama_cpp: the batched llama.cpp engine | transformers: PyTorch (models llama.cpp cannot run) | openai: a server (`isheep eval --server` only)
     base_url: str | None = None  # openai backend: the server's OpenAI-compatible root, e.g. http://127.0.0.1:8080/v1
     serve_base: str = "export"  # export: serve M_0 re-exported like every M_t (F16) | original: the GGUF as given

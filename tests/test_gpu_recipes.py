@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from isheep_lite import recipe
-from isheep_lite.planner import GB, Shape, estimate
+from isheep_lite import loop, recipe
+from isheep_lite.planner import GB, Shape, estimate, lora_params, plan_llama
 
 ROOT = Path(__file__).resolve().parents[1]
 # Published config.json of each model (layers, hidden, intermediate, heads, KV heads, head dim, vocab, tied).
@@ -30,6 +30,25 @@ def test_gpu_recipe_loads_and_its_memory_comment_is_the_planners(name: str) -> N
     est = estimate(RECIPES[name], bits=4, r=r.train.lora_r, targets=r.train.target_modules,
                    batch=r.train.batch_size, seq_len=r.train.max_seq_len, backend="unsloth")
     assert abs(est["total"] / GB - claimed) < 0.1, (name, est["total"] / GB)
+
+
+# Published Q4_K_M file sizes (bartowski's / Qwen's GGUF repositories on the Hugging Face Hub), bytes.
+Q4_K_M_BYTES = {"qwen2.5-7b-24gb.yaml": 4_683_073_760, "llama3.1-8b-24gb.yaml": 4_920_734_016}
+
+
+@pytest.mark.parametrize("name", Q4_K_M_BYTES)
+def test_24gb_recipes_serve_adapters_and_their_generation_memory_is_the_planners(name: str) -> None:
+    path = ROOT / "recipes" / name
+    r, shape = recipe.load(path), RECIPES[name]
+    assert r.export.mode == "auto" and r.model.serve_base == "original"
+    assert loop.adapter_mode(r, shape.params()), "7-8B models are served as base GGUF + LoRA adapter"
+    adapter = lora_params(shape, r.train.lora_r, r.train.target_modules) * 2  # F16
+    plan = plan_llama(weights_bytes=Q4_K_M_BYTES[name] + adapter, n_layers=shape.layers,
+                      kv_bytes_per_cell=2 * shape.layers * shape.kv_heads * shape.head_dim * 2, n_vocab=shape.vocab,
+                      free_bytes=23.5 * GB, n_ctx=r.model.n_ctx, n_parallel=r.model.n_parallel)
+    assert plan["n_gpu_layers"] == -1 and plan["n_parallel"] == r.model.n_parallel
+    claimed = float(re.search(r"compute [\d.]+ GB ≈ ([\d.]+) GB", path.read_text(encoding="utf-8")).group(1))
+    assert abs(plan["vram_gb"] - claimed) < 0.1, plan
 
 
 def test_colab_notebook_is_valid_and_its_code_compiles() -> None:

@@ -68,3 +68,60 @@ def test_plan_picks_the_largest_micro_batch_that_fits_and_keeps_the_effective_ba
         assert p["micro_batch"] * p["grad_accum"] >= 16 and p["estimate_gb"] <= 0.9 * (24 if p is roomy else 6)
     with pytest.raises(MemoryError, match="GB free"):
         plan_batches(s, 16 * GB, bits=16, r=16, targets=ALL, seq_len=1024, effective_batch=8)
+
+
+# ---- llama.cpp on a GPU -------------------------------------------------------------------------
+QWEN7B_Q4KM = dict(weights_bytes=4_683_073_760, n_layers=28, kv_bytes_per_cell=57_344, n_vocab=152_064, n_ctx_train=32_768)
+
+
+def test_llama_plan_keeps_every_layer_and_sequence_when_they_fit() -> None:
+    from isheep_lite.planner import plan_llama
+
+    p = plan_llama(**QWEN7B_Q4KM, free_bytes=23.5 * GB, n_ctx=2048, n_parallel=16)
+    assert p == {**p, "n_gpu_layers": -1, "n_parallel": 16, "n_ctx": 2048}
+    # weights 4.68 + KV 17 × 2048 × 56 KiB 2.0 + logits 0.31 + 0.5 GB
+    assert p["vram_gb"] == pytest.approx(7.49, abs=0.02)
+
+
+@pytest.mark.parametrize("free_gb", [4.0, 5.5, 6.5, 7.0, 9.0, 12.0])
+def test_llama_plan_gives_up_sequences_before_layers_and_always_fits(free_gb: float) -> None:
+    from isheep_lite.planner import plan_llama
+
+    p = plan_llama(**QWEN7B_Q4KM, free_bytes=free_gb * GB, n_ctx=8192, n_parallel=16)
+    assert p["vram_gb"] <= 0.9 * free_gb + 1e-9
+    if p["n_gpu_layers"] != -1:  # layers leave the GPU only once sequences are down to the minimum
+        assert p["n_parallel"] == 4 and 0 <= p["n_gpu_layers"] < 28
+    more = plan_llama(**QWEN7B_Q4KM, free_bytes=(free_gb + 1) * GB, n_ctx=8192, n_parallel=16)
+    rank = lambda q: (q["n_gpu_layers"] == -1, q["n_parallel"], q["n_gpu_layers"])  # noqa: E731
+    assert rank(more) >= rank(p), "more free memory never gives a smaller plan"
+
+
+def test_llama_plan_caps_context_and_runs_on_cpu_when_nothing_fits() -> None:
+    from isheep_lite.planner import plan_llama
+
+    p = plan_llama(**{**QWEN7B_Q4KM, "n_ctx_train": 4096}, free_bytes=0.6 * GB, n_ctx=8192, n_parallel=16)
+    assert p["n_ctx"] == 4096 and p["n_gpu_layers"] == 0 and p["vram_gb"] == 0.0
+
+
+def test_engine_sizes_itself_from_the_plan_on_a_gpu_build(tiny: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CUDA calls faked (a GPU build, 0.7 GB free): the engine takes the planner's sequences and
+    context, and hands llama.cpp its n_gpu_layers."""
+    import llama_cpp
+
+    from isheep_lite import planner
+    from isheep_lite.engine import Engine, Sampling
+
+    seen: dict = {}
+    real = llama_cpp.Llama
+
+    def spy(*a, **kw):
+        seen.update(kw)
+        return real(*a, **{**kw, "n_gpu_layers": 0})
+
+    monkeypatch.setattr(llama_cpp, "llama_supports_gpu_offload", lambda: True)
+    monkeypatch.setattr(llama_cpp, "Llama", spy)
+    monkeypatch.setattr(planner, "gpu_free_bytes", lambda: 0.7 * GB)
+    with Engine(tiny["gguf"], n_ctx=4096, n_parallel=16) as e:
+        assert e.gpu_plan is not None and e.n_ctx == 1024  # the tiny model's trained context
+        assert (e.n_parallel, seen["n_gpu_layers"], seen["n_ctx"]) == (e.gpu_plan["n_parallel"], e.gpu_plan["n_gpu_layers"], 1024)
+        assert e.generate(["Hello"], [Sampling(max_tokens=4)])[0].n_tokens == 4
