@@ -3,6 +3,11 @@
 One interface for every stage (synthesis, assessment, evaluation). Each request carries its own
 seed, so a record's sample depends on (run seed, iteration, record), not on what ran before it.
 
+Prompts of one call that start alike (the few-shot meta-prompt, the assessment preamble, the chat
+template's system turn) share that prefix's KV cells: it is evaluated once into a sequence of its
+own and each new sequence is given its cells (`llama_memory_seq_cp`, no copy in a unified KV cache),
+so only the rest of each prompt is evaluated.
+
 `generate` and `score_many` are the fast paths: continuous batching through llama-cpp-python's
 low-level API. Up to `n_parallel` sequences advance in one `llama_decode` call; each has its own
 sampler chain (temperature, top-p, seed), stop strings and token budget; a finished sequence's KV
@@ -48,6 +53,24 @@ def _add(batch: Any, token: int, pos: int, seq: int, logits: bool) -> int:
     batch.logits[n] = logits
     batch.n_tokens = n + 1
     return n
+
+
+MIN_SHARED = 32  # a common prefix shorter than this is not worth a decode of its own
+
+
+def shared_prefix(seqs: Sequence[Sequence[int]], limits: Sequence[int]) -> int:
+    """Tokens every sequence starts with, at most `limits[i]` for sequence i (so each keeps the
+    positions it needs logits for); 0 when shorter than MIN_SHARED or for a single sequence."""
+    if len(seqs) < 2:
+        return 0
+    n = min(min(len(t) for t in seqs), min(limits))
+    first = seqs[0]
+    for t in seqs[1:]:
+        k = 0
+        while k < n and t[k] == first[k]:
+            k += 1
+        n = k
+    return n if n >= MIN_SHARED else 0
 
 
 def _log_softmax_at(logits_ptr: Any, n_vocab: int, token_ids: Sequence[int]) -> list[float]:
@@ -242,7 +265,7 @@ class Engine(EngineBase):
             params.n_ctx = self.n_ctx * self.n_parallel
             params.n_batch = self.n_ctx + self.n_parallel  # any prompt that fits a sequence fits one batch
             params.n_ubatch = 512
-            params.n_seq_max = self.n_parallel
+            params.n_seq_max = self.n_parallel + 1  # the last sequence id holds a shared prompt prefix
             params.n_threads = params.n_threads_batch = self.n_threads
             params.kv_unified = True  # measured: per-sequence KV streams were slower here (113 vs 177 tok/s, F16, 16 seqs)
             params.no_perf = True
@@ -251,6 +274,17 @@ class Engine(EngineBase):
                 raise RuntimeError("llama.cpp could not create a batched context (out of memory?)")
             self._apply_adapters(self._batch_ctx)
         return self._batch_ctx
+
+    def _prefill(self, ctx: Any, batch: Any, tokens: Sequence[int]) -> int:
+        """Evaluate a shared prefix into sequence id n_parallel (no logits); returns its length."""
+        import llama_cpp as lc
+
+        batch.n_tokens = 0
+        for pos, tok in enumerate(tokens):
+            _add(batch, tok, pos, self.n_parallel, False)
+        if tokens and lc.llama_decode(ctx, batch) != 0:
+            raise RuntimeError("llama_decode failed on the shared prompt prefix")
+        return len(tokens)
 
     def _sampler(self, s: Sampling) -> Any:
         import llama_cpp as lc
@@ -288,6 +322,9 @@ class Engine(EngineBase):
         lc.llama_memory_clear(memory, True)
         batch = lc.llama_batch_init(self.n_ctx + self.n_parallel, 0, 1)
         piece = ctypes.create_string_buffer(256)
+        encoded = [self.tokenize(p) for p in prompts]
+        fits = [t for t in encoded if len(t) < self.n_ctx]
+        shared = self._prefill(ctx, batch, fits[0][: shared_prefix(fits, [len(t) - 1 for t in fits])]) if fits else 0
         results: list[Completion | None] = [None] * len(prompts)
         queue = deque(range(len(prompts)))
         free = list(range(self.n_parallel))[::-1]
@@ -310,8 +347,8 @@ class Engine(EngineBase):
                     slot.pos += 1
                 while queue and free:  # refill free slots with whole prompts while they fit
                     i = queue[0]
-                    tokens = self.tokenize(prompts[i])
-                    if batch.n_tokens and batch.n_tokens + len(tokens) > self.n_ctx + self.n_parallel:
+                    tokens = encoded[i]
+                    if batch.n_tokens and batch.n_tokens + len(tokens) - shared > self.n_ctx + self.n_parallel:
                         break
                     queue.popleft()
                     budget = min(samplings[i].max_tokens, self.n_ctx - len(tokens))
@@ -320,8 +357,10 @@ class Engine(EngineBase):
                         on_result(i, results[i])
                         continue
                     seq = free.pop()
-                    for pos, tok in enumerate(tokens):
-                        row = _add(batch, tok, pos, seq, pos == len(tokens) - 1)
+                    if shared:  # the prefix's cells, then only the rest of the prompt
+                        lc.llama_memory_seq_cp(memory, self.n_parallel, seq, -1, -1)
+                    for pos in range(shared, len(tokens)):
+                        row = _add(batch, tokens[pos], pos, seq, pos == len(tokens) - 1)
                     active[seq] = _Slot(i, self._sampler(samplings[i]), len(tokens), row, budget, samplings[i].stop)
                 if batch.n_tokens == 0:
                     continue
@@ -375,7 +414,8 @@ class Engine(EngineBase):
 
     def _decode_packed(self, seqs: list[list[int]], first_read: list[int],
                        read: Callable[[int, Callable[[int, Sequence[int]], list[float]]], Any]) -> list[Any]:
-        """Evaluate token sequences packed up to `n_parallel` per llama_decode (memory cleared between).
+        """Evaluate token sequences packed up to `n_parallel` per llama_decode (their cells cleared
+        between packs; a prefix common to all is evaluated once and kept).
 
         Logits are kept from position `first_read[i]` to the second-to-last token (or just that
         position, when it is the last); `read(i, logprobs)` is called once per sequence, in order,
@@ -388,20 +428,26 @@ class Engine(EngineBase):
         n_vocab = self.llm.n_vocab()
         batch = lc.llama_batch_init(self.n_ctx + self.n_parallel, 0, 1)
         out: list[Any] = []
+        too_long = next((t for t in seqs if len(t) >= self.n_ctx), None)
+        if too_long is not None:
+            raise ValueError(f"a sequence of {len(too_long)} tokens does not fit n_ctx={self.n_ctx}")
         try:
+            lc.llama_memory_clear(memory, True)
+            shared = self._prefill(ctx, batch, seqs[0][: shared_prefix(seqs, first_read)]) if seqs else 0
             i = 0
             while i < len(seqs):
-                lc.llama_memory_clear(memory, True)
+                for seq in range(self.n_parallel):  # the last pack's cells; the shared prefix stays
+                    lc.llama_memory_seq_rm(memory, seq, -1, -1)
                 batch.n_tokens, jobs = 0, []
                 while i < len(seqs) and len(jobs) < self.n_parallel:
                     tokens, lo = seqs[i], first_read[i]
                     hi = max(lo, len(tokens) - 2)
-                    if len(tokens) >= self.n_ctx:
-                        raise ValueError(f"a sequence of {len(tokens)} tokens does not fit n_ctx={self.n_ctx}")
-                    if jobs and batch.n_tokens + len(tokens) > self.n_ctx + self.n_parallel:
+                    if jobs and batch.n_tokens + len(tokens) - shared > self.n_ctx + self.n_parallel:
                         break
-                    rows = [_add(batch, tok, pos, len(jobs), lo <= pos <= hi) for pos, tok in enumerate(tokens)]
-                    jobs.append(rows[lo : hi + 1])
+                    if shared:
+                        lc.llama_memory_seq_cp(memory, self.n_parallel, len(jobs), -1, -1)
+                    rows = {pos: _add(batch, tokens[pos], pos, len(jobs), lo <= pos <= hi) for pos in range(shared, len(tokens))}
+                    jobs.append([rows[pos] for pos in range(lo, hi + 1)])
                     i += 1
                 if lc.llama_decode(ctx, batch) != 0:
                     raise RuntimeError("llama_decode failed (KV cache full?)")

@@ -5,6 +5,7 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from isheep_lite import assess, synth
@@ -290,3 +291,37 @@ def test_completion_logprobs_agree_with_next_token_scoring_and_ifd(tiny_engine: 
     recs = [{"id": "a", "instruction": "Name a fruit.", "input": "", "response": "Apple."}]
     out = assess.assess(tiny_engine, recs, AssessConfig(ifd=True), "M_0", {}, lambda r: None)
     assert out[0]["ifd"] > 0 and out[0]["ifd"] == pytest.approx(assess.ifd(tiny_engine, recs)[0], rel=1e-3)
+
+
+PREAMBLE = ("You are grading answers. Read the task carefully, think about what a careful expert would write, "
+            "and compare it with the answer given below. Be strict about facts, format and length, and "
+            "ignore the style of the answer unless the task asks for one. ")
+
+
+def test_shared_prompt_prefix_is_evaluated_once_and_changes_nothing(tiny: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Prompts with a long common start (as the few-shot meta-prompt and the assessment preamble
+    have): greedy texts, scores and completion log-probs equal those computed without sharing."""
+    from isheep_lite import engine as engine_mod
+
+    assert engine_mod.shared_prefix([[1] * 40, [1] * 40], [39, 39]) == 39, "each sequence keeps its last token"
+    assert engine_mod.shared_prefix([[1] * 40, [1] * 20 + [2] * 20], [39, 39]) == 0, "below MIN_SHARED"
+    prompts = [PREAMBLE + f"Task {i}: say something about {i * 7}." for i in range(10)]
+    completions = [f" The number {i * 7} is fine." for i in range(10)]
+    ids = list(range(300, 340))
+    greedy = [Sampling(max_tokens=16 + i) for i in range(10)]
+    with Engine(tiny["gguf"], n_ctx=512, n_parallel=4) as e:
+        n = engine_mod.shared_prefix([e.tokenize(p) for p in prompts], [10**6] * 10)
+        assert n >= engine_mod.MIN_SHARED
+        prefilled: list[int] = []
+        real_prefill = e._prefill
+        monkeypatch.setattr(e, "_prefill", lambda ctx, batch, toks: prefilled.append(len(toks)) or real_prefill(ctx, batch, toks))
+        shared = (e.generate(prompts, greedy), e.score_many(prompts, ids),
+                  e.completion_logprobs(prompts, completions), e.completion_logprobs([PREAMBLE * 2] * 10, completions))
+        assert prefilled[0] == n and prefilled[1] == n and min(prefilled) > 0, prefilled
+        monkeypatch.setattr(engine_mod, "MIN_SHARED", 10**6)  # sharing off
+        plain = (e.generate(prompts, greedy), e.score_many(prompts, ids),
+                 e.completion_logprobs(prompts, completions), e.completion_logprobs([PREAMBLE * 2] * 10, completions))
+    assert sum(a.text == b.text for a, b in zip(shared[0], plain[0])) >= 9
+    assert np.abs(np.array(shared[1]) - np.array(plain[1])).max() < 1e-3
+    for got, want in zip(shared[2] + shared[3], plain[2] + plain[3]):
+        assert got[1] == want[1] and got[0] == pytest.approx(want[0], abs=1e-2)
