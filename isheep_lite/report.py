@@ -214,7 +214,9 @@ def markdown(m: dict[str, Any], run_dir: Path) -> str:
     lines = [f"# isheep-lite run report: {Path(run_dir).resolve().name}", ""]
     best = m.get("best", {}).get("iteration")
     if best is not None:
-        lines.append(f"Best model: **M_{best}** (`{m['best']['gguf']}`)." + (f" Stopped early: {m['stopped_early']}." if m.get("stopped_early") else ""))
+        served = " + ".join([m["best"]["gguf"], *m["best"].get("adapters", [])])
+        final = f" Final model: `{m['final_model']}`." if m.get("final_model") else ""
+        lines.append(f"Best model: **M_{best}** (`{served}`).{final}" + (f" Stopped early: {m['stopped_early']}." if m.get("stopped_early") else ""))
         lines.append("")
     lines += ["## Held-out checks per model", "",
               "| model | suite strict (95 % CI) | suite loose | stop rate (95 % CI) | pairwise vs M_0 (95 % CI) | win/tie/loss | verdict |",
