@@ -275,16 +275,15 @@ class Engine(EngineBase):
             self._apply_adapters(self._batch_ctx)
         return self._batch_ctx
 
-    def _prefill(self, ctx: Any, batch: Any, tokens: Sequence[int]) -> int:
-        """Evaluate a shared prefix into sequence id n_parallel (no logits); returns its length."""
+    def _prefill(self, ctx: Any, batch: Any, tokens: Sequence[int]) -> None:
+        """Evaluate a shared prefix into sequence id n_parallel (no logits)."""
         import llama_cpp as lc
 
         batch.n_tokens = 0
         for pos, tok in enumerate(tokens):
             _add(batch, tok, pos, self.n_parallel, False)
-        if tokens and lc.llama_decode(ctx, batch) != 0:
+        if lc.llama_decode(ctx, batch) != 0:
             raise RuntimeError("llama_decode failed on the shared prompt prefix")
-        return len(tokens)
 
     def _sampler(self, s: Sampling) -> Any:
         import llama_cpp as lc
@@ -324,7 +323,7 @@ class Engine(EngineBase):
         piece = ctypes.create_string_buffer(256)
         encoded = [self.tokenize(p) for p in prompts]
         fits = [t for t in encoded if len(t) < self.n_ctx]
-        shared = self._prefill(ctx, batch, fits[0][: shared_prefix(fits, [len(t) - 1 for t in fits])]) if fits else 0
+        shared = shared_prefix(fits, [len(t) - 1 for t in fits])
         results: list[Completion | None] = [None] * len(prompts)
         queue = deque(range(len(prompts)))
         free = list(range(self.n_parallel))[::-1]
@@ -340,6 +339,8 @@ class Engine(EngineBase):
             on_result(slot.index, c)
 
         try:
+            if shared:
+                self._prefill(ctx, batch, fits[0][:shared])
             while queue or active:
                 batch.n_tokens = 0
                 for seq, slot in active.items():  # one new token per running sequence
@@ -433,7 +434,9 @@ class Engine(EngineBase):
             raise ValueError(f"a sequence of {len(too_long)} tokens does not fit n_ctx={self.n_ctx}")
         try:
             lc.llama_memory_clear(memory, True)
-            shared = self._prefill(ctx, batch, seqs[0][: shared_prefix(seqs, first_read)]) if seqs else 0
+            shared = shared_prefix(seqs, first_read)
+            if shared:
+                self._prefill(ctx, batch, seqs[0][:shared])
             i = 0
             while i < len(seqs):
                 for seq in range(self.n_parallel):  # the last pack's cells; the shared prefix stays
