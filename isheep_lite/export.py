@@ -138,7 +138,7 @@ def lora_pairs(adapter_dir: Path) -> tuple[dict[str, tuple[np.ndarray, np.ndarra
 
     cfg = json.loads((adapter_dir / "adapter_config.json").read_text(encoding="utf-8"))
     if cfg.get("use_dora"):
-        raise UserError(f"{adapter_dir}: a DoRA adapter cannot be written as a llama.cpp LoRA adapter; set export.adapter: false")
+        raise UserError(f"{adapter_dir}: a DoRA adapter cannot be written as a llama.cpp LoRA adapter; set export.mode: merged")
     r, alpha = int(cfg["r"]), float(cfg["lora_alpha"])
     scale = alpha / r ** 0.5 if cfg.get("use_rslora") else alpha / r
     pairs: dict[str, dict[str, np.ndarray]] = {}
@@ -146,7 +146,7 @@ def lora_pairs(adapter_dir: Path) -> tuple[dict[str, tuple[np.ndarray, np.ndarra
         m = re.fullmatch(r"(?:base_model\.model\.)?(.+)\.lora_([AB])\.weight", key)
         if m is None:
             raise UserError(f"{adapter_dir}: tensor '{key}' is not a LoRA A/B matrix; a GGUF adapter holds only those "
-                            "(set export.adapter: false to merge instead)")
+                            "(set export.mode: merged to merge instead)")
         pairs.setdefault(m.group(1) + ".weight", {})[m.group(2)] = np.asarray(w, dtype=np.float32)
     out = {name: (ab["A"], ab["B"]) for name, ab in pairs.items()}
     return out, scale * r
