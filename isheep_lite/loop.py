@@ -62,8 +62,10 @@ def open_engine(model: Served, r: Recipe, backend: str | None = None) -> EngineB
 
 def adapter_mode(r: Recipe, n_params: int) -> bool:
     """export.mode auto: adapters from 3B parameters, where a merged F16 export per iteration costs
-    6+ GB of disk, minutes of writing, and more VRAM to serve than the user's quantised GGUF."""
-    return r.export.mode == "adapter" or (r.export.mode == "auto" and n_params >= 3_000_000_000)
+    6+ GB of disk, minutes of writing, and more VRAM to serve than the user's quantised GGUF — when
+    llama.cpp serves the model (only it applies GGUF adapters)."""
+    auto = r.export.mode == "auto" and n_params >= 3_000_000_000 and r.model.backend == "llama_cpp"
+    return r.export.mode == "adapter" or auto
 
 
 def stage(store: RunStore, t: int, name: str, work: Callable[[], dict[str, Any]]) -> dict[str, Any]:
@@ -299,13 +301,13 @@ def preflight(r: Recipe) -> tuple[list[dict[str, str]], Path]:
     if r.model.backend == "openai":
         raise UserError("model.backend=openai sends work to a server that serves one fixed model, but the loop serves "
                         "a new model each iteration; use it with `isheep eval MODEL.gguf --server URL`")
+    if r.export.mode == "adapter" and r.model.backend != "llama_cpp":
+        raise UserError("export.mode=adapter serves GGUF LoRA adapters, which only llama.cpp applies: "
+                        f"set export.mode=merged for model.backend={r.model.backend}")
     train.resolve_backend(r.train.backend, False, importlib.util.find_spec("unsloth") is not None)
     seeds = synth.load_seeds(r.synth.seeds)
     given = generation_gguf(r)
     info = models.check_arch(given)
-    if adapter_mode(r, info.n_params) and r.model.backend != "llama_cpp":
-        raise UserError(f"export.mode={r.export.mode} serves GGUF LoRA adapters, which only llama.cpp applies: "
-                        f"set export.mode=merged for model.backend={r.model.backend}")
     if r.model.hf:
         models.check_same_model(info, given, models.user_hf(r.model.hf))
     if r.eval.judge not in ("base", "current"):

@@ -89,6 +89,9 @@ CASES = [
     (["run", "runs_dir=afile"], "cannot create run directory"),
     (["run", "name=x"], "made by a different recipe"),
     (["eval", "missing.gguf"], "model file not found"),
+    (["run", "export.mode=adapter", "model.backend=transformers"], "only llama.cpp applies"),
+    (["run", "model.hf=otherhf", "model.converter=missing.py"], "model.converter: missing.py not found"),
+    (["eval", "embedded:smollm2-135m-instruct", "--lora", "missing.gguf"], "model file not found"),
     (["report", "notarun"], "not a run directory"),
 ]
 
