@@ -165,7 +165,7 @@ def test_adapter_mode_loop_serves_adapter_chains_and_exports_the_final_model_mer
     from isheep_lite import loop, recipe
 
     r = recipe.load(None, [f"runs_dir={tmp_path}", "name=adapters", "export.mode=adapter", "loop.train_from=previous",
-                           "loop.promote=latest", "loop.iterations=2", "synth.num_instructions=8", "assess.enabled=false",
+                           "loop.promote=latest", "loop.iterations=2", "synth.num_instructions=8", "assess.enabled=false", "filter.keep_top=null",
                            "synth.response_max_tokens=160", "train.epochs=1", "eval.stop_prompts=0", "eval.suite_prompts=0"])
     store = loop.run(r)
     its = store.manifest["iterations"]
