@@ -27,7 +27,10 @@ def test_the_ablation_set_is_complete() -> None:
 @pytest.mark.slow
 @pytest.mark.parametrize("path", ABLATIONS, ids=[p.stem for p in ABLATIONS])
 def test_ablation_runs_one_iteration(path: Path, tmp_path: Path, smol_hf: Path) -> None:
-    r = recipe.load(path, [f"runs_dir={tmp_path}", *SMALL])
+    # A threshold keeps only some scored pairs, so those runs need answers long enough to end by
+    # themselves (at 160 tokens most are cut and rejected as truncated, leaving one or two to score).
+    longer = ["synth.response_max_tokens=256"] if path.stem.startswith("threshold_") else []
+    r = recipe.load(path, [f"runs_dir={tmp_path}", *SMALL, *longer])
     store = run(r)
     run_dir = tmp_path / r.name
     it = store.manifest["iterations"]["1"]
