@@ -72,7 +72,7 @@ def main() -> None:
     ap.add_argument("--labelled", nargs="+", default=[str(LABELLED)], help="one labelled JSONL, or several pooled")
     args = ap.parse_args()
     files = [Path(x) for x in args.labelled]
-    rows = [json.loads(line) for f in files for line in f.read_text().splitlines() if line.strip()]
+    rows = [{**json.loads(line), "file": f.name} for f in files for line in f.read_text().splitlines() if line.strip()]
     labels = [int(r["label"] == "good") for r in rows]
     path = models.resolve_gguf(args.model)
     signals: dict[str, list[float]] = {}
@@ -89,6 +89,13 @@ def main() -> None:
                 (r["scores"]["quality"] + r["scores"]["following"]) / 2 for r in out]
             signals[f"verdict ({mode})"] = [r["scores"]["verdict"] for r in out]
         t = time.perf_counter()
+        cfg = AssessConfig(mode="logprob", aspects=["quality", "following", "verdict"], calibrate=True)
+        out = assess.assess(e, rows, cfg, "bench", {}, lambda r: None)
+        seconds["logprob, calibrated"] = time.perf_counter() - t
+        for aspect in ("quality", "following", "verdict"):
+            signals[f"{aspect}, calibrated (logprob)"] = [r["scores"][aspect] for r in out]
+        signals["both, mean, calibrated (logprob)"] = [(r["scores"]["quality"] + r["scores"]["following"]) / 2 for r in out]
+        t = time.perf_counter()
         signals["−IFD (judge-free)"] = [-x for x in assess.ifd(e, rows)]
         seconds["ifd"] = time.perf_counter() - t
         for name in ("both, mean (logprob) ← default", "verdict (logprob)"):
@@ -98,16 +105,23 @@ def main() -> None:
         judge = judge_accuracy(e, rows)
         seconds["pairwise judge"] = time.perf_counter() - t
     results = {name: {"auroc": round(auroc(s, labels), 3), "ci95": auroc_ci(s, labels)} for name, s in signals.items()}
+    if len(files) > 1:  # each file's own AUROC too, from the same scores
+        for name, s in signals.items():
+            results[name]["by_file"] = {f.name: round(auroc([x for x, r in zip(s, rows) if r["file"] == f.name],
+                                                             [y for y, r in zip(labels, rows) if r["file"] == f.name]), 3)
+                                        for f in files}
     by_kind = {}
-    for name in ("both, mean (logprob) ← default", "−IFD (judge-free)"):
+    for name in ("both, mean (logprob) ← default", "verdict, calibrated (logprob)", "−IFD (judge-free)"):
         s = signals[name]
         goods = [x for x, y in zip(s, labels) if y]
         for kind in sorted({r["kind"] for r in rows} - {"good"}):
             bads = [x for x, r in zip(s, rows) if r["kind"] == kind]
             by_kind.setdefault(name, {})[kind] = round(auroc(goods + bads, [1] * len(goods) + [0] * len(bads)), 3)
-    print(f"| signal ({len(rows)} pairs, {path.name}) | AUROC | 95 % CI |\n|---|---:|---|")
+    heads = "".join(f" | {f.stem}" for f in files) if len(files) > 1 else ""
+    print(f"| signal ({len(rows)} pairs, {path.name}) | AUROC | 95 % CI{heads} |\n|---|---:|---|" + "---:|" * (len(files) > 1) * len(files))
     for name, v in results.items():
-        print(f"| {name} | {v['auroc']} | {v['ci95'][0]}–{v['ci95'][1]} |")
+        per_file = "".join(f" | {a}" for a in v.get("by_file", {}).values())
+        print(f"| {name} | {v['auroc']} | {v['ci95'][0]}–{v['ci95'][1]}{per_file} |")
     print("\nAUROC of good vs each kind of bad:")
     for name, kinds in by_kind.items():
         print(f"  {name}: " + ", ".join(f"{k} {v}" for k, v in kinds.items()))

@@ -38,8 +38,10 @@ VARIANTS: dict[str, list[str]] = {
     # (M_0 grades again, now also recording IFD) on the same pairs.
     "rank_ifd": ["assess.ifd=true", "filter.rank_by=ifd"],
     "verdict_ifd": ["assess.aspects=[verdict]", "assess.ifd=true", "filter.rank_by=score+ifd"],
+    # The yes/no verdict calibrated against the same question with the instruction withheld.
+    "verdict_calibrated": ["assess.aspects=[verdict]", "assess.calibrate=true"],
 }
-REASSESS = {"rank_ifd", "verdict_ifd"}
+REASSESS = {"rank_ifd", "verdict_ifd", "verdict_calibrated"}
 REUSED = ("instructions", "responses", "assess")
 
 

@@ -33,9 +33,32 @@ PREFILL = "Score: "
 # A yes/no verdict instead of a graded score: the probability of " Yes" against " No", mapped onto
 # 1..scale. On tests/data/assess_labelled.jsonl with the embedded model its AUROC (0.556) was above
 # either graded aspect's, though no interval excluded chance (bench/results/assess-quality.json).
-VERDICT_QUESTION = "Is the response a correct answer that does exactly what the instruction asks? Answer Yes or No."
+VERDICT_QUESTION = "Does the response answer the instruction correctly? Answer Yes or No."
 VERDICT_PREFILL = "Answer:"
 VERDICT_WORDS = (" No", " Yes")
+# Contextual calibration (`assess.calibrate`): the same question is asked a second time with the
+# instruction replaced by this placeholder, and the recorded score is the difference. A small judge
+# says much the same about a response whatever it was asked for (fluent text looks "good"); what moves
+# when the instruction is shown is the part of the grade that is about the pair.
+WITHHELD = "(none)"
+
+
+def calibrated(aspect: str, scale: int, shown: tuple, withheld: tuple) -> float | None:
+    """One score on 1..scale from the score with the instruction shown and with it withheld.
+
+    Verdict with log-probs: 1 + (scale − 1)·σ(log-odds(Yes | shown) − log-odds(Yes | withheld)), the
+    probability of Yes once the judge's prior for this response is divided out. Otherwise (graded
+    aspects, grammar or parsed answers): the midpoint plus half the difference, which stays in 1..scale.
+    The midpoint means "the instruction changed nothing".
+    """
+    (s, dist, _), (s0, dist0, _) = shown, withheld
+    if s is None or s0 is None:
+        return None
+    if aspect == "verdict" and dist is not None and dist0 is not None:
+        eps = 1e-12
+        lo = math.log((dist[1] + eps) / (dist[0] + eps)) - math.log((dist0[1] + eps) / (dist0[0] + eps))
+        return 1 + (scale - 1) / (1 + math.exp(-max(-50.0, min(50.0, lo))))
+    return (scale + 1) / 2 + (s - s0) / 2
 
 
 def assessment_prompt(engine: EngineBase, instruction: str, response: str, aspect: str, scale: int) -> str:
@@ -138,15 +161,23 @@ def assess(
         part = records[start : start + chunk]
         if all(r["id"] in done for r in part):
             continue
-        per_aspect = [score_prompts(engine, [assessment_prompt(engine, user_message(r["instruction"], r["input"]),
-                                                               r["response"], a, cfg.scale) for r in part], cfg, a)
-                      for a in cfg.aspects]
-        results = iter(x for row in zip(*per_aspect) for x in row)
+        def scored(instruction: Callable[[dict[str, Any]], str]) -> Any:
+            per_aspect = [score_prompts(engine, [assessment_prompt(engine, instruction(r), r["response"], a, cfg.scale)
+                                                 for r in part], cfg, a) for a in cfg.aspects]
+            return iter(x for row in zip(*per_aspect) for x in row)
+
+        results = scored(lambda r: user_message(r["instruction"], r["input"]))
+        baselines = scored(lambda r: WITHHELD) if cfg.calibrate else None
         ifds = iter(ifd(engine, part) if cfg.ifd else [None] * len(part))
         for rec in part:
-            scores, dists, mass = {}, {}, {}
+            scores, dists, mass, raw, base = {}, {}, {}, {}, {}
             for aspect in cfg.aspects:
-                scores[aspect], dists[aspect], mass[aspect] = next(results)
+                shown = next(results)
+                scores[aspect], dists[aspect], mass[aspect] = shown
+                if baselines is not None:
+                    withheld = next(baselines)
+                    raw[aspect], base[aspect] = shown[0], withheld[0]
+                    scores[aspect] = calibrated(aspect, cfg.scale, shown, withheld)
             rec_ifd = next(ifds)
             if rec["id"] in done:
                 continue
@@ -159,6 +190,9 @@ def assess(
             }
             if rec_ifd is not None:
                 row["ifd"] = round(rec_ifd, 4)
+            if cfg.calibrate:  # the two scores the calibrated one came from
+                row["scores_shown"] = {a: None if v is None else round(v, 4) for a, v in raw.items()}
+                row["scores_withheld"] = {a: None if v is None else round(v, 4) for a, v in base.items()}
             if cfg.mode == "logprob":
                 row["score_dist"] = {a: [round(p, 4) for p in d] for a, d in dists.items()}
                 row["digit_mass"] = {a: round(m, 4) for a, m in mass.items()}

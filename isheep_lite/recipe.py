@@ -69,6 +69,7 @@ class AssessConfig:
     assessor: str = "current"  # current: M_t grades its own pairs | base: M_0 grades every iteration
     enabled: bool = True  # false: no self-assessment at all, the rule filters alone select (an ablation)
     ifd: bool = False  # also record IFD = PPL(response | instruction) / PPL(response | empty request) per pair
+    calibrate: bool = False  # subtract what the judge says with the instruction withheld (contextual calibration)
 
 
 @dataclass
@@ -310,9 +311,10 @@ def validate(r: Recipe) -> None:
         raise UserError("recipe: filter.max_ifd needs assess.ifd: true and a value > 0")
     if r.filter.rank_by != "score" and not r.assess.ifd:
         raise UserError(f"recipe: filter.rank_by={r.filter.rank_by} needs assess.ifd: true")
-    if not r.assess.enabled and (r.filter.keep_top is not None or r.filter.min_score is not None or r.assess.ifd):
+    if not r.assess.enabled and (r.filter.keep_top is not None or r.filter.min_score is not None or r.assess.ifd
+                                 or r.assess.calibrate):
         raise UserError("recipe: assess.enabled: false selects by rule filters alone; set filter.keep_top: null, "
-                        "filter.min_score: null and assess.ifd: false")
+                        "filter.min_score: null, assess.ifd: false and assess.calibrate: false")
     if r.model.backend == "openai" and not r.model.base_url:
         raise UserError("recipe: model.backend=openai needs model.base_url (e.g. http://127.0.0.1:8080/v1)")
     if r.model.backend == "openai" and r.assess.ifd:

@@ -106,6 +106,32 @@ def test_verdict_is_the_probability_of_yes_on_the_score_scale(tiny_engine: Engin
     assert assess.parse_verdict("Maybe", 9) is None and assess.parse_verdict("Yesterday", 9) is None
 
 
+def test_calibrated_verdict_divides_out_the_judges_prior_for_the_response(tiny_engine: Engine) -> None:
+    recs = [{"id": f"r{i}", "instruction": q, "input": "", "response": "Apple, pear."}
+            for i, q in enumerate(["Name two fruits.", "Name two rivers."])]
+    cfg = AssessConfig(aspects=["verdict", "quality"], calibrate=True)
+    out = assess.assess(tiny_engine, recs, cfg, "M_0", {}, lambda r: None)
+    plain = assess.assess(tiny_engine, recs, AssessConfig(aspects=["verdict", "quality"]), "M_0", {}, lambda r: None)
+    # the withheld-instruction prompt: the same question, the placeholder where the instruction was
+    withheld = assess.assessment_prompt(tiny_engine, assess.WITHHELD, "Apple, pear.", "verdict", 9)
+    [[lp_no, lp_yes]] = tiny_engine.score_many([withheld], [tiny_engine.token_id(w) for w in assess.VERDICT_WORDS])
+    for row, ref in zip(out, plain):
+        assert row["scores_shown"] == pytest.approx(ref["scores"], abs=1e-3)
+        p_no, p_yes = row["score_dist"]["verdict"]
+        lo = math.log(p_yes / p_no) - (lp_yes - lp_no)
+        assert row["scores"]["verdict"] == pytest.approx(1 + 8 / (1 + math.exp(-lo)), abs=2e-3)
+        q, q0 = row["scores_shown"]["quality"], row["scores_withheld"]["quality"]
+        assert row["scores"]["quality"] == pytest.approx(5 + (q - q0) / 2, abs=2e-3)
+        assert 1 <= row["scores"]["quality"] <= 9
+    # the same response with the same placeholder: one baseline for both instructions
+    assert out[0]["scores_withheld"] == out[1]["scores_withheld"]
+    # unchanged judgement with and without the instruction sits at the midpoint
+    same = (5.0, [0.3, 0.7], 1.0)
+    assert assess.calibrated("verdict", 9, same, same) == pytest.approx(5.0)
+    assert assess.calibrated("quality", 9, same, same) == pytest.approx(5.0)
+    assert assess.calibrated("quality", 9, (None, None, None), same) is None
+
+
 @pytest.mark.parametrize("mode", ["grammar", "generate"])
 def test_assess_by_grammar_or_generated_text(tiny_engine: Engine, mode: str) -> None:
     recs = [{"id": f"r{i}", "instruction": f"Name {i} fruits.", "input": "", "response": "Apple, pear."} for i in range(5)]
