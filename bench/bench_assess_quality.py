@@ -7,7 +7,8 @@ tests/data/assess_labelled.jsonl holds 84 (instruction, response) pairs written 
 scores every pair; AUROC = P(a random good pair scores above a random bad one), ties count half;
 0.5 = no separation. The 95 % interval is a percentile bootstrap over pairs (2000 resamples).
 Signals: the assessment levels (quality only, instruction-following only, both = the default mean),
-the yes/no verdict, each with log-prob scores and grammar-constrained answers, IFD (lower = better,
+the yes/no verdict, each with log-prob scores and grammar-constrained answers, each again calibrated
+(assess.calibrate: the score minus the score with the instruction withheld), IFD (lower = better,
 so −IFD is used), and rank-mean combinations (filter.rank_by: score+ifd).
 Also the pairwise judge (evaluate.pairwise) on the 42 (good, bad) answers to the same instruction:
 how often it prefers the good one in both orders, and its position bias.
@@ -15,7 +16,10 @@ Caveat: the verdict question and the combinations were picked after trying sever
 same set, so their AUROC is optimistic. tests/data/assess_labelled_heldout.jsonl is the fair test:
 84 more pairs (new instructions, the same mix of bad kinds), written after every signal here was
 fixed and scored once with them unchanged (`--labelled tests/data/assess_labelled_heldout.jsonl`).
-Several files are pooled (`--labelled A.jsonl B.jsonl`). Prints a table and writes
+The calibrated verdict was then picked on those two sets, so tests/data/assess_labelled_fresh.jsonl
+(84 more pairs, written after it was fixed) is its fair test.
+Several files are pooled (`--labelled A.jsonl B.jsonl C.jsonl`; each file's AUROC is reported too).
+Prints a table and writes
 bench/results/assess-quality.json (assess-quality-<file stem>.json for another labelled file,
 assess-quality-pooled.json for several).
 """

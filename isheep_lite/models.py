@@ -241,7 +241,6 @@ def converted_gguf(hf_dir: Path, converter: str) -> Path:
     the HF directory's path and its files' sizes and times, and the converter's path and time;
     written to a temporary name first.
     """
-    import subprocess
     import sys
 
     script = Path(converter).expanduser()
@@ -258,15 +257,37 @@ def converted_gguf(hf_dir: Path, converter: str) -> Path:
     tmp = out.with_name(out.name + f".tmp{os.getpid()}")
     cmd = [sys.executable, str(script), str(hf_dir), "--outfile", str(tmp), "--outtype", "f16"]
     try:
-        done = subprocess.run(cmd, capture_output=True, text=True)
-        if done.returncode != 0 or not tmp.is_file():
-            last = (done.stderr.strip().splitlines() or ["no output"])[-1]
-            raise UserError(f"llama.cpp's converter failed on {hf_dir} (exit {done.returncode}): {last}")
+        returncode, last = _run_with_status(cmd, f"converting {hf_dir.name} to GGUF (llama.cpp's converter)")
+        if returncode != 0 or not tmp.is_file():
+            raise UserError(f"llama.cpp's converter failed on {hf_dir} (exit {returncode}): {last or 'no output'}")
         check_gguf(tmp)
         os.replace(tmp, out)
     finally:
         tmp.unlink(missing_ok=True)
     return out
+
+
+def _run_with_status(cmd: list[str], title: str) -> tuple[int, str]:
+    """Run a command, showing its latest log line live under a spinner; (exit code, last log line).
+
+    The converter logs one line per tensor to stderr, so the line itself is the progress of a
+    multi-minute conversion; the last one is what a failure is reported with.
+    """
+    import subprocess
+
+    from rich.console import Console
+
+    last = ""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    with Console(stderr=True).status(title) as status, subprocess.Popen(
+        cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, errors="replace", env=env
+    ) as proc:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            if line.strip():
+                last = line.strip()
+                status.update(f"{title}: {last[:100]}")
+    return proc.returncode, last
 
 
 def resolve_hf(hf: str | None, gguf_path: Path) -> Path:

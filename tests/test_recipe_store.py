@@ -53,6 +53,13 @@ def test_bad_recipe_values_are_one_line_errors(override: str, words: str) -> Non
     assert words in str(e.value) and "\n" not in str(e.value)
 
 
+def test_calibration_without_assessment_is_refused() -> None:
+    overrides = ["assess.enabled=false", "filter.keep_top=null", "assess.calibrate=true"]
+    with pytest.raises(UserError, match="assess.calibrate: false"):
+        recipe.load(None, overrides)
+    recipe.load(None, overrides[:2])  # the no-assessment ablation itself is valid
+
+
 def test_bad_yaml_file_names_the_line(tmp_path: Path) -> None:
     p = tmp_path / "r.yaml"
     p.write_text("synth:\n  num_instructions: [1, 2\n")
