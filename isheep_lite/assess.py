@@ -6,7 +6,9 @@ turn is pre-filled with "Score: " and the expected value over the digit tokens 1
 That never fails to parse, costs one forward pass, and keeps a graded signal even when the model's
 greedy answer would always be the same digit (a 135M model's usually is).
 Pairs are scored in batches (`Engine.score_many`): many prompts in one forward pass, reading each
-prompt's last-position logits.
+prompt's last-position logits. `assess.calibrate` asks every question a second time with the
+instruction withheld and keeps the difference — the only form of the grade that a 135M judge gets
+above chance on the labelled sets (README).
 """
 from __future__ import annotations
 
@@ -31,8 +33,9 @@ CRITERIA = {
 }
 PREFILL = "Score: "
 # A yes/no verdict instead of a graded score: the probability of " Yes" against " No", mapped onto
-# 1..scale. On tests/data/assess_labelled.jsonl with the embedded model its AUROC (0.556) was above
-# either graded aspect's, though no interval excluded chance (bench/results/assess-quality.json).
+# 1..scale. With the embedded model its AUROC on the three labelled sets (0.583 pooled) is above
+# either graded aspect's (chance); calibrated (below) it is 0.63 pooled and 0.671 on the set written
+# after it was fixed (bench/results/assess-quality-*.json).
 VERDICT_QUESTION = "Does the response answer the instruction correctly? Answer Yes or No."
 VERDICT_PREFILL = "Answer:"
 VERDICT_WORDS = (" No", " Yes")
