@@ -83,22 +83,21 @@ def main() -> None:
     seconds: dict[str, float] = {}
     with Engine(path, n_ctx=2048, n_parallel=16) as e:
         for mode in ("logprob", "grammar"):
+            # the log-prob pass is calibrated too: its records keep the uncalibrated scores as scores_shown
             t = time.perf_counter()
-            cfg = AssessConfig(mode=mode, aspects=["quality", "following", "verdict"])
+            cfg = AssessConfig(mode=mode, aspects=["quality", "following", "verdict"], calibrate=mode == "logprob")
             out = assess.assess(e, rows, cfg, "bench", {}, lambda r: None)
-            seconds[mode] = time.perf_counter() - t
-            signals[f"quality only ({mode})"] = [r["scores"]["quality"] for r in out]
-            signals[f"following only ({mode})"] = [r["scores"]["following"] for r in out]
+            seconds[f"{mode}{', with calibration' if cfg.calibrate else ''}"] = time.perf_counter() - t
+            raw = [r["scores_shown"] if cfg.calibrate else r["scores"] for r in out]
+            signals[f"quality only ({mode})"] = [x["quality"] for x in raw]
+            signals[f"following only ({mode})"] = [x["following"] for x in raw]
             signals[f"both, mean ({mode}) {'← default' if mode == 'logprob' else ''}".strip()] = [
-                (r["scores"]["quality"] + r["scores"]["following"]) / 2 for r in out]
-            signals[f"verdict ({mode})"] = [r["scores"]["verdict"] for r in out]
-        t = time.perf_counter()
-        cfg = AssessConfig(mode="logprob", aspects=["quality", "following", "verdict"], calibrate=True)
-        out = assess.assess(e, rows, cfg, "bench", {}, lambda r: None)
-        seconds["logprob, calibrated"] = time.perf_counter() - t
-        for aspect in ("quality", "following", "verdict"):
-            signals[f"{aspect}, calibrated (logprob)"] = [r["scores"][aspect] for r in out]
-        signals["both, mean, calibrated (logprob)"] = [(r["scores"]["quality"] + r["scores"]["following"]) / 2 for r in out]
+                (x["quality"] + x["following"]) / 2 for x in raw]
+            signals[f"verdict ({mode})"] = [x["verdict"] for x in raw]
+            if cfg.calibrate:
+                for aspect in ("quality", "following", "verdict"):
+                    signals[f"{aspect}, calibrated (logprob)"] = [r["scores"][aspect] for r in out]
+                signals["both, mean, calibrated (logprob)"] = [(r["scores"]["quality"] + r["scores"]["following"]) / 2 for r in out]
         t = time.perf_counter()
         signals["−IFD (judge-free)"] = [-x for x in assess.ifd(e, rows)]
         seconds["ifd"] = time.perf_counter() - t

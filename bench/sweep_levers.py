@@ -7,7 +7,7 @@ runs the toolkit's own filter → train → export → eval stages through `loop
 path, not a re-implementation). M_0 is evaluated once, on the same prompts, and its entry is reused.
 Each M_1 is compared with M_0 by a paired bootstrap over the same suite prompts.
 
-    python bench/sweep_levers.py SOURCE_RUN_DIR [--out /tmp/sweep] [--suite 120] [--only a,b] [--set seed=1 ...]
+    python bench/sweep_levers.py SOURCE_RUN_DIR [--out /tmp/sweep] [--suite 120] [--only a,b] [--set loop.seed=1 ...]
 
 Prints a markdown table and writes bench/results/lever-sweep.json (updated after every variant, so a
 killed sweep keeps what it measured).
@@ -81,7 +81,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("/tmp/sweep"))
     ap.add_argument("--suite", type=int, default=120)
     ap.add_argument("--only", default="")
-    ap.add_argument("--set", nargs="*", default=[], help="overrides added to every variant, e.g. a replicate's seed=1")
+    ap.add_argument("--set", nargs="*", default=[], help="overrides added to every variant, e.g. a replicate's loop.seed=1")
     ap.add_argument("--json", type=Path, default=Path(__file__).parent / "results" / "lever-sweep.json")
     args = ap.parse_args()
     names = [n for n in VARIANTS if not args.only or n in args.only.split(",")]
