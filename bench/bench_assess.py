@@ -39,7 +39,7 @@ def main() -> None:
     ap.add_argument("--model", default="embedded:smollm2-135m-instruct")
     args = ap.parse_args()
     path = models.resolve_gguf(args.model)
-    cfg = AssessConfig(aspects=["quality"])
+    cfg = AssessConfig(aspects=["quality"], calibrate=False)  # one question per pair: the speed of one read
     rows = []
     with Engine(path, n_ctx=2048, n_parallel=16) as e:
         pairs = make_pairs(e, args.pairs)

@@ -6,9 +6,10 @@ tests/data/assess_labelled.jsonl holds 84 (instruction, response) pairs written 
 42 good and 42 bad (wrong, off-topic, ignores a constraint, repetitive, truncated). Each signal
 scores every pair; AUROC = P(a random good pair scores above a random bad one), ties count half;
 0.5 = no separation. The 95 % interval is a percentile bootstrap over pairs (2000 resamples).
-Signals: the assessment levels (quality only, instruction-following only, both = the default mean),
+Signals: the assessment levels (quality only, instruction-following only, both = I-SHEEP's mean),
 the yes/no verdict, each with log-prob scores and grammar-constrained answers, each again calibrated
-(assess.calibrate: the score minus the score with the instruction withheld), IFD (lower = better,
+(assess.calibrate: the score minus the score with the instruction withheld — the calibrated verdict
+is the toolkit's default, marked "← default"), IFD (lower = better,
 so −IFD is used), and rank-mean combinations (filter.rank_by: score+ifd).
 Also the pairwise judge (evaluate.pairwise) on the 42 (good, bad) answers to the same instruction:
 how often it prefers the good one in both orders, and its position bias.
@@ -91,18 +92,19 @@ def main() -> None:
             raw = [r["scores_shown"] if cfg.calibrate else r["scores"] for r in out]
             signals[f"quality only ({mode})"] = [x["quality"] for x in raw]
             signals[f"following only ({mode})"] = [x["following"] for x in raw]
-            signals[f"both, mean ({mode}) {'← default' if mode == 'logprob' else ''}".strip()] = [
+            signals[f"both, mean ({mode})"] = [
                 (x["quality"] + x["following"]) / 2 for x in raw]
             signals[f"verdict ({mode})"] = [x["verdict"] for x in raw]
             if cfg.calibrate:
                 for aspect in ("quality", "following", "verdict"):
-                    signals[f"{aspect}, calibrated (logprob)"] = [r["scores"][aspect] for r in out]
+                    default = " ← default" if aspect == "verdict" else ""  # AssessConfig(): aspects [verdict], calibrate
+                    signals[f"{aspect}, calibrated (logprob){default}"] = [r["scores"][aspect] for r in out]
                 signals["both, mean, calibrated (logprob)"] = [(r["scores"]["quality"] + r["scores"]["following"]) / 2 for r in out]
         t = time.perf_counter()
         signals["−IFD (judge-free)"] = [-x for x in assess.ifd(e, rows)]
         seconds["ifd"] = time.perf_counter() - t
-        for name in ("both, mean (logprob) ← default", "verdict (logprob)"):
-            signals[f"{name.split(' ←')[0]} + IFD, rank mean"] = [
+        for name in ("both, mean (logprob)", "verdict (logprob)"):
+            signals[f"{name} + IFD, rank mean"] = [
                 (a + b) / 2 for a, b in zip(filters.ranks(signals[name]), filters.ranks(signals["−IFD (judge-free)"]))]
         t = time.perf_counter()
         judge = judge_accuracy(e, rows)
@@ -114,7 +116,7 @@ def main() -> None:
                                                              [y for y, r in zip(labels, rows) if r["file"] == f.name]), 3)
                                         for f in files}
     by_kind = {}
-    for name in ("both, mean (logprob) ← default", "verdict, calibrated (logprob)", "−IFD (judge-free)"):
+    for name in ("both, mean (logprob)", "verdict, calibrated (logprob) ← default", "−IFD (judge-free)"):
         s = signals[name]
         goods = [x for x, y in zip(s, labels) if y]
         for kind in sorted({r["kind"] for r in rows} - {"good"}):

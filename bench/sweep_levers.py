@@ -18,7 +18,10 @@ import argparse
 import json
 import shutil
 import time
+from dataclasses import asdict
 from pathlib import Path
+
+import yaml
 
 from isheep_lite import evaluate, filters, loop, recipe
 from isheep_lite.store import read_jsonl, write_jsonl
@@ -38,10 +41,12 @@ VARIANTS: dict[str, list[str]] = {
     # (M_0 grades again, now also recording IFD) on the same pairs.
     "rank_ifd": ["assess.ifd=true", "filter.rank_by=ifd"],
     "verdict_ifd": ["assess.aspects=[verdict]", "assess.ifd=true", "filter.rank_by=score+ifd"],
-    # The yes/no verdict calibrated against the same question with the instruction withheld.
+    # The yes/no verdict calibrated against the same question with the instruction withheld (today's default).
     "verdict_calibrated": ["assess.aspects=[verdict]", "assess.calibrate=true"],
+    # I-SHEEP's pair of graded aspects, uncalibrated (the default until the calibrated verdict replaced it).
+    "quality_following": ["assess.aspects=[quality,following]", "assess.calibrate=false"],
 }
-REASSESS = {"rank_ifd", "verdict_ifd", "verdict_calibrated"}
+REASSESS = {"rank_ifd", "verdict_ifd", "verdict_calibrated", "quality_following"}
 REUSED = ("instructions", "responses", "assess")
 
 
@@ -86,11 +91,16 @@ def main() -> None:
     args = ap.parse_args()
     names = [n for n in VARIANTS if not args.only or n in args.only.split(",")]
     results = json.loads(args.json.read_text()) if args.json.exists() else {"variants": {}}
-    results.update(source=str(args.source), suite_prompts=args.suite, stop_prompts=20, extra_overrides=args.set)
+    results.update(source=str(args.source), suite_prompts=args.suite, stop_prompts=20, extra_overrides=args.set,
+                   default_assess=asdict(recipe.load(None).assess))
     m0_eval = results.get("m0_eval")
+    # "default" reuses the source's self-scores only if the source was graded the way the default grades
+    source_assess = yaml.safe_load((args.source / "recipe.yaml").read_text())["assess"]
+    stale = source_assess != asdict(recipe.load(None).assess)
     for name in names:
         dest = args.out / name
-        prepare(args.source, dest, m0_eval, strict=name == "strict_instr", reassess=name in REASSESS)
+        prepare(args.source, dest, m0_eval, strict=name == "strict_instr",
+                reassess=name in REASSESS or (name == "default" and stale))
         overrides = [f"name={name}", f"runs_dir={args.out}", "loop.iterations=1", f"eval.suite_prompts={args.suite}", *VARIANTS[name], *args.set]
         start = time.time()
         store = loop.run(recipe.load(None, overrides), force=True)
@@ -103,6 +113,7 @@ def main() -> None:
             "kept": fl["kept"], "train_steps": tr["steps"], "train_loss": tr["train_loss"],
             "stop_rate": e1["stop_rate"], "strict": e1["ifeval"]["strict"], "loose": e1["ifeval"]["loose"], "strict_ci95": e1["ifeval"]["strict_ci95"],
             "vs_m0": evaluate.paired_bootstrap(m0_eval["ifeval"]["strict_pass"], e1["ifeval"]["strict_pass"]),
+            "strict_pass": e1["ifeval"]["strict_pass"],  # per suite prompt: replicates pool by prompt (bench/pool_replicates.py)
             "seconds": round(time.time() - start, 1),
         }
         args.json.write_text(json.dumps(results, indent=2))

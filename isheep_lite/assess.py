@@ -1,14 +1,15 @@
 """Metacognitive self-assessment: the model grades its own (instruction, response) pairs.
 
-Two separate scores per pair, as in I-SHEEP (METHOD.md §6): response quality and instruction
-following. Each score is read from next-token log-probabilities, not generated text: the assistant
-turn is pre-filled with "Score: " and the expected value over the digit tokens 1..scale is taken.
-That never fails to parse, costs one forward pass, and keeps a graded signal even when the model's
-greedy answer would always be the same digit (a 135M model's usually is).
+Aspects, each scored separately: I-SHEEP's two (METHOD.md §6), response quality and instruction
+following, graded 1..scale, and a yes/no verdict ("does the response answer the instruction
+correctly?") mapped onto the same scale. Each score is read from next-token log-probabilities, not
+generated text: the assistant turn is pre-filled ("Score: " / "Answer:") and the expected value over
+the answer tokens is taken. That never fails to parse, costs one forward pass, and keeps a graded
+signal even when the model's greedy answer would always be the same token (a 135M model's usually is).
 Pairs are scored in batches (`Engine.score_many`): many prompts in one forward pass, reading each
 prompt's last-position logits. `assess.calibrate` asks every question a second time with the
-instruction withheld and keeps the difference — the only form of the grade that a 135M judge gets
-above chance on the labelled sets (README).
+instruction withheld and keeps the difference. The default — the calibrated verdict — is the only
+form of the grade that a 135M judge gets above chance on the labelled sets (README).
 """
 from __future__ import annotations
 

@@ -1,6 +1,8 @@
 """Each ablation recipe under recipes/ablations/ runs one real iteration on the embedded model (small counts)."""
 from __future__ import annotations
 
+import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -24,34 +26,81 @@ def test_the_ablation_set_is_complete() -> None:
         assert p.read_text().startswith(f"# isheep run recipes/ablations/{p.name}\n#\n# Ablation")
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("path", ABLATIONS, ids=[p.stem for p in ABLATIONS])
-def test_ablation_runs_one_iteration(path: Path, tmp_path: Path, smol_hf: Path) -> None:
-    # A threshold keeps only some scored pairs, so those runs need answers long enough to end by
-    # themselves (at 160 tokens most are cut and rejected as truncated, leaving one or two to score).
-    longer = ["synth.response_max_tokens=256"] if path.stem.startswith("threshold_") else []
-    r = recipe.load(path, [f"runs_dir={tmp_path}", *SMALL, *longer])
-    store = run(r)
-    run_dir = tmp_path / r.name
+THRESHOLDS = sorted((p for p in ABLATIONS if p.stem.startswith("threshold_")), key=lambda p: float(p.stem.split("_")[1]))
+# A threshold keeps only some scored pairs, so those runs need a pool large enough that the highest
+# cut-off keeps a few, and answers long enough to end by themselves (at 160 tokens most are truncated).
+POOL = ["synth.num_instructions=32", "synth.response_max_tokens=320"]
+
+
+def check_iteration(store, run_dir: Path) -> dict:
     it = store.manifest["iterations"]["1"]
     for stage in ("instructions", "responses", "assess", "filter", "train", "export", "eval"):
         assert it[stage]["status"] == "done", stage
     assert it["train"]["steps"] >= 1 and Path(it["export"]["files"]["f16"]).is_file()
+    return it
+
+
+@pytest.fixture(scope="module")
+def threshold_pool(tmp_path_factory: pytest.TempPathFactory, smol_hf: Path) -> Path:
+    """The lowest threshold recipe's run. The threshold recipes differ only in filter.min_score (and
+    name), which acts after self-assessment, so their M_0, instructions, responses and self-scores are
+    this run's; each other threshold run starts from a copy of them and runs its own filter → train →
+    export → eval (the sweep's method, bench/sweep_levers.py) instead of generating the same pool again."""
+    runs = tmp_path_factory.mktemp("threshold")
+    r = recipe.load(THRESHOLDS[0], [f"runs_dir={runs}", *SMALL, *POOL])
+    run(r)
+    return runs / r.name
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", [p for p in ABLATIONS if p not in THRESHOLDS], ids=lambda p: p.stem)
+def test_ablation_runs_one_iteration(path: Path, tmp_path: Path, smol_hf: Path) -> None:
+    r = recipe.load(path, [f"runs_dir={tmp_path}", *SMALL])
+    store = run(r)
+    run_dir = tmp_path / r.name
+    it = check_iteration(store, run_dir)
     saved = yaml.safe_load((run_dir / "recipe.yaml").read_text())
     kept = read_jsonl(run_dir / "iter_01" / "kept.jsonl")
     rejected = read_jsonl(run_dir / "iter_01" / "rejected.jsonl")
-    scored = {x["id"]: x for x in read_jsonl(run_dir / "iter_01" / "scored.jsonl")}
     if path.stem == "no_assessment":
         assert saved["assess"]["enabled"] is False and it["assess"]["scored"] == 0
         assert kept and all(x["score"] is None for x in kept)
         assert not any(x["reason"] in ("below_top_fraction", "below_min_score") for x in rejected)
-    elif path.stem.startswith("threshold_"):
-        c = float(path.stem.split("_")[1])
-        assert saved["filter"]["min_score"] == c and saved["filter"]["keep_top"] is None
-        assert all(min(scored[x["id"]]["scores"].values()) >= c for x in kept)
-        assert all(min(x["scores"].values()) < c for x in rejected if x["reason"] == "below_min_score")
-        assert sum(it["assess"]["score_hist"].values()) == it["assess"]["scored"]
     elif path.stem == "train_from_previous":
         assert saved["loop"]["train_from"] == "previous" and (run_dir / "iter_01" / "merged").is_dir()
     elif path.stem == "data_cumulative":
         assert saved["loop"]["data"] == "cumulative"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", THRESHOLDS, ids=lambda p: p.stem)
+def test_threshold_ablation_runs_one_iteration(path: Path, tmp_path: Path, threshold_pool: Path) -> None:
+    runs = threshold_pool.parent if path == THRESHOLDS[0] else tmp_path  # the lowest is the pool's own run
+    r = recipe.load(path, [f"runs_dir={runs}", *SMALL, *POOL])
+    run_dir = runs / r.name
+    pool_recipe = yaml.safe_load((threshold_pool / "recipe.yaml").read_text())
+    mine = yaml.safe_load(recipe.dump_yaml(r))
+    for key in ("name", "runs_dir"):
+        pool_recipe.pop(key), mine.pop(key)
+    pool_recipe["filter"].pop("min_score"), mine["filter"].pop("min_score")
+    assert pool_recipe == mine  # nothing before the filter stage differs, so the pool is this recipe's own
+    if path != THRESHOLDS[0]:
+        shutil.copytree(threshold_pool / "iter_00", run_dir / "iter_00")
+        (run_dir / "iter_01").mkdir()
+        for name in ("completions", "instructions", "instructions_rejected", "responses", "scored"):
+            shutil.copy(threshold_pool / "iter_01" / f"{name}.jsonl", run_dir / "iter_01")
+        m = json.loads((threshold_pool / "manifest.json").read_text().replace(str(threshold_pool), str(run_dir)))
+        it1 = {k: m["iterations"]["1"][k] for k in ("instructions", "responses", "assess")}
+        (run_dir / "manifest.json").write_text(json.dumps({"iterations": {"0": m["iterations"]["0"], "1": it1}}))
+    store = run(r, force=True)
+    it = check_iteration(store, run_dir)
+    c = float(path.stem.split("_")[1])
+    saved = yaml.safe_load((run_dir / "recipe.yaml").read_text())
+    assert saved["filter"]["min_score"] == c and saved["filter"]["keep_top"] is None
+    kept = read_jsonl(run_dir / "iter_01" / "kept.jsonl")
+    rejected = read_jsonl(run_dir / "iter_01" / "rejected.jsonl")
+    scored = {x["id"]: x for x in read_jsonl(run_dir / "iter_01" / "scored.jsonl")}
+    assert kept and all(min(scored[x["id"]]["scores"].values()) >= c for x in kept)
+    assert all(min(x["scores"].values()) < c for x in rejected if x["reason"] == "below_min_score")
+    assert sum(it["assess"]["score_hist"].values()) == it["assess"]["scored"]
+    assert it["filter"]["kept"] == len(kept)

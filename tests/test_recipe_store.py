@@ -53,11 +53,12 @@ def test_bad_recipe_values_are_one_line_errors(override: str, words: str) -> Non
     assert words in str(e.value) and "\n" not in str(e.value)
 
 
-def test_calibration_without_assessment_is_refused() -> None:
-    overrides = ["assess.enabled=false", "filter.keep_top=null", "assess.calibrate=true"]
-    with pytest.raises(UserError, match="assess.calibrate: false"):
-        recipe.load(None, overrides)
-    recipe.load(None, overrides[:2])  # the no-assessment ablation itself is valid
+def test_no_assessment_needs_only_the_filters_switched_off() -> None:
+    # calibration is on by default and only changes how grades are made, so it never blocks the ablation
+    r = recipe.load(None, ["assess.enabled=false", "filter.keep_top=null"])
+    assert r.assess.calibrate and not r.assess.enabled
+    with pytest.raises(UserError, match="assess.ifd: false"):
+        recipe.load(None, ["assess.enabled=false", "filter.keep_top=null", "assess.ifd=true"])
 
 
 def test_bad_yaml_file_names_the_line(tmp_path: Path) -> None:

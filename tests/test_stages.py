@@ -83,7 +83,7 @@ def test_expected_score() -> None:
 def test_assess_scores_every_record_and_resumes(tiny_engine: Engine) -> None:
     recs = [{"id": f"r{i}", "instruction": f"Name {i} fruits.", "input": "", "response": "Apple, pear."} for i in range(3)]
     written: list[dict] = []
-    cfg = AssessConfig()
+    cfg = AssessConfig(aspects=["quality", "following"], calibrate=False)  # the paper's two graded aspects
     out = assess.assess(tiny_engine, recs, cfg, "M_0", {}, written.append)
     assert [r["id"] for r in out] == ["r0", "r1", "r2"] and written == out
     for r in out:
@@ -97,7 +97,7 @@ def test_assess_scores_every_record_and_resumes(tiny_engine: Engine) -> None:
 
 def test_verdict_is_the_probability_of_yes_on_the_score_scale(tiny_engine: Engine) -> None:
     recs = [{"id": "r0", "instruction": "Name two fruits.", "input": "", "response": "Apple, pear."}]
-    [row] = assess.assess(tiny_engine, recs, AssessConfig(aspects=["verdict"]), "M_0", {}, lambda r: None)
+    [row] = assess.assess(tiny_engine, recs, AssessConfig(aspects=["verdict"], calibrate=False), "M_0", {}, lambda r: None)
     p_no, p_yes = row["score_dist"]["verdict"]
     assert p_no + p_yes == pytest.approx(1.0, abs=1e-3) and row["score"] == pytest.approx(1 + 8 * p_yes, abs=1e-3)
     prompt = assess.assessment_prompt(tiny_engine, "Name two fruits.", "Apple, pear.", "verdict", 9)
@@ -111,7 +111,7 @@ def test_calibrated_verdict_divides_out_the_judges_prior_for_the_response(tiny_e
             for i, q in enumerate(["Name two fruits.", "Name two rivers."])]
     cfg = AssessConfig(aspects=["verdict", "quality"], calibrate=True)
     out = assess.assess(tiny_engine, recs, cfg, "M_0", {}, lambda r: None)
-    plain = assess.assess(tiny_engine, recs, AssessConfig(aspects=["verdict", "quality"]), "M_0", {}, lambda r: None)
+    plain = assess.assess(tiny_engine, recs, AssessConfig(aspects=["verdict", "quality"], calibrate=False), "M_0", {}, lambda r: None)
     # the withheld-instruction prompt: the same question, the placeholder where the instruction was
     withheld = assess.assessment_prompt(tiny_engine, assess.WITHHELD, "Apple, pear.", "verdict", 9)
     [[lp_no, lp_yes]] = tiny_engine.score_many([withheld], [tiny_engine.token_id(w) for w in assess.VERDICT_WORDS])
@@ -135,7 +135,7 @@ def test_calibrated_verdict_divides_out_the_judges_prior_for_the_response(tiny_e
 @pytest.mark.parametrize("mode", ["grammar", "generate"])
 def test_assess_by_grammar_or_generated_text(tiny_engine: Engine, mode: str) -> None:
     recs = [{"id": f"r{i}", "instruction": f"Name {i} fruits.", "input": "", "response": "Apple, pear."} for i in range(5)]
-    cfg = AssessConfig(mode=mode, aspects=["quality", "following", "verdict"])
+    cfg = AssessConfig(mode=mode, aspects=["quality", "following", "verdict"], calibrate=False)
     out = assess.assess(tiny_engine, recs, cfg, "M_0", {}, lambda r: None)
     assert [r["id"] for r in out] == [r["id"] for r in recs] and all("score_dist" not in r for r in out)
     for r in out:
