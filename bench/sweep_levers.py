@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -24,7 +23,7 @@ from pathlib import Path
 import yaml
 
 from isheep_lite import evaluate, filters, loop, recipe
-from isheep_lite.store import read_jsonl, write_jsonl
+from isheep_lite.store import fork_run, read_jsonl, write_jsonl
 
 VARIANTS: dict[str, list[str]] = {
     "default": [],
@@ -65,19 +64,12 @@ def stricter_pool(d: Path) -> None:
 
 def prepare(source: Path, dest: Path, m0_eval: dict | None, strict: bool, reassess: bool = False) -> None:
     """A run directory holding the source's M_0 and iteration-1 records up to self-assessment (or before it)."""
-    shutil.rmtree(dest, ignore_errors=True)
-    (dest / "iter_01").mkdir(parents=True)
-    shutil.copytree(source / "iter_00", dest / "iter_00")
-    for name in ("completions", "instructions", "instructions_rejected", "responses") + (() if reassess else ("scored",)):
-        shutil.copy(source / "iter_01" / f"{name}.jsonl", dest / "iter_01" / f"{name}.jsonl")
+    fork_run(source, dest, REUSED[:2] if reassess else REUSED)
     if strict:
         stricter_pool(dest / "iter_01")
-    m = json.loads((source / "manifest.json").read_text().replace(str(source.resolve()), str(dest.resolve())))
-    it0 = {"base": m["iterations"]["0"]["base"]}
-    if m0_eval:
-        it0["eval"] = m0_eval
-    it1 = {k: m["iterations"]["1"][k] for k in REUSED if not (reassess and k == "assess")}
-    (dest / "manifest.json").write_text(json.dumps({"iterations": {"0": it0, "1": it1}}, indent=2))
+    m = json.loads((dest / "manifest.json").read_text())
+    m["iterations"]["0"] = {"base": m["iterations"]["0"]["base"], **({"eval": m0_eval} if m0_eval else {})}
+    (dest / "manifest.json").write_text(json.dumps(m, indent=2))
 
 
 def main() -> None:

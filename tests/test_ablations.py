@@ -1,8 +1,6 @@
 """Each ablation recipe under recipes/ablations/ runs one real iteration on the embedded model (small counts)."""
 from __future__ import annotations
 
-import json
-import shutil
 from pathlib import Path
 
 import pytest
@@ -10,7 +8,7 @@ import yaml
 
 from isheep_lite import recipe
 from isheep_lite.loop import run
-from isheep_lite.store import read_jsonl
+from isheep_lite.store import fork_run, read_jsonl
 
 ABLATIONS = sorted((Path(__file__).resolve().parents[1] / "recipes" / "ablations").glob("*.yaml"))
 SMALL = ["loop.iterations=1", "synth.num_instructions=10", "synth.response_max_tokens=160", "train.epochs=1",
@@ -45,7 +43,7 @@ def threshold_pool(tmp_path_factory: pytest.TempPathFactory, smol_hf: Path) -> P
     """The lowest threshold recipe's run. The threshold recipes differ only in filter.min_score (and
     name), which acts after self-assessment, so their M_0, instructions, responses and self-scores are
     this run's; each other threshold run starts from a copy of them and runs its own filter → train →
-    export → eval (the sweep's method, bench/sweep_levers.py) instead of generating the same pool again."""
+    export → eval (store.fork_run, as bench/sweep_levers.py does) instead of generating the same pool again."""
     runs = tmp_path_factory.mktemp("threshold")
     r = recipe.load(THRESHOLDS[0], [f"runs_dir={runs}", *SMALL, *POOL])
     run(r)
@@ -85,13 +83,7 @@ def test_threshold_ablation_runs_one_iteration(path: Path, tmp_path: Path, thres
     pool_recipe["filter"].pop("min_score"), mine["filter"].pop("min_score")
     assert pool_recipe == mine  # nothing before the filter stage differs, so the pool is this recipe's own
     if path != THRESHOLDS[0]:
-        shutil.copytree(threshold_pool / "iter_00", run_dir / "iter_00")
-        (run_dir / "iter_01").mkdir()
-        for name in ("completions", "instructions", "instructions_rejected", "responses", "scored"):
-            shutil.copy(threshold_pool / "iter_01" / f"{name}.jsonl", run_dir / "iter_01")
-        m = json.loads((threshold_pool / "manifest.json").read_text().replace(str(threshold_pool), str(run_dir)))
-        it1 = {k: m["iterations"]["1"][k] for k in ("instructions", "responses", "assess")}
-        (run_dir / "manifest.json").write_text(json.dumps({"iterations": {"0": m["iterations"]["0"], "1": it1}}))
+        fork_run(threshold_pool, run_dir, ("instructions", "responses", "assess"))
     store = run(r, force=True)
     it = check_iteration(store, run_dir)
     c = float(path.stem.split("_")[1])

@@ -8,7 +8,7 @@ import pytest
 
 from isheep_lite import recipe
 from isheep_lite.recipe import UserError
-from isheep_lite.store import JsonlWriter, RunStore, read_jsonl
+from isheep_lite.store import STAGE_FILES, JsonlWriter, RunStore, fork_run, read_jsonl
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -108,3 +108,26 @@ def test_failed_stage_is_not_marked_done(tmp_path: Path) -> None:
             raise RuntimeError("killed")
     assert not s.is_done(1, "train")
     s.close()
+
+
+def test_fork_run_copies_m0_and_the_chosen_stages_only(tmp_path: Path) -> None:
+    src, dest = tmp_path / "src", tmp_path / "dest"
+    (src / "iter_00").mkdir(parents=True)
+    (src / "iter_00" / "model-f16.gguf").write_bytes(b"gguf")
+    (src / "iter_01").mkdir()
+    for names in STAGE_FILES.values():
+        for name in names:
+            (src / "iter_01" / f"{name}.jsonl").write_text(f'{{"file": "{name}"}}\n')
+    done = {"status": "done", "seconds": 1.0}
+    m = {"iterations": {"0": {"base": {**done, "gguf": str(src.resolve() / "iter_00" / "model-f16.gguf")}, "eval": done},
+                        "1": {"instructions": done, "responses": done, "assess": done, "filter": done}}, "best": {"iteration": 1}}
+    (src / "manifest.json").write_text(json.dumps(m))
+    dest.mkdir()
+    (dest / "stale.txt").write_text("from an earlier fork")
+    fork_run(src, dest, ("instructions", "responses"))
+    forked = json.loads((dest / "manifest.json").read_text())
+    assert set(forked["iterations"]["1"]) == {"instructions", "responses"} and "best" not in forked
+    assert forked["iterations"]["0"]["base"]["gguf"] == str(dest.resolve() / "iter_00" / "model-f16.gguf")
+    assert (dest / "iter_00" / "model-f16.gguf").read_bytes() == b"gguf" and not (dest / "stale.txt").exists()
+    assert sorted(p.name for p in (dest / "iter_01").iterdir()) == [
+        "completions.jsonl", "instructions.jsonl", "instructions_rejected.jsonl", "responses.jsonl"]
