@@ -83,12 +83,12 @@ def main() -> None:
     args = ap.parse_args()
     names = [n for n in VARIANTS if not args.only or n in args.only.split(",")]
     results = json.loads(args.json.read_text()) if args.json.exists() else {"variants": {}}
+    default_assess = asdict(recipe.load(None).assess)
     results.update(source=str(args.source), suite_prompts=args.suite, stop_prompts=20, extra_overrides=args.set,
-                   default_assess=asdict(recipe.load(None).assess))
+                   default_assess=default_assess)
     m0_eval = results.get("m0_eval")
     # "default" reuses the source's self-scores only if the source was graded the way the default grades
-    source_assess = yaml.safe_load((args.source / "recipe.yaml").read_text())["assess"]
-    stale = source_assess != asdict(recipe.load(None).assess)
+    stale = yaml.safe_load((args.source / "recipe.yaml").read_text())["assess"] != default_assess
     for name in names:
         dest = args.out / name
         prepare(args.source, dest, m0_eval, strict=name == "strict_instr",
