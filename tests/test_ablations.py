@@ -8,7 +8,7 @@ import yaml
 
 from isheep_lite import recipe
 from isheep_lite.loop import run
-from isheep_lite.store import fork_run, read_jsonl
+from isheep_lite.store import RunStore, fork_run, read_jsonl
 
 ABLATIONS = sorted((Path(__file__).resolve().parents[1] / "recipes" / "ablations").glob("*.yaml"))
 SMALL = ["loop.iterations=1", "synth.num_instructions=10", "synth.response_max_tokens=160", "train.epochs=1",
@@ -30,7 +30,8 @@ THRESHOLDS = sorted((p for p in ABLATIONS if p.stem.startswith("threshold_")), k
 POOL = ["synth.num_instructions=32", "synth.response_max_tokens=320"]
 
 
-def check_iteration(store, run_dir: Path) -> dict:
+def check_iteration(store: RunStore) -> dict:
+    """Iteration 1's manifest entry, once every stage of it is done and its model exported."""
     it = store.manifest["iterations"]["1"]
     for stage in ("instructions", "responses", "assess", "filter", "train", "export", "eval"):
         assert it[stage]["status"] == "done", stage
@@ -56,7 +57,7 @@ def test_ablation_runs_one_iteration(path: Path, tmp_path: Path, smol_hf: Path) 
     r = recipe.load(path, [f"runs_dir={tmp_path}", *SMALL])
     store = run(r)
     run_dir = tmp_path / r.name
-    it = check_iteration(store, run_dir)
+    it = check_iteration(store)
     saved = yaml.safe_load((run_dir / "recipe.yaml").read_text())
     kept = read_jsonl(run_dir / "iter_01" / "kept.jsonl")
     rejected = read_jsonl(run_dir / "iter_01" / "rejected.jsonl")
@@ -85,7 +86,7 @@ def test_threshold_ablation_runs_one_iteration(path: Path, tmp_path: Path, thres
     if path != THRESHOLDS[0]:
         fork_run(threshold_pool, run_dir, ("instructions", "responses", "assess"))
     store = run(r, force=True)
-    it = check_iteration(store, run_dir)
+    it = check_iteration(store)
     c = float(path.stem.split("_")[1])
     saved = yaml.safe_load((run_dir / "recipe.yaml").read_text())
     assert saved["filter"]["min_score"] == c and saved["filter"]["keep_top"] is None
