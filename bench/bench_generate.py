@@ -6,6 +6,13 @@
 Prints one table and writes bench/results/generate-<model>.json. Aggregate tok/s = generated tokens /
 wall seconds (greedy; sequences stop at their end-of-turn token or at --tokens). Prompt evaluation is
 the same model's throughput on one 512-token prompt, measured in the same run.
+
+A second table says where the engine's wall time goes at the largest n_parallel, every llama_decode
+call timed and sorted by what it carried: full steps (one new token for each of n_parallel
+sequences), steps of the draining last wave (fewer sequences left than slots), calls that also
+evaluate prompts (the first fill and every refill), and time outside llama_decode (the engine's
+Python: batch filling, sampling, stop strings). Prompt tokens are counted as evaluated, after the
+prefix every prompt shares.
 """
 from __future__ import annotations
 
@@ -15,6 +22,7 @@ import os
 import platform
 import time
 from pathlib import Path
+from typing import Callable
 
 from isheep_lite import ifeval, models
 from isheep_lite.engine import Engine, Sampling
@@ -26,8 +34,47 @@ def prompts(n: int) -> list[str]:
     return [it.prompt for it in ifeval.suite()][:n]
 
 
-def bench_llama(path: Path, qs: list[str], tokens: int, parallels: list[int]) -> list[dict]:
-    rows = []
+def timed_decode(p: int) -> tuple[dict, Callable[[], None]]:
+    """Wrap llama_decode to sort its wall time by what each call carried (see the module docstring)."""
+    import llama_cpp as lc
+
+    parts = {k: {"calls": 0, "seconds": 0.0, "generated": 0, "prompt": 0} for k in ("full", "drain", "prompt")}
+    decode = lc.llama_decode
+
+    def timed(ctx, batch):  # type: ignore[no-untyped-def]
+        n = batch.n_tokens
+        rows = sum(1 for i in range(n) if batch.logits[i])
+        t = time.perf_counter()
+        rc = decode(ctx, batch)
+        part = parts["prompt" if rows < n else "full" if rows == p else "drain"]
+        part["calls"] += 1
+        part["seconds"] += time.perf_counter() - t
+        part["generated"] += rows
+        part["prompt"] += n - rows
+        return rc
+
+    lc.llama_decode = timed
+
+    def restore() -> None:
+        lc.llama_decode = decode
+
+    return parts, restore
+
+
+def breakdown(parts: dict, wall: float, generated: int) -> list[dict]:
+    rows = [{"part": {"full": "full steps", "drain": "draining steps", "prompt": "calls with prompts"}[k],
+             "calls": v["calls"], "seconds": round(v["seconds"], 2), "share": round(v["seconds"] / wall, 3),
+             "tokens": v["generated"] + v["prompt"], "prompt_tokens": v["prompt"],
+             "ms_per_token": round(1000 * v["seconds"] / max(1, v["generated"] + v["prompt"]), 2)}
+            for k, v in parts.items()]
+    outside = wall - sum(v["seconds"] for v in parts.values())
+    rows.append({"part": "outside llama_decode", "seconds": round(outside, 2), "share": round(outside / wall, 3)})
+    return rows
+
+
+def bench_llama(path: Path, qs: list[str], tokens: int, parallels: list[int]) -> tuple[list[dict], list[dict]]:
+    rows: list[dict] = []
+    split: list[dict] = []
     greedy = Sampling(temperature=0.0, max_tokens=tokens)
     with Engine(path, n_ctx=1024, n_parallel=max(parallels)) as e:
         # prompt evaluation: one 512-token prompt
@@ -47,11 +94,19 @@ def bench_llama(path: Path, qs: list[str], tokens: int, parallels: list[int]) ->
     for p in parallels:
         with Engine(path, n_ctx=1024, n_parallel=p) as e:
             chats = [[{"role": "user", "content": q}] for q in qs]
-            t = time.perf_counter()
-            outs = e.chat_many(chats, [greedy] * len(qs))
+            e.chat_many([[{"role": "user", "content": "Hi"}]], [Sampling(max_tokens=1)])  # builds the batched context, as `Llama` built its own above
+            parts, restore = timed_decode(p) if p == max(parallels) else (None, lambda: None)
+            try:
+                t = time.perf_counter()
+                outs = e.chat_many(chats, [greedy] * len(qs))
+                wall = time.perf_counter() - t
+            finally:
+                restore()
             n = sum(c.n_tokens for c in outs)
-            rows.append({"method": f"engine n_parallel={p}", "tok_s": round(n / (time.perf_counter() - t), 1), "tokens": n})
-    return rows
+            rows.append({"method": f"engine n_parallel={p}", "tok_s": round(n / wall, 1), "tokens": n})
+            if parts is not None:
+                split = breakdown(parts, wall, n)
+    return rows, split
 
 
 def bench_transformers(hf_dir: Path, qs: list[str], tokens: int, batch: int = 8) -> dict:
@@ -97,7 +152,7 @@ def main() -> None:
                 export.export(hf_dir, None, given, RESULTS, ["f16"])
                 (RESULTS / "model-f16.gguf").rename(path)
                 (RESULTS / "export.json").unlink(missing_ok=True)
-        rows = bench_llama(path, qs, args.tokens, parallels)
+        rows, split = bench_llama(path, qs, args.tokens, parallels)
         rows.append(bench_transformers(hf_dir, qs, args.tokens))
         seq = next(r["tok_s"] for r in rows if r["method"].startswith("sequential"))
         pe = rows[0]["tok_s"]
@@ -105,8 +160,15 @@ def main() -> None:
         print(f"{'method':<48}{'tok/s':>10}{'× seq':>8}{'% prompt-eval':>15}")
         for r in rows:
             print(f"{r['method']:<48}{r['tok_s']:>10.1f}{r['tok_s'] / seq:>8.2f}{100 * r['tok_s'] / pe:>14.0f}%")
+        print(f"\nwhere the engine's time goes at n_parallel={max(parallels)}")
+        print(f"{'part':<24}{'calls':>7}{'seconds':>9}{'share':>8}{'tokens':>8}{'of them prompt':>16}{'ms/token':>10}")
+        for r in split:
+            if "calls" in r:
+                print(f"{r['part']:<24}{r['calls']:>7}{r['seconds']:>9.2f}{r['share']:>8.1%}{r['tokens']:>8}{r['prompt_tokens']:>16}{r['ms_per_token']:>10.2f}")
+            else:
+                print(f"{r['part']:<24}{'':>7}{r['seconds']:>9.2f}{r['share']:>8.1%}")
         out = {"model": name, "prompts": len(qs), "max_tokens": args.tokens, "cpu_threads": os.cpu_count(),
-               "machine": platform.machine(), "rows": rows}
+               "machine": platform.machine(), "rows": rows, "engine_time_split": split}
         (RESULTS / f"generate-{name}.json").write_text(json.dumps(out, indent=2))
     (RESULTS / "_smollm2-f16.gguf").unlink(missing_ok=True)
 

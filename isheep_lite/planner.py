@@ -17,7 +17,7 @@ Peak memory of LoRA / QLoRA SFT is the sum of five parts (bytes):
 
 Checked against published figures in tests/test_planner.py. `plan_llama` sizes llama.cpp on a GPU
 the same way: the GGUF's weights (its file size, adapters included), the KV cache
-(n_parallel × n_ctx cells × models.kv_bytes_per_cell) and a compute buffer must fit the free VRAM.
+((n_parallel + 2) × n_ctx cells × models.kv_bytes_per_cell) and a compute buffer must fit the free VRAM.
 """
 from __future__ import annotations
 
@@ -120,8 +120,8 @@ def plan_llama(*, weights_bytes: int, n_layers: int, kv_bytes_per_cell: int, n_v
     """n_gpu_layers, n_ctx and n_parallel for llama.cpp on a GPU with `free_bytes` of VRAM.
 
     VRAM = weights + KV + compute buffer must stay under headroom × free, where KV is
-    (n_parallel + 1) · n_ctx · kv_bytes_per_cell (the batched context, plus the engine's
-    single-sequence one) and the compute buffer is a 512-token micro-batch of logits
+    (n_parallel + 2) · n_ctx · kv_bytes_per_cell (the batched context's stream per sequence and
+    one for the shared prompt prefix, plus the engine's single-sequence context) and the compute buffer is a 512-token micro-batch of logits
     (512 · n_vocab · 4 B) plus 0.5 GB of activations and CUDA context. In order: n_ctx is capped at
     the trained context (cells past it are never useful); all layers with the asked n_parallel;
     all layers with fewer sequences (halving, down to `min_parallel`) — a sequence less costs less
@@ -133,7 +133,7 @@ def plan_llama(*, weights_bytes: int, n_layers: int, kv_bytes_per_cell: int, n_v
     budget = headroom * free_bytes - fixed
     parallel = n_parallel
     while True:
-        kv = (parallel + 1) * n_ctx * kv_bytes_per_cell
+        kv = (parallel + 2) * n_ctx * kv_bytes_per_cell
         if weights_bytes + kv <= budget:
             return {"n_gpu_layers": -1, "n_ctx": n_ctx, "n_parallel": parallel,
                     "vram_gb": round((weights_bytes + kv + fixed) / GB, 2)}

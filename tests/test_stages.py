@@ -266,6 +266,25 @@ def test_batched_sampling_is_reproducible_with_per_sequence_limits(tiny: dict[st
     assert cut.finish_reason == "stop" and cut.text == first[0].text[: first[0].text.index(stop)]
 
 
+def test_a_draining_sequence_moved_to_a_free_stream_goes_on_unchanged(tiny: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Once the queue is empty the engine moves the last running sequence into the first free
+    slot (a copy of its KV stream), so that a step stays one micro-batch: a moved sequence must
+    answer as it does alone."""
+    import llama_cpp as lc
+
+    copies: list[tuple[int, int]] = []
+    real_cp = lc.llama_memory_seq_cp
+    monkeypatch.setattr(lc, "llama_memory_seq_cp", lambda mem, src, dst, p0, p1: copies.append((src, dst)) or real_cp(mem, src, dst, p0, p1))
+    prompts = [f"Question {i}: what is {i} plus {i}?" for i in range(8)]
+    greedy = [Sampling(max_tokens=2 if i % 2 == 0 else 30) for i in range(8)]
+    with Engine(tiny["gguf"], n_ctx=256, n_parallel=4) as e:
+        batched = e.generate(prompts, greedy)
+        alone = [e.generate([p], [s])[0] for p, s in zip(prompts, greedy)]
+    moves = [(src, dst) for src, dst in copies if src != 4]  # 4 = n_parallel, the shared prefix's sequence
+    assert moves and all(dst < src for src, dst in moves), copies
+    assert sum(a.text == b.text for a, b in zip(alone, batched)) >= 7
+
+
 def test_score_many_does_not_depend_on_batch_composition(tiny_engine: Engine) -> None:
     ids = [tiny_engine.token_id(str(d)) for d in range(1, 10)]
     prompts = [f"Rate answer {i}: Score: " for i in range(6)]
@@ -283,9 +302,9 @@ def test_kv_memory_plan_from_gguf_metadata(smol_gguf: Path, tiny: dict[str, Path
     per_cell = 2 * cfg["num_hidden_layers"] * cfg["num_key_value_heads"] * head * 2
     assert models.gguf_info(tiny["gguf"]).kv_bytes_per_cell == per_cell
     assert models.fit_parallel(16, 2048, 23040, 4 << 30) == 16
-    assert models.fit_parallel(16, 2048, 23040, 200 << 20) == 4  # 200 MiB / (2048 × 22.5 KiB) = 4.4
+    assert models.fit_parallel(16, 2048, 23040, 200 << 20) == 3  # 200 MiB / (2048 × 22.5 KiB) = 4.4 streams, one for the prefix
     assert models.fit_parallel(16, 2048, 23040, 1) == 1  # never zero sequences
-    with Engine(tiny["gguf"], n_ctx=256, n_parallel=16, kv_budget_gb=3 * 256 * per_cell / 2**30) as e:
+    with Engine(tiny["gguf"], n_ctx=256, n_parallel=16, kv_budget_gb=4 * 256 * per_cell / 2**30) as e:  # 3 + the prefix
         assert e.n_parallel == 3
 
 
@@ -330,7 +349,9 @@ def test_shared_prompt_prefix_is_evaluated_once_and_changes_nothing(tiny: dict[s
     from isheep_lite import engine as engine_mod
 
     assert engine_mod.shared_prefix([[1] * 40, [1] * 40], [39, 39]) == 39, "each sequence keeps its last token"
-    assert engine_mod.shared_prefix([[1] * 40, [1] * 20 + [2] * 20], [39, 39]) == 0, "below MIN_SHARED"
+    assert engine_mod.shared_prefix([[1] * 40, [1] * 20 + [2] * 20], [39, 39]) == 20
+    assert engine_mod.shared_prefix([[1] * 40, [2] * 40], [39, 39]) == 0, "nothing in common"
+    assert engine_mod.shared_prefix([[1] * 40], [39]) == 0, "one sequence shares with nobody"
     prompts = [PREAMBLE + f"Task {i}: say something about {i * 7}." for i in range(10)]
     completions = [f" The number {i * 7} is fine." for i in range(10)]
     ids = list(range(300, 340))
