@@ -4,9 +4,9 @@ One interface for every stage (synthesis, assessment, evaluation). Each request 
 seed, so a record's sample depends on (run seed, iteration, record), not on what ran before it.
 
 Prompts of one call that start alike (the few-shot meta-prompt, the assessment preamble, the chat
-template's system turn) share that prefix's KV cells: it is evaluated once into a sequence of its
-own and each new sequence is given its cells (`llama_memory_seq_cp`, no copy in a unified KV cache),
-so only the rest of each prompt is evaluated.
+template's system turn) share that prefix: it is evaluated once into a sequence of its own and
+each new sequence starts from a copy of its KV stream (`llama_memory_seq_cp`, a buffer copy), so
+only the rest of each prompt is evaluated.
 
 `generate` and `score_many` are the fast paths: continuous batching through llama-cpp-python's
 low-level API. Up to `n_parallel` sequences advance in one `llama_decode` call; each has its own
