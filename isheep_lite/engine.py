@@ -262,12 +262,12 @@ class Engine(EngineBase):
         KV memory = (n_parallel + 1) × n_ctx cells × (2 · n_layers · n_kv_heads · head_dim · 2 bytes):
         for SmolLM2-135M, 23 KiB per cell, so 17 × 2048 cells ≈ 0.8 GB.
 
-        Each sequence has a KV stream of its own (`kv_unified = False`, as llama-server does): in
-        one shared pool every new token's attention scans every live sequence's cells, masked,
-        which cost 16 sequences of 512 tokens 6.4 ms per token against 3.8 ms with a stream each
-        (F16, 2 threads, bench/profile_decode.py). llama.cpp then splits a batch into micro-batches
-        of consecutive sequence ids, so `generate` adds tokens in id order and fills the lowest
-        free ids first.
+        Each sequence has a KV stream of its own (`kv_unified = False`): in one shared pool every
+        new token's attention scans every live sequence's cells, masked, which cost 16 sequences of
+        512 tokens 6.4 ms per token against 3.8 ms with a stream each (F16, 2 threads, llama_decode
+        timed alone in a one-off check). llama.cpp then splits a batch into micro-batches of
+        consecutive sequence ids, so `generate` adds tokens in id order and fills the lowest free
+        ids first.
         """
         if self._batch_ctx is None:
             import llama_cpp as lc
