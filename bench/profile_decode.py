@@ -4,10 +4,10 @@
 
 Times every llama_decode call of `Engine.generate` (16 sequences, greedy, suite prompts) for three
 flash-attention settings and three per-sequence context sizes, prints a table and writes
-bench/results/decode-profile.json. Why: bench_generate.py shows the engine far below the
-prompt-evaluation throughput; this tells whether the gap is the engine's Python or llama.cpp's
-small-batch matrix products. A second table times single llama_decode calls of fixed shapes with no
-engine at all (`ceiling`), the most any engine on this llama.cpp build could reach.
+bench/results/decode-profile.json. Why: it tells whether generation time is the engine's Python or
+llama.cpp's, and what the attention settings cost. A second table times single llama_decode calls
+of fixed shapes with no engine at all (`ceiling`), the most any engine on this llama.cpp build could
+reach per call shape.
 """
 from __future__ import annotations
 
