@@ -61,7 +61,7 @@ def timed_decode(p: int) -> tuple[dict, Callable[[], None]]:
     return parts, restore
 
 
-def breakdown(parts: dict, wall: float, generated: int) -> list[dict]:
+def breakdown(parts: dict, wall: float) -> list[dict]:
     rows = [{"part": {"full": "full steps", "drain": "draining steps", "prompt": "calls with prompts"}[k],
              "calls": v["calls"], "seconds": round(v["seconds"], 2), "share": round(v["seconds"] / wall, 3),
              "tokens": v["generated"] + v["prompt"], "prompt_tokens": v["prompt"],
@@ -105,7 +105,7 @@ def bench_llama(path: Path, qs: list[str], tokens: int, parallels: list[int]) ->
             n = sum(c.n_tokens for c in outs)
             rows.append({"method": f"engine n_parallel={p}", "tok_s": round(n / wall, 1), "tokens": n})
             if parts is not None:
-                split = breakdown(parts, wall, n)
+                split = breakdown(parts, wall)
     return rows, split
 
 

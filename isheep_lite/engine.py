@@ -55,11 +55,12 @@ def _add(batch: Any, token: int, pos: int, seq: int, logits: bool) -> int:
     return n
 
 
-# A common prefix of any length is worth a decode of its own: its cells cost nothing to share, and
-# every further prompt skips those tokens. Measured (bench_generate, 64 chat prompts, Q4_1, 16
-# sequences): sharing the chat template's 24-token system turn took the engine from 126 to 158 tok/s
-# (a threshold of 32 had left it unshared). Tests raise it to switch sharing off.
-MIN_SHARED = 1
+# Sharing a prefix costs one copy of a KV stream per prompt: ~10 ms for 2048 cells of SmolLM2 on 2
+# threads, what evaluating about three prompt tokens costs; shorter prefixes are evaluated per prompt.
+# Measured (bench_generate, 64 chat prompts, Q4_1, 16 sequences): sharing the chat template's
+# 24-token system turn took the engine from 126 to 158 tok/s (a threshold of 32 had left it
+# unshared). Tests raise it to switch sharing off.
+MIN_SHARED = 8
 
 
 def shared_prefix(seqs: Sequence[Sequence[int]], limits: Sequence[int]) -> int:

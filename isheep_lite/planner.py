@@ -121,12 +121,13 @@ def plan_llama(*, weights_bytes: int, n_layers: int, kv_bytes_per_cell: int, n_v
 
     VRAM = weights + KV + compute buffer must stay under headroom × free, where KV is
     (n_parallel + 2) · n_ctx · kv_bytes_per_cell (the batched context's stream per sequence and
-    one for the shared prompt prefix, plus the engine's single-sequence context) and the compute buffer is a 512-token micro-batch of logits
-    (512 · n_vocab · 4 B) plus 0.5 GB of activations and CUDA context. In order: n_ctx is capped at
-    the trained context (cells past it are never useful); all layers with the asked n_parallel;
-    all layers with fewer sequences (halving, down to `min_parallel`) — a sequence less costs less
-    than a layer left on the CPU; else as many layers as fit, each taking its share of weights and
-    of KV, the rest on the CPU (n_gpu_layers 0 when not even one fits).
+    one for the shared prompt prefix, plus the engine's single-sequence context) and the compute
+    buffer is a 512-token micro-batch of logits (512 · n_vocab · 4 B) plus 0.5 GB of activations and
+    CUDA context. In order: n_ctx is capped at the trained context (cells past it are never
+    useful); all layers with the asked n_parallel; all layers with fewer sequences (halving, down to
+    `min_parallel`) — a sequence less costs less than a layer left on the CPU; else as many layers
+    as fit, each taking its share of weights and of KV, the rest on the CPU (n_gpu_layers 0 when not
+    even one fits).
     """
     n_ctx = min(n_ctx, n_ctx_train) if n_ctx_train else n_ctx
     fixed = 0.5 * GB + 512 * n_vocab * 4

@@ -350,6 +350,7 @@ def test_shared_prompt_prefix_is_evaluated_once_and_changes_nothing(tiny: dict[s
 
     assert engine_mod.shared_prefix([[1] * 40, [1] * 40], [39, 39]) == 39, "each sequence keeps its last token"
     assert engine_mod.shared_prefix([[1] * 40, [1] * 20 + [2] * 20], [39, 39]) == 20
+    assert engine_mod.shared_prefix([[1] * 40, [1] * 5 + [2] * 35], [39, 39]) == 0, "below MIN_SHARED"
     assert engine_mod.shared_prefix([[1] * 40, [2] * 40], [39, 39]) == 0, "nothing in common"
     assert engine_mod.shared_prefix([[1] * 40], [39]) == 0, "one sequence shares with nobody"
     prompts = [PREAMBLE + f"Task {i}: say something about {i * 7}." for i in range(10)]
