@@ -56,8 +56,9 @@ def _add(batch: Any, token: int, pos: int, seq: int, logits: bool) -> int:
 
 
 # Sharing a prefix costs one copy of a KV stream per prompt: ~10 ms for 2048 cells of SmolLM2 on 2
-# threads, what evaluating about three prompt tokens costs; shorter prefixes are evaluated per prompt.
-# Measured (bench_generate, 64 chat prompts, Q4_1, 16 sequences): sharing the chat template's
+# threads (a one-off timing, taken while another job shared the cores), what evaluating about three
+# prompt tokens costs; shorter prefixes are evaluated per prompt. Measured on bench_generate's 64
+# chat prompts (Q4_1, 16 sequences, every llama_decode call timed): sharing the chat template's
 # 24-token system turn took the engine from 126 to 158 tok/s (a threshold of 32 had left it
 # unshared). Tests raise it to switch sharing off.
 MIN_SHARED = 8
