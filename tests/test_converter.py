@@ -2,7 +2,7 @@
 
 llama.cpp's convert_hf_to_gguf.py is not on PyPI, so the converter here is a stand-in with its
 command line (`HF_DIR --outfile OUT --outtype f16`) that writes the GGUF with this toolkit's own
-writer; what is tested is the toolkit's side: the call, the cache, atomicity and the errors.
+export; what is tested is the toolkit's side: the call, the cache, atomicity and the errors.
 """
 from __future__ import annotations
 
@@ -26,8 +26,7 @@ calls.write_text(str(int(calls.read_text()) + 1 if calls.exists() else 1))
 if a.outtype != "f16":
     sys.exit("unexpected --outtype")
 from isheep_lite import export, models
-state, config = export.merged_state(Path(a.model), None)
-export.write_gguf(state, config, models.resolve_gguf("embedded:smollm2-135m-instruct"), Path(a.outfile), "f16")
+export.convert(Path(a.model), models.resolve_gguf("embedded:smollm2-135m-instruct"), Path(a.outfile), "f16")
 '''
 
 
