@@ -91,8 +91,12 @@ def recipe(
     """Print the fully resolved recipe (every default written out) after validating it."""
     from . import recipe as rc
 
+    from .loop import check_model
+
     path, overrides = _split_args(args or [])
-    typer.echo(rc.dump_yaml(rc.load(path, overrides)), nl=False)
+    r = rc.load(path, overrides)
+    check_model(r)
+    typer.echo(rc.dump_yaml(r), nl=False)
 
 
 def main() -> None:

@@ -205,6 +205,11 @@ def _converter() -> tuple[Any, Any]:
     return conversion, gguf
 
 
+def check_converter() -> None:
+    """Refuse a run up front when llama.cpp's converter cannot be imported (every export needs it)."""
+    _converter()
+
+
 def _template_fields(reader: Any, prefix: str) -> Iterator[tuple[str, Any, Any, Any]]:
     """(key, value, type, sub_type) of the template GGUF's fields under `prefix`."""
     import gguf

@@ -296,6 +296,17 @@ def generation_gguf(r: Recipe) -> Path:
     return models.converted_gguf(models.user_hf(r.model.hf), r.model.converter)
 
 
+def check_model(r: Recipe) -> None:
+    """The model's architecture is in the matrix (archs.py), from headers and configs alone: shared
+    by `isheep recipe` and `isheep run`, so both refuse an unsupported model before any work."""
+    from . import archs
+
+    if r.model.hf:
+        archs.for_hf(models.user_hf(r.model.hf))
+    if not r.model.converter:
+        models.check_arch(models.resolve_gguf(r.model.gguf))
+
+
 def preflight(r: Recipe) -> tuple[list[dict[str, str]], Path]:
     """Every input is checked before anything is written: seeds, GGUFs, HF weights, free disk."""
     if r.model.backend == "openai":
@@ -306,6 +317,8 @@ def preflight(r: Recipe) -> tuple[list[dict[str, str]], Path]:
                         f"set export.mode=merged for model.backend={r.model.backend}")
     train.resolve_backend(r.train.backend, False, importlib.util.find_spec("unsloth") is not None)
     seeds = synth.load_seeds(r.synth.seeds)
+    check_model(r)
+    export.check_converter()
     given = generation_gguf(r)
     info = models.check_arch(given)
     if r.model.hf:

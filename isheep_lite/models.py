@@ -103,12 +103,12 @@ def gguf_info(path: Path) -> GgufInfo:
 
 
 def check_arch(path: Path) -> GgufInfo:
-    """The GGUF's header, refused up front if its architecture cannot be written back after training."""
-    import gguf
+    """The GGUF's header, refused up front if its architecture is not in the matrix (archs.py):
+    a trained model of any other architecture could not be exported faithfully."""
+    from . import archs
 
     info = gguf_info(path)
-    if info.arch not in gguf.MODEL_ARCH_NAMES.values():
-        raise UserError(f"{path}: architecture '{info.arch}' is unknown to gguf-py, so a trained model cannot be exported")
+    archs.for_gguf(info.arch, str(path))
     return info
 
 

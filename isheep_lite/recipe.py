@@ -94,10 +94,11 @@ class TrainConfig:
     auto_batch: bool = True  # on CUDA: micro-batch from the memory planner and the free VRAM, same effective batch
     lora_r: int = 16  # chosen by measurement: bench/results/lever-sweep.json (r 16 beat r 8 and every other lever tried)
     lora_alpha: int = 32  # scale alpha/r = 2, as the paper's 16/8
-    lora_dropout: float = 0.05
-    target_modules: list[str] = field(
-        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-    )
+    lora_dropout: float = 0.0  # 0: Unsloth patches its fast LoRA kernels into a layer only when dropout is 0 (any other value trains on its slow path)
+    # auto (stored as [auto]): every linear layer of the decoder blocks, read from the model itself (q/k/v/o and
+    # gate/up/down on Llama/Qwen/Mistral/Gemma, qkv_proj and gate_up_proj on Phi-3; never lm_head, embeddings or
+    # a vision/audio tower) | an explicit list of module names, e.g. [q_proj, v_proj]
+    target_modules: list[str] = field(default_factory=lambda: ["auto"])
     epochs: float = 2.0  # paper: 2
     lr: float = 1.0e-4
     batch_size: int = 4  # micro-batch
@@ -302,6 +303,10 @@ def validate(r: Recipe) -> None:
             raise UserError(f"recipe: synth.{name} must be in (0, 1], got {v}")
     if not 0 <= r.train.lora_dropout < 1:
         raise UserError(f"recipe: train.lora_dropout must be in [0, 1), got {r.train.lora_dropout}")
+    targets = r.train.target_modules
+    if not (targets in ("auto", ["auto"]) or (isinstance(targets, list) and targets
+                                              and all(isinstance(t, str) and t and t != "auto" for t in targets))):
+        raise UserError(f"recipe: train.target_modules must be auto or a non-empty list of module names, got {targets!r}")
     if not 2 <= r.assess.scale <= 9:
         raise UserError(f"recipe: assess.scale must be 2..9 (one token per score), got {r.assess.scale}")
     if not r.assess.aspects or not set(r.assess.aspects) <= ASPECTS:

@@ -3,7 +3,10 @@
 Backends (`train.backend`): `hf` is transformers + peft + trl — bitsandbytes NF4 QLoRA on CUDA
 (`train.load_in_4bit`), plain LoRA on CPU. `unsloth` is Unsloth's FastLanguageModel (4-bit QLoRA on
 CUDA; its CPU fallback trains LoRA), imported only here. `auto` takes Unsloth wherever it is
-installed, else hf (see `resolve_backend`). On CUDA the micro-batch comes from the memory planner (planner.py)
+installed, else hf (see `resolve_backend`). Both train in one precision, from the GPU's compute
+capability (`train_precision`: bf16 on Ampere and later, fp16 on a T4 or V100, fp32 on a CPU), and
+LoRA-adapt the same layers: `train.target_modules: auto` reads them from the model (`lora_targets`).
+On CUDA the micro-batch comes from the memory planner (planner.py)
 and the free VRAM, and a CUDA out-of-memory error halves it for that step and the rest (the
 gradient is the same: the halves are summed over the same token count), so no progress is lost.
 
@@ -28,7 +31,7 @@ import subprocess
 import sys
 from dataclasses import asdict, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from . import models
 from .recipe import TrainConfig, UserError
@@ -47,7 +50,7 @@ def build_examples(
         examples, dropped = [], 0
         for messages in conversations:
             prompt, completion = models.split_prompt_completion(info, messages)
-            p_ids = vocab.tokenize(prompt.encode("utf-8"), add_bos=True, special=True)
+            p_ids = prompt_ids(vocab, prompt)  # as the engine tokenizes it: one BOS
             c_ids = vocab.tokenize(completion.encode("utf-8"), add_bos=False, special=True)
             if len(p_ids) + len(c_ids) > max_seq_len:
                 dropped += 1
@@ -74,6 +77,132 @@ def resolve_backend(name: str, cuda: bool, has_unsloth: bool, has_triton: bool =
     return backend
 
 
+Precision = Literal["bf16", "fp16", "fp32"]
+
+
+def train_precision(capability: tuple[int, int] | None) -> Precision:
+    """The precision to train in on a GPU of this CUDA compute capability (None: no GPU, the CPU).
+
+    bf16 only where it is native, compute capability ≥ 8.0 (Ampere, Ada, Hopper and later); fp16 on
+    older GPUs (T4 7.5, V100 7.0); fp32 on the CPU. Not `torch.cuda.is_bf16_supported()`: it answers
+    True on a T4 too (bf16 by emulation), where Unsloth loads the model in fp16 and a bf16 trainer
+    then fails at its first step. Both backends take every dtype from this one answer
+    (`load_dtype_kwargs`, `sft_precision_flags`)."""
+    if capability is None:
+        return "fp32"
+    return "bf16" if tuple(capability) >= (8, 0) else "fp16"
+
+
+def device_precision() -> Precision:
+    """`train_precision` of this machine: GPU 0's compute capability, read only when CUDA is available."""
+    import torch
+
+    capability = tuple(torch.cuda.get_device_capability()) if torch.cuda.is_available() else None
+    return train_precision(capability)  # type: ignore[arg-type]
+
+
+def precision_dtype(precision: Precision) -> Any:
+    """The torch dtype of a precision."""
+    import torch
+
+    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[precision]
+
+
+def load_dtype_kwargs(backend: str, precision: Precision, four_bit: bool) -> dict[str, Any]:
+    """The dtype arguments `load_model` passes: {"dtype"} of the backend's from_pretrained (Unsloth's
+    FastLanguageModel or transformers' AutoModelForCausalLM), plus {"bnb_4bit_compute_dtype"} of the
+    hf backend's BitsAndBytesConfig when the base is 4-bit. Always explicit — on a CPU too, where
+    Unsloth's own choice would be bfloat16."""
+    dtype = precision_dtype(precision)
+    if backend == "hf" and four_bit:
+        return {"dtype": dtype, "bnb_4bit_compute_dtype": dtype}
+    return {"dtype": dtype}
+
+
+def sft_precision_flags(precision: Precision) -> dict[str, bool]:
+    """SFTConfig's mixed-precision flags: the same precision the model was loaded in."""
+    return {"bf16": precision == "bf16", "fp16": precision == "fp16"}
+
+
+# LoRA targets: `train.target_modules: auto` takes every linear layer of the decoder blocks.
+_LINEAR_CLASSES = ("Linear", "Linear4bit")  # torch.nn.Linear; bitsandbytes' Linear4bit, matched by name (no bnb import)
+_TOWERS = ("vision", "audio", "multi_modal_projector")  # non-text parts of a multimodal model: never targets
+_FUSED = {"qkv_proj": ["q_proj", "k_proj", "v_proj"], "gate_up_proj": ["gate_proj", "up_proj"]}  # Phi-3, for the planner
+
+
+def auto_targets(targets: Any) -> bool:
+    """Whether a train.target_modules value asks for the automatic choice ("auto", as YAML stores it: [auto])."""
+    return targets == "auto" or (isinstance(targets, (list, tuple)) and list(targets) == ["auto"])
+
+
+def _in_tower(path: str) -> bool:
+    return any(t in path for t in _TOWERS)
+
+
+def lora_targets(model: Any) -> list[str]:
+    """The distinct leaf names of the linear layers inside the decoder blocks of `model`, in model order.
+
+    Linear means a module whose class name ends in "Linear" or "Linear4bit" (torch's, bitsandbytes'
+    4-bit); inside the blocks means a path through `.layers.`; anything under a vision or audio tower
+    or a multimodal projector is left out, and so are lm_head and the embeddings, as are the inner
+    layers of a LoRA-wrapped model. Llama/Qwen2/Mistral/Gemma: q/k/v/o_proj and gate/up/down_proj;
+    Phi-3: qkv_proj, o_proj, gate_up_proj, down_proj; Gemma 3 ≥ 4B: those of `language_model` only."""
+    names: list[str] = []
+    for path, module in model.named_modules():
+        if not type(module).__name__.endswith(_LINEAR_CLASSES) or ".layers." not in f".{path}" or _in_tower(path):
+            continue
+        leaf = path.rsplit(".", 1)[-1]
+        if "lora_" in path or "base_layer" in path or "lm_head" in leaf or "embed" in leaf:
+            continue
+        if leaf not in names:
+            names.append(leaf)
+    return names
+
+
+def config_lora_targets(hf_dir: Path) -> list[str]:
+    """`lora_targets` of the model in `hf_dir` before it is loaded: built from its config.json on the
+    meta device (no weights are read, no memory is taken)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(str(hf_dir))
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    return lora_targets(model)
+
+
+def resolve_targets(cfg: TrainConfig, hf_dir: Path, model: Any = None) -> list[str]:
+    """train.target_modules as names: an explicit list as given; auto read from `model` when given,
+    else from hf_dir's config. A model with no linear layer in its decoder blocks is a UserError."""
+    if not auto_targets(cfg.target_modules):
+        return list(cfg.target_modules)
+    names = lora_targets(model) if model is not None else config_lora_targets(hf_dir)
+    if not names:
+        raise UserError(f"{hf_dir}: no linear layer found in the model's decoder blocks; set train.target_modules")
+    return names
+
+
+def lora_target_kwargs(cfg: TrainConfig, hf_dir: Path, model: Any) -> dict[str, Any]:
+    """The target arguments of both backends' LoRA config (peft's LoraConfig, Unsloth's get_peft_model):
+    {"target_modules"} from `resolve_targets`, plus {"exclude_modules"} when a vision/audio tower has
+    linear layers of the same names — peft matches target names by suffix, so they would be adapted too."""
+    targets = resolve_targets(cfg, hf_dir, model)
+    kwargs: dict[str, Any] = {"target_modules": targets}
+    if any(_in_tower(path) and path.rsplit(".", 1)[-1] in targets for path, _ in model.named_modules()):
+        kwargs["exclude_modules"] = rf".*(?:{'|'.join(_TOWERS)}).*"
+    return kwargs
+
+
+def planner_targets(targets: list[str]) -> list[str]:
+    """Target names as the memory planner knows them: fused projections split into their parts
+    (qkv_proj → q/k/v_proj, gate_up_proj → gate/up_proj). Split, a fused matrix's LoRA counts one
+    extra input side per part (r × hidden each): a slight over-estimate, on the safe side."""
+    out: list[str] = []
+    for t in targets:
+        out += _FUSED.get(t, [t])
+    return out
+
+
 def choose_batches(cfg: TrainConfig, hf_dir: Path, examples: list[dict[str, list[int]]], backend: str,
                    free_bytes: float | None) -> tuple[int, int, dict[str, Any] | None]:
     """(micro-batch, grad accumulation, plan): from the planner when the free memory is known (CUDA),
@@ -86,7 +215,7 @@ def choose_batches(cfg: TrainConfig, hf_dir: Path, examples: list[dict[str, list
     seq = max(len(e["input_ids"]) for e in examples)
     try:
         plan = planner.plan_batches(shape, free_bytes, bits=4 if cfg.load_in_4bit else 16, r=cfg.lora_r,
-                                    targets=list(cfg.target_modules), seq_len=seq, backend=backend,
+                                    targets=planner_targets(resolve_targets(cfg, hf_dir)), seq_len=seq, backend=backend,
                                     effective_batch=cfg.batch_size * cfg.grad_accum)
     except MemoryError as e:
         raise UserError(str(e)) from None
@@ -136,21 +265,22 @@ def with_oom_backoff(trainer_cls: Any) -> Any:
     return OomBackoff
 
 
-def load_model(hf_dir: Path, cfg: TrainConfig, backend: str, cuda: bool, seed: int) -> tuple[Any, Any]:
-    """(LoRA-wrapped model, tokenizer) for the backend: 4-bit base on CUDA when train.load_in_4bit."""
-    import torch
-
+def load_model(hf_dir: Path, cfg: TrainConfig, backend: str, cuda: bool, seed: int,
+               precision: Precision | None = None) -> tuple[Any, Any]:
+    """(LoRA-wrapped model, tokenizer) for the backend: 4-bit base on CUDA when train.load_in_4bit;
+    every dtype from `precision` (default: this machine's, `device_precision`)."""
+    precision = precision or device_precision()
     four_bit = cuda and cfg.load_in_4bit
+    dtypes = load_dtype_kwargs(backend, precision, four_bit)
     if backend == "unsloth":
         from unsloth import FastLanguageModel
 
-        # CPU: float32 as the hf backend (Unsloth's fallback would pick bfloat16)
         model, tokenizer = FastLanguageModel.from_pretrained(str(hf_dir), max_seq_length=cfg.max_seq_len, load_in_4bit=four_bit,
-                                                             dtype=None if cuda else torch.float32, local_files_only=True)
+                                                             dtype=dtypes["dtype"], local_files_only=True)
         model = FastLanguageModel.get_peft_model(
             model, r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-            target_modules=list(cfg.target_modules), use_gradient_checkpointing="unsloth" if cuda else False,
-            random_state=seed)
+            use_gradient_checkpointing="unsloth" if cuda else False, random_state=seed,
+            **lora_target_kwargs(cfg, hf_dir, model))
         return model, tokenizer
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -161,13 +291,13 @@ def load_model(hf_dir: Path, cfg: TrainConfig, backend: str, cuda: bool, seed: i
         from transformers import BitsAndBytesConfig
 
         q = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                               bnb_4bit_compute_dtype=torch.bfloat16)
-        model = AutoModelForCausalLM.from_pretrained(str(hf_dir), quantization_config=q, dtype=torch.bfloat16, device_map={"": 0})
+                               bnb_4bit_compute_dtype=dtypes["bnb_4bit_compute_dtype"])
+        model = AutoModelForCausalLM.from_pretrained(str(hf_dir), quantization_config=q, dtype=dtypes["dtype"], device_map={"": 0})
         model = prepare_model_for_kbit_training(model)
     else:
-        model = AutoModelForCausalLM.from_pretrained(str(hf_dir), dtype=torch.bfloat16 if cuda else torch.float32)
-    lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                      target_modules=list(cfg.target_modules), task_type="CAUSAL_LM")
+        model = AutoModelForCausalLM.from_pretrained(str(hf_dir), dtype=dtypes["dtype"])
+    lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout, task_type="CAUSAL_LM",
+                      **lora_target_kwargs(cfg, hf_dir, model))
     return get_peft_model(model, lora), tokenizer
 
 
@@ -180,10 +310,10 @@ def make_trainer(hf_dir: Path, examples: list[dict[str, list[int]]], cfg: TrainC
 
     torch.manual_seed(seed)
     cuda = torch.cuda.is_available()
-    model, tokenizer = load_model(hf_dir, cfg, backend, cuda, seed)
+    precision = device_precision()
+    model, tokenizer = load_model(hf_dir, cfg, backend, cuda, seed, precision)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    bf16 = cuda and torch.cuda.is_bf16_supported()
     args = SFTConfig(
         output_dir=str(out_dir / "checkpoints"),
         per_device_train_batch_size=cfg.batch_size,
@@ -200,8 +330,7 @@ def make_trainer(hf_dir: Path, examples: list[dict[str, list[int]]], cfg: TrainC
         seed=seed,
         data_seed=seed,
         max_length=cfg.max_seq_len,
-        bf16=bf16,
-        fp16=cuda and not bf16,
+        **sft_precision_flags(precision),
         use_cpu=not cuda,
         dataloader_num_workers=0,
         disable_tqdm=False,

@@ -184,3 +184,33 @@ def test_unsupported_architecture_is_refused_naming_the_supported_ones(tmp_path:
     assert "FalconForCausalLM is not supported" in str(e.value) and "gemma3" in str(e.value)
     with pytest.raises(UserError, match="architecture 'gpt2' is not supported"):
         archs.for_gguf("gpt2", "model.gguf")
+
+
+def _gpt2_gguf(path: Path) -> Path:
+    """A GGUF whose header says gpt2 (llama.cpp knows it; the toolkit cannot train and export it)."""
+    import gguf
+
+    w = gguf.GGUFWriter(str(path), "gpt2")
+    w.add_block_count(1)
+    w.add_context_length(64)
+    w.add_tensor("token_embd.weight", np.zeros((8, 4), dtype=np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
+
+
+@pytest.mark.parametrize("command", ["recipe", "run"])
+def test_unsupported_gguf_is_refused_before_any_work(command: str, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    model = _gpt2_gguf(tmp_path / "gpt2.gguf")
+    runs = tmp_path / "runs"
+    proc = subprocess.run([sys.executable, "-m", "isheep_lite", command, f"model.gguf={model}", f"runs_dir={runs}"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "architecture 'gpt2' is not supported" in lines[0] and "qwen2" in lines[0], proc.stderr
+    assert not runs.exists(), "nothing may be written for a refused model"

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from isheep_lite import loop, recipe
+from isheep_lite import loop, recipe, train
 from isheep_lite.planner import GB, Shape, estimate, lora_params, plan_llama
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -19,6 +19,14 @@ RECIPES = {
 }
 
 
+def _targets(r: recipe.Recipe) -> list[str]:
+    """train.target_modules auto is every linear layer of a decoder block: for Llama and Qwen2
+    (the models these recipes name) the seven projections below (tests/test_train_precision.py)."""
+    if train.auto_targets(r.train.target_modules):
+        return ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    return list(r.train.target_modules)
+
+
 @pytest.mark.parametrize("name", RECIPES)
 def test_gpu_recipe_loads_and_its_memory_comment_is_the_planners(name: str) -> None:
     path = ROOT / "recipes" / name
@@ -27,7 +35,7 @@ def test_gpu_recipe_loads_and_its_memory_comment_is_the_planners(name: str) -> N
     text = path.read_text(encoding="utf-8")
     assert "NOT YET RUN ON REAL HARDWARE" in text
     claimed = float(re.search(r"peak ≈ ([\d.]+) GB", text).group(1))
-    est = estimate(RECIPES[name], bits=4, r=r.train.lora_r, targets=r.train.target_modules,
+    est = estimate(RECIPES[name], bits=4, r=r.train.lora_r, targets=_targets(r),
                    batch=r.train.batch_size, seq_len=r.train.max_seq_len, backend="unsloth")
     assert abs(est["total"] / GB - claimed) < 0.1, (name, est["total"] / GB)
 
@@ -42,7 +50,7 @@ def test_24gb_recipes_serve_adapters_and_their_generation_memory_is_the_planners
     r, shape = recipe.load(path), RECIPES[name]
     assert r.export.mode == "auto" and r.model.serve_base == "original"
     assert loop.adapter_mode(r, shape.params()), "7-8B models are served as base GGUF + LoRA adapter"
-    adapter = lora_params(shape, r.train.lora_r, r.train.target_modules) * 2  # F16
+    adapter = lora_params(shape, r.train.lora_r, _targets(r)) * 2  # F16
     plan = plan_llama(weights_bytes=Q4_K_M_BYTES[name] + adapter, n_layers=shape.layers,
                       kv_bytes_per_cell=2 * shape.layers * shape.kv_heads * shape.head_dim * 2, n_vocab=shape.vocab,
                       free_bytes=23.5 * GB, n_ctx=r.model.n_ctx, n_parallel=r.model.n_parallel)
