@@ -223,13 +223,14 @@ def _template_fields(reader: Any, prefix: str) -> Iterator[tuple[str, Any, Any, 
 
 def _export_class(base: type, template: Path) -> type:
     """The converter's model class for this architecture, with the user's GGUF as the source of the
-    tokenizer, chat template and descriptive metadata, and of any architecture key or RoPE factor
-    tensor the HF config could not give."""
+    tokenizer, chat template and descriptive metadata, and (when it is of the same architecture)
+    of any architecture key or RoPE factor tensor the HF config could not give."""
     import gguf
 
     reader = gguf.GGUFReader(str(template))
-    arch = str(reader.fields["general.architecture"].contents())
-    template_rope = next((t for t in reader.tensors if t.name == "rope_freqs.weight"), None)
+    arch = gguf.MODEL_ARCH_NAMES[base.model_arch]
+    same = str(reader.fields["general.architecture"].contents()) == arch  # else only its tokenizer is used
+    template_rope = next((t for t in reader.tensors if t.name == "rope_freqs.weight" and same), None)
 
     class Export(base):  # type: ignore[misc, valid-type]
         model_arch = base.model_arch
@@ -242,7 +243,7 @@ def _export_class(base: type, template: Path) -> type:
             super().set_gguf_parameters()
             written = self.gguf_writer.kv_data[0]
             for key, value, vtype, sub in _template_fields(reader, f"{arch}."):
-                if key not in written:
+                if same and key not in written:
                     self.gguf_writer.add_key_value(key, value, vtype, sub_type=sub)
             for key, value, vtype, sub in _template_fields(reader, "general."):
                 if key not in _FILE_KEYS:

@@ -105,7 +105,11 @@ def base_model(store: RunStore, r: Recipe, given: Path) -> tuple[Path, Served]:
 
 def checks(model: Served, r: Recipe, reference: dict[str, Any] | None = None, judge: Served | None = None) -> dict[str, Any]:
     """Stop rate, instruction-following accuracy and (given M_0's eval entry) the pairwise verdict
-    of one model: greedy answers to held-out prompts."""
+    of one model: greedy answers to held-out prompts.
+
+    The judge is opened only after the model under evaluation is closed, so one model is resident
+    at a time (two 8B models at the planned context would not fit a 24 GB card together).
+    """
     out: dict[str, Any] = {}
     with open_engine(model, r) as engine:
         if r.eval.stop_prompts:
@@ -114,17 +118,15 @@ def checks(model: Served, r: Recipe, reference: dict[str, Any] | None = None, ju
         if r.eval.suite_prompts:
             with progress_bar("eval: instruction suite", r.eval.suite_prompts) as bar:
                 out["ifeval"] = evaluate.instruction_following(engine, r.eval.suite_prompts, r.eval.suite_max_tokens, bar)
-        if reference and r.eval.pairwise and out.get("samples"):
-            old = {x["id"]: x["text"] for x in reference.get("samples", [])}
-            rows = [x for x in out["samples"] if x["id"] in old]
-            with contextlib.ExitStack() as stack:
-                # a judge GGUF of its own runs here: the server serves the model under evaluation only
-                local = "llama_cpp" if r.model.backend == "openai" else None
-                j = engine if judge is None else stack.enter_context(open_engine(judge, r, local))
-                with progress_bar("eval: pairwise judge", len(rows)) as bar:
-                    out["pairwise"] = evaluate.pairwise(j, [x["prompt"] for x in rows], [x["text"] for x in rows],
-                                                        [old[x["id"]] for x in rows], bar)
-            out["pairwise"]["judge"] = str(judge or model)
+    if reference and r.eval.pairwise and out.get("samples"):
+        old = {x["id"]: x["text"] for x in reference.get("samples", [])}
+        rows = [x for x in out["samples"] if x["id"] in old]
+        # a judge GGUF of its own runs here: the server serves the model under evaluation only
+        local = "llama_cpp" if r.model.backend == "openai" and judge is not None else None
+        with open_engine(judge or model, r, local) as j, progress_bar("eval: pairwise judge", len(rows)) as bar:
+            out["pairwise"] = evaluate.pairwise(j, [x["prompt"] for x in rows], [x["text"] for x in rows],
+                                                [old[x["id"]] for x in rows], bar)
+        out["pairwise"]["judge"] = str(judge or model)
     return out
 
 
@@ -192,34 +194,36 @@ def iteration(store: RunStore, r: Recipe, t: int, seeds: list[dict], given: Path
                     "finished": sum(x["gen"]["finish"] == "stop" for x in rows)}
 
         stage(store, t, "responses", make_responses)
-        responses = read_jsonl(d / "responses.jsonl")
+    responses = read_jsonl(d / "responses.jsonl")
 
-        # Pair rules first: the judge only sees pairs that could be trained on.
-        candidates, rejected = [], []
-        for x in responses:
-            reason = filters.response_reject_reason(x["instruction"], x["response"], x["gen"]["finish"], f)
-            if reason:
-                rejected.append({**x, "stage": "pair", "reason": reason})
-            else:
-                candidates.append(x)
+    # Pair rules first: the judge only sees pairs that could be trained on.
+    candidates, rejected = [], []
+    for x in responses:
+        reason = filters.response_reject_reason(x["instruction"], x["response"], x["gen"]["finish"], f)
+        if reason:
+            rejected.append({**x, "stage": "pair", "reason": reason})
+        else:
+            candidates.append(x)
 
-        assessor = engine if r.assess.assessor == "current" else None
+    # The engine that generated is closed by now: the judge (M_0 by default) is opened alone, so
+    # one model is resident at a time.
+    assessor = current if r.assess.assessor == "current" else base_served
 
-        def make_scores() -> dict[str, Any]:
-            if not r.assess.enabled:  # the no-assessment ablation: every candidate goes on unscored
-                write_jsonl(d / "scored.jsonl", [{**x, "scores": {}, "score": None} for x in candidates])
-                return {"scored": 0, "assessor": None, "score_mean": None}
-            done = {x["id"]: x for x in read_jsonl(d / "scored.jsonl")}
-            with contextlib.ExitStack() as stack:
-                judge = assessor or stack.enter_context(open_engine(base_served, r))
-                name = (current.adapters or (current.gguf,))[-1].parent.name if assessor else "M_0"
-                out = stack.enter_context(JsonlWriter(d / "scored.jsonl"))
-                bar = stack.enter_context(progress_bar(f"it{t} self-assessment", len(candidates)))
-                rows = assess.assess(judge, candidates, r.assess, name, done, out.write, bar)
-            scores = [x["score"] for x in rows if x["score"] is not None]
-            return {"scored": len(rows), "assessor": name, **_stats(scores), "score_hist": histogram(scores, r.assess.scale)}
+    def make_scores() -> dict[str, Any]:
+        if not r.assess.enabled:  # the no-assessment ablation: every candidate goes on unscored
+            write_jsonl(d / "scored.jsonl", [{**x, "scores": {}, "score": None} for x in candidates])
+            return {"scored": 0, "assessor": None, "score_mean": None}
+        done = {x["id"]: x for x in read_jsonl(d / "scored.jsonl")}
+        with contextlib.ExitStack() as stack:
+            judge = stack.enter_context(open_engine(assessor, r))
+            name = (current.adapters or (current.gguf,))[-1].parent.name if r.assess.assessor == "current" else "M_0"
+            out = stack.enter_context(JsonlWriter(d / "scored.jsonl"))
+            bar = stack.enter_context(progress_bar(f"it{t} self-assessment", len(candidates)))
+            rows = assess.assess(judge, candidates, r.assess, name, done, out.write, bar)
+        scores = [x["score"] for x in rows if x["score"] is not None]
+        return {"scored": len(rows), "assessor": name, **_stats(scores), "score_hist": histogram(scores, r.assess.scale)}
 
-        stage(store, t, "assess", make_scores)
+    stage(store, t, "assess", make_scores)
     scored = {x["id"]: x for x in read_jsonl(d / "scored.jsonl")}
 
     def make_selection() -> dict[str, Any]:

@@ -56,9 +56,9 @@ def _gemma2(vocab: int, **ids: Any) -> Any:
 def _gemma3(vocab: int, **ids: Any) -> Any:
     from transformers import Gemma3ForCausalLM, Gemma3TextConfig
 
+    # six layers: Gemma 3's pattern (five sliding, one full), as llama.cpp assumes for the family
     cfg = Gemma3TextConfig(vocab_size=vocab, head_dim=16, sliding_window=128, query_pre_attn_scalar=16,
-                           **{**COMMON, "num_hidden_layers": 3}, layer_types=["sliding_attention", "sliding_attention", "full_attention"],
-                           **ids)
+                           **{**COMMON, "num_hidden_layers": 6}, **ids)
     return Gemma3ForCausalLM(cfg)
 
 
@@ -214,3 +214,23 @@ def test_unsupported_gguf_is_refused_before_any_work(command: str, tmp_path: Pat
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "architecture 'gpt2' is not supported" in lines[0] and "qwen2" in lines[0], proc.stderr
     assert not runs.exists(), "nothing may be written for a refused model"
+
+
+@pytest.mark.parametrize("kind", list(BUILDERS))
+def test_gguf_only_input_keeps_the_model(kind: str, tokenizer: Any, smol_gguf: Path, tmp_path: Path) -> None:
+    """A user who gives only a GGUF: the HF weights the toolkit trains on (dequantised by
+    transformers, RoPE scaling restored from the GGUF) compute what llama.cpp computes from that
+    GGUF, past the original context where the model scales RoPE."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    _, gguf = _user_model(kind, tokenizer, smol_gguf, tmp_path)
+    hf = tmp_path / "from-gguf"
+    models.gguf_to_hf(gguf, hf)
+    ids = np.random.default_rng(2).integers(100, len(tokenizer), N_POSITIONS).tolist()
+    model = AutoModelForCausalLM.from_pretrained(str(hf), dtype=torch.float32, attn_implementation="eager").eval()
+    with torch.no_grad():
+        expected = model(torch.tensor([ids])).logits[0].numpy()
+    top1, delta = _agreement(_llama_logits(gguf, ids), expected)
+    print(f"{kind}: GGUF-only input top-1 agreement {top1:.4f}, max |Δlogit| {delta:.4g}")
+    assert top1 >= 0.99, f"{kind}: HF weights made from the GGUF agree with llama.cpp on {top1:.1%} of positions"
