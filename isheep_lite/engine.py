@@ -26,6 +26,7 @@ from typing import Any, Callable, Sequence
 
 from . import models
 from .recipe import UserError
+from .tokens import prompt_ids
 
 
 @dataclass(frozen=True)
@@ -251,8 +252,9 @@ class Engine(EngineBase):
             self.llm = None
 
     def tokenize(self, text: str) -> list[int]:
-        """Exactly as llama.cpp tokenizes a prompt: special tokens parsed, BOS per the model's metadata."""
-        return self.llm.tokenize(text.encode("utf-8"), add_bos=True, special=True)
+        """As llama.cpp tokenizes a prompt (special tokens parsed, BOS per the model's metadata), with
+        one BOS where the chat template printed it too (tokens.prompt_ids, as training tokenizes)."""
+        return prompt_ids(self.llm, text)
 
     def encode(self, text: str) -> list[int]:
         return self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=False)

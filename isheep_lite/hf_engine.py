@@ -19,6 +19,7 @@ from typing import Any, Callable, Sequence
 
 from . import models
 from .engine import Completion, EngineBase, Sampling
+from .tokens import hf_prompt_ids
 
 
 class HFEngine(EngineBase):
@@ -53,11 +54,13 @@ class HFEngine(EngineBase):
         self.model = None
 
     def tokenize(self, text: str) -> list[int]:
-        """The rendered chat template already holds every special token it needs: add none."""
-        return self.tok(text, add_special_tokens=False)["input_ids"]
+        """A prompt as the llama.cpp engine and training tokenize it: the tokenizer's own add-BOS rule,
+        with one BOS where the chat template printed it too (tokens.hf_prompt_ids)."""
+        return hf_prompt_ids(self.tok, text)
 
     def encode(self, text: str) -> list[int]:
-        return self.tokenize(text)
+        """`text` as tokens, no BOS (completions, single plain-text tokens)."""
+        return self.tok(text, add_special_tokens=False)["input_ids"]
 
     def _left_padded(self, seqs: list[list[int]]) -> tuple[Any, Any, Any]:
         import torch
@@ -134,7 +137,7 @@ class HFEngine(EngineBase):
 
     def completion_logprobs(self, prompts: Sequence[str], completions: Sequence[str]) -> list[tuple[float, int]]:
         """As the llama.cpp engine: the completion tokenized on its own, appended to the prompt's tokens."""
-        pairs = [(self.tokenize(p), self.tokenize(c)) for p, c in zip(prompts, completions)]
+        pairs = [(self.tokenize(p), self.encode(c)) for p, c in zip(prompts, completions)]
         if any(not p or not c for p, c in pairs):
             raise ValueError("completion_logprobs needs a non-empty prompt and completion")
         out: list[tuple[float, int]] = []

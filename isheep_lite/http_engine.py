@@ -5,7 +5,9 @@ work sent to `<base_url>/completions`, `n_parallel` requests in flight at a time
 batches them). Prompts are rendered here with the chat template of the GGUF the server serves,
 so every backend sees the same text — the assessment prompts end inside the assistant turn
 ("Score: "), which a chat endpoint could not express. Tokenization (for `token_id`) uses that
-GGUF's vocabulary, loaded without weights.
+GGUF's vocabulary, loaded without weights. A server tokenizes the text itself and adds the model's
+BOS where the model says so (llama-server, llama-cpp-python and vLLM all do): a BOS the template
+printed is taken off the text sent (`wire_prompt`), so the server sees one BOS, as the local engine.
 
 Each request carries its own temperature, top-p, seed, stop strings, token budget and (for
 llama.cpp servers) GBNF grammar; top-k, min-p and repetition penalty are switched off so the
@@ -26,6 +28,7 @@ from typing import Any, Callable, Sequence
 from . import models
 from .engine import Completion, EngineBase, Sampling
 from .recipe import UserError
+from .tokens import prompt_ids
 
 TOP_LOGPROBS = 20
 
@@ -33,6 +36,7 @@ TOP_LOGPROBS = 20
 class OpenAIEngine(EngineBase):
     def __init__(self, base_url: str, gguf_path: Path, n_parallel: int = 8, model: str | None = None,
                  api_key: str | None = None, timeout_s: float = 600.0):
+        import llama_cpp as lc
         from llama_cpp import Llama
 
         self.base_url = base_url.rstrip("/")
@@ -40,6 +44,7 @@ class OpenAIEngine(EngineBase):
         self.n_parallel = max(1, n_parallel)
         self.model, self.api_key, self.timeout_s = model, api_key, timeout_s
         self.vocab: Any = Llama(model_path=str(gguf_path), vocab_only=True, verbose=False)
+        self.adds_bos = bool(lc.llama_vocab_get_add_bos(lc.llama_model_get_vocab(self.vocab.model)))  # as a server reads the GGUF
 
     def close(self) -> None:
         if self.vocab is not None:
@@ -47,10 +52,16 @@ class OpenAIEngine(EngineBase):
             self.vocab = None
 
     def tokenize(self, text: str) -> list[int]:
-        return self.vocab.tokenize(text.encode("utf-8"), add_bos=True, special=True)
+        """As the llama.cpp engine tokenizes a prompt (tokens.prompt_ids: one BOS)."""
+        return prompt_ids(self.vocab, text)
 
     def encode(self, text: str) -> list[int]:
         return self.vocab.tokenize(text.encode("utf-8"), add_bos=False, special=False)
+
+    def wire_prompt(self, prompt: str) -> str:
+        """The text sent: without the template's BOS where the server adds one (see the module doc)."""
+        bos = self.info.bos
+        return prompt[len(bos):] if self.adds_bos and bos and prompt.startswith(bos) else prompt
 
     def _post(self, body: dict[str, Any]) -> dict[str, Any]:
         if self.model:
@@ -69,7 +80,7 @@ class OpenAIEngine(EngineBase):
 
     def _complete(self, prompt: str, s: Sampling) -> Completion:
         body: dict[str, Any] = {
-            "prompt": prompt, "max_tokens": s.max_tokens, "temperature": s.temperature, "top_p": s.top_p,
+            "prompt": self.wire_prompt(prompt), "max_tokens": s.max_tokens, "temperature": s.temperature, "top_p": s.top_p,
             "seed": s.seed, "stop": list(s.stop), "top_k": 0, "min_p": 0.0, "repeat_penalty": 1.0,
         }
         if s.grammar:
@@ -90,7 +101,7 @@ class OpenAIEngine(EngineBase):
         return [r for r in results if r is not None]
 
     def _score(self, prompt: str, token_ids: Sequence[int]) -> list[float]:
-        r = self._post({"prompt": prompt, "max_tokens": 1, "temperature": 0.0, "logprobs": TOP_LOGPROBS})
+        r = self._post({"prompt": self.wire_prompt(prompt), "max_tokens": 1, "temperature": 0.0, "logprobs": TOP_LOGPROBS})
         top: dict[str, float] = r["choices"][0]["logprobs"]["top_logprobs"][0]
         floor = min(top.values())
         texts = [self.vocab.detokenize([t]).decode("utf-8", "ignore") for t in token_ids]

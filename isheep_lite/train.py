@@ -44,6 +44,8 @@ def build_examples(
     """Conversations → [{"input_ids", "labels"}], plus the number dropped for length."""
     from llama_cpp import Llama
 
+    from .tokens import prompt_ids
+
     info = models.gguf_info(gguf_path)
     vocab = Llama(model_path=str(gguf_path), vocab_only=True, verbose=False)
     try:
