@@ -327,6 +327,8 @@ def preflight(r: Recipe) -> tuple[list[dict[str, str]], Path]:
     info = models.check_arch(given)
     if r.model.hf:
         models.check_same_model(info, given, models.user_hf(r.model.hf))
+    else:
+        models.check_dequantisable(given)
     if r.eval.judge not in ("base", "current"):
         models.gguf_info(models.resolve_gguf(r.eval.judge))
     manifest = Path(r.run_dir) / "manifest.json"

@@ -109,6 +109,9 @@ def check_arch(path: Path) -> GgufInfo:
 
     info = gguf_info(path)
     archs.for_gguf(info.arch, str(path))
+    if not info.chat_template:
+        raise UserError(f"{path}: no chat template (tokenizer.chat_template): the loop prompts, answers and grades in the "
+                        "model's chat format, so it needs a chat/instruct model")
     return info
 
 
@@ -291,11 +294,45 @@ def _run_with_status(cmd: list[str], title: str) -> tuple[int, str]:
     return proc.returncode, last
 
 
+def dequantised_dir(gguf_path: Path) -> Path:
+    """Where the dequantised HF weights of a GGUF are cached (keyed by its content)."""
+    return cache_root() / "hf" / f"{gguf_path.stem}-{_gguf_key(gguf_path)}"
+
+
+# Peak RSS of `gguf_to_hf` per parameter: transformers holds the dequantised float32 model and the
+# plain copy it is saved from (measured: SmolLM2-135M, 1.58 GB peak, 0.25 GB of it the imports).
+DEQUANTISE_BYTES_PER_PARAM = 10.0
+
+
+def available_ram() -> int | None:
+    """MemAvailable from /proc/meminfo (Linux), in bytes; None where it cannot be read."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def check_dequantisable(gguf_path: Path) -> None:
+    """Refuse, before any work, a GGUF-only model this machine cannot dequantise into HF weights:
+    transformers' GGUF reader needs about 10 bytes of RAM per parameter (~70 GB for a 7B model)."""
+    if (dequantised_dir(gguf_path) / "config.json").is_file():
+        return
+    need = int(DEQUANTISE_BYTES_PER_PARAM * gguf_info(gguf_path).n_params + 0.5e9)
+    free = available_ram()
+    if free is not None and need > free:
+        raise UserError(f"{gguf_path.name}: making HF weights from this GGUF needs about {need / 1e9:.0f} GB of RAM, "
+                        f"{free / 1e9:.0f} GB is available; give the model's HF weights as model.hf (a local "
+                        "directory or an HF-cache id), which training starts from directly")
+
+
 def resolve_hf(hf: str | None, gguf_path: Path) -> Path:
     """HF weights directory: the user's (local dir or offline HF-cache id), else a cached dequantisation."""
     if hf:
         return user_hf(hf)
-    out = cache_root() / "hf" / f"{gguf_path.stem}-{_gguf_key(gguf_path)}"
+    out = dequantised_dir(gguf_path)
     if not (out / "config.json").is_file():
         gguf_to_hf(gguf_path, out)
     return out

@@ -234,3 +234,13 @@ def test_gguf_only_input_keeps_the_model(kind: str, tokenizer: Any, smol_gguf: P
     top1, delta = _agreement(_llama_logits(gguf, ids), expected)
     print(f"{kind}: GGUF-only input top-1 agreement {top1:.4f}, max |Δlogit| {delta:.4g}")
     assert top1 >= 0.99, f"{kind}: HF weights made from the GGUF agree with llama.cpp on {top1:.1%} of positions"
+
+
+def test_a_gguf_too_big_to_dequantise_here_is_refused_with_the_ram_it_needs(
+        tiny: dict, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("ISHEEP_CACHE", str(tmp_path / "cache"))  # nothing dequantised yet
+    monkeypatch.setattr(models, "available_ram", lambda: 10_000_000)
+    with pytest.raises(UserError, match=r"needs about 1 GB of RAM, 0 GB is available; give the model's HF weights as model.hf"):
+        models.check_dequantisable(tiny["gguf"])
+    monkeypatch.setattr(models, "available_ram", lambda: 64 * 10**9)
+    models.check_dequantisable(tiny["gguf"])
