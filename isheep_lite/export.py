@@ -136,13 +136,18 @@ def _weight_files(hf_dir: Path) -> list[Path]:
     return files
 
 
+MERGE_SHARD_BYTES = 1 << 30  # merged weights are written in shards of at most this much
+
+
 def merge_into_dir(hf_dir: Path, adapter_dir: Path | None, out: Path) -> None:
-    """`hf_dir` with the adapter merged in (W + scale·B·A), written shard by shard to `out`.
+    """`hf_dir` with the adapter merged in (W + scale·B·A), written to `out` one tensor at a time.
 
     Each tensor keeps its stored dtype (a bf16 checkpoint stays bf16, as Unsloth's merged save
-    does); the product is formed in float32, one tensor at a time. Every other file of the
-    directory (config, tokenizer, generation config) is copied as it is. Atomic: written under a
-    temporary name and renamed.
+    does); the product is formed in float32, one tensor at a time. The output is re-sharded into
+    files of at most MERGE_SHARD_BYTES with their own index, so resident memory stays near one such
+    shard whatever the input's shard size (a 5 GB input shard is read through a memory map, not
+    held). Every other file of the directory (config, tokenizer, generation config) is copied as
+    it is. Atomic: written under a temporary name and renamed.
     """
     import torch
     from safetensors import safe_open
@@ -155,11 +160,22 @@ def merge_into_dir(hf_dir: Path, adapter_dir: Path | None, out: Path) -> None:
     tmp.mkdir(parents=True)
     try:
         for f in hf_dir.iterdir():
-            if f.is_file() and not f.name.endswith((".safetensors", ".bin", ".pt", ".pth")):
+            if f.is_file() and not f.name.endswith((".safetensors", ".bin", ".pt", ".pth", ".index.json")):
                 shutil.copy2(f, tmp / f.name)
         merged: set[str] = set()
+        weight_map: dict[str, str] = {}
+        pending: dict[str, Any] = {}
+        pending_bytes, total = 0, 0
+
+        def flush() -> None:
+            nonlocal pending, pending_bytes
+            if pending:
+                name = f"model-{len(set(weight_map.values())) + 1:05d}.safetensors"
+                save_file(pending, str(tmp / name), metadata={"format": "pt"})
+                weight_map.update(dict.fromkeys(pending, name))
+                pending, pending_bytes = {}, 0
+
         for shard in _weight_files(hf_dir):
-            tensors: dict[str, Any] = {}
             with safe_open(str(shard), framework="pt") as src:
                 for name in src.keys():
                     w = src.get_tensor(name)
@@ -168,13 +184,16 @@ def merge_into_dir(hf_dir: Path, adapter_dir: Path | None, out: Path) -> None:
                         delta = torch.from_numpy(b) @ torch.from_numpy(a)
                         w = (w.to(torch.float32) + scale[name] * delta).to(w.dtype)
                         merged.add(name)
-                    tensors[name] = w.contiguous()
-                metadata = src.metadata() or {"format": "pt"}
-            save_file(tensors, str(tmp / shard.name), metadata=metadata)
-            del tensors
+                    size = w.numel() * w.element_size()
+                    if pending and pending_bytes + size > MERGE_SHARD_BYTES:
+                        flush()
+                    pending[name], pending_bytes, total = w.contiguous(), pending_bytes + size, total + size
+        flush()
         if missing := sorted(set(pairs) - merged):
             raise UserError(f"{adapter_dir}: LoRA targets {missing[:3]} have no weight in {hf_dir}; "
                             "the adapter was trained on another model")
+        index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+        (tmp / "model.safetensors.index.json").write_text(json.dumps(index, indent=1), encoding="utf-8")
         replace_dir(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
