@@ -27,16 +27,17 @@ from .recipe import UserError
 class Arch:
     gguf_arch: str  # general.architecture in the GGUF llama.cpp reads
     hf_architectures: tuple[str, ...]  # config.json `architectures` that llama.cpp's converter maps to it
+    model_types: tuple[str, ...]  # config.json `model_type`, for a config that names no architecture
     families: str  # what users call the models
     permute_qk: bool  # llama.cpp keeps Q/K rows in its own rotary order: a LoRA B's rows are permuted too
 
 
 MATRIX: dict[str, Arch] = {a.gguf_arch: a for a in (
-    Arch("llama", ("LlamaForCausalLM", "MistralForCausalLM"), "Llama 2/3.x, SmolLM2, Mistral", True),
-    Arch("qwen2", ("Qwen2ForCausalLM",), "Qwen2/2.5", False),
-    Arch("gemma2", ("Gemma2ForCausalLM",), "Gemma 2", False),
-    Arch("gemma3", ("Gemma3ForCausalLM",), "Gemma 3 text (270M, 1B)", False),
-    Arch("phi3", ("Phi3ForCausalLM",), "Phi-3/3.5 mini", False),
+    Arch("llama", ("LlamaForCausalLM", "MistralForCausalLM"), ("llama", "mistral"), "Llama 2/3.x, SmolLM2, Mistral", True),
+    Arch("qwen2", ("Qwen2ForCausalLM",), ("qwen2",), "Qwen2/2.5", False),
+    Arch("gemma2", ("Gemma2ForCausalLM",), ("gemma2",), "Gemma 2", False),
+    Arch("gemma3", ("Gemma3ForCausalLM",), ("gemma3_text",), "Gemma 3 text (270M, 1B)", False),
+    Arch("phi3", ("Phi3ForCausalLM",), ("phi3",), "Phi-3/3.5 mini", False),
 )}
 
 
@@ -58,7 +59,7 @@ def for_hf(hf_dir: Path) -> Arch:
     config = json.loads((hf_dir / "config.json").read_text(encoding="utf-8"))
     names = config.get("architectures") or []
     for arch in MATRIX.values():
-        if any(n in arch.hf_architectures for n in names):
+        if any(n in arch.hf_architectures for n in names) or (not names and config.get("model_type") in arch.model_types):
             return arch
     shown = ", ".join(names) or f"model_type {config.get('model_type')!r}"
     raise UserError(f"{hf_dir}: {shown} is not supported (a trained model could not be exported faithfully); "

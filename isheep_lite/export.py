@@ -305,6 +305,8 @@ def convert(hf_dir: Path, template: Path, out: Path, outtype: str = "f16") -> No
     try:
         with torch.inference_mode():
             hparams = conversion.ModelBase.load_hparams(hf_dir, False)
+            if not hparams.get("architectures"):  # the converter picks its class by this name
+                hparams["architectures"] = [arch.hf_architectures[arch.model_types.index(hparams["model_type"])]]
             name = conversion.get_model_architecture(hparams, conversion.ModelType.TEXT)
             cls = _export_class(conversion.get_model_class(name), template)
             if gguf.MODEL_ARCH_NAMES[cls.model_arch] != arch.gguf_arch:
