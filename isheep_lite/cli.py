@@ -1,12 +1,22 @@
-"""`isheep` command line. Every user error is one line on stderr and exit code 2 — no traceback."""
+"""`isheep` command line. Every user error is one line on stderr and exit code 2 — no traceback.
+
+`isheep run` and `isheep eval` do their work in a child process (this same command line again, run
+under $ISHEEP_STATUS): llama.cpp can die by a signal (SIGSEGV decoding some quantised GGUFs on some
+CPUs), which no Python code survives, so the parent waits and turns such a death into one line
+naming the signal, the stage and the model, with what to change — exit code 1.
+"""
 from __future__ import annotations
 
+import os
+import signal
 import sys
-from typing import List, Optional
+from pathlib import Path
+from typing import Any, List, Optional
 
 import typer
 
 from .recipe import UserError
+from .store import STATUS_ENV, note_status, read_status
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_is_help=False,
                   help="Iterative self-alignment (I-SHEEP) of small LLMs, on a CPU or one GPU.")
@@ -30,6 +40,8 @@ def run(
 
     path, overrides = _split_args(args or [])
     r = recipe.load(path, overrides)
+    _note_engines()
+    note_status(command="run", run_model=r.model.gguf if not r.model.converter else r.model.hf)
     store = loop.run(r, force=force)
     typer.echo(f"done: {store.root} (best model: {store.manifest.get('final_model')})")
 
@@ -53,6 +65,8 @@ def eval_cmd(
 
     from . import loop, models, recipe
 
+    _note_engines()
+    note_status(command="eval", run_model=model)
     engine = [f"model.backend={backend}", f"model.n_parallel={parallel}"]
     if server:
         engine = ["model.backend=openai", f"model.base_url={server}", f"model.n_parallel={parallel}"]
@@ -99,7 +113,231 @@ def recipe(
     typer.echo(rc.dump_yaml(r), nl=False)
 
 
+@app.command()
+def clean(
+    paths: Optional[List[str]] = typer.Argument(None, help="run directories, or folders of them (default: ./runs)"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="list what would be removed; remove nothing"),
+) -> None:
+    """Remove what killed runs left behind: half-written temporaries in the model cache (their
+    process gone) and in run directories no run is using."""
+    from . import models, store
+
+    folders = [Path(p) for p in paths] if paths else [p for p in [Path("runs")] if p.is_dir()]
+    runs: list[Path] = []
+    for folder in folders:
+        if store.is_run_dir(folder):
+            runs.append(folder)
+        elif folder.is_dir():
+            runs += sorted(d for d in folder.iterdir() if d.is_dir() and store.is_run_dir(d))
+        else:
+            raise UserError(f"{folder} is not a run directory or a folder of run directories")
+    verb = "would remove" if dry_run else "removed"
+    removed = store.reclaim_cache(models.cache_root(), dry_run)
+    for run_dir in runs:
+        found = store.reclaim_run_dir(run_dir, dry_run)
+        if found is None:
+            typer.echo(f"skipped {run_dir}: a run is using it")
+        removed += found or []
+    for path, size in removed:
+        typer.echo(f"{verb} {path} ({store.human_bytes(size)})")
+    total = sum(size for _, size in removed)
+    n = f"{len(removed)} temporar{'y' if len(removed) == 1 else 'ies'}"
+    if not removed:
+        typer.echo("nothing to clean")
+    elif dry_run:
+        typer.echo(f"would reclaim {store.human_bytes(total)} ({total} bytes) in {n}; nothing removed (--dry-run)")
+    else:
+        typer.echo(f"reclaimed {store.human_bytes(total)} ({total} bytes) in {n}")
+
+
+# ---- the supervisor of `isheep run` / `isheep eval` ---------------------------------------------
+SUPERVISED = ("run", "eval")
+CRASHES = {signal.SIGSEGV, signal.SIGBUS, signal.SIGILL, signal.SIGFPE, signal.SIGABRT}
+
+
+def _note_engines() -> None:
+    """In a supervised child, note in the status file which model each engine serves (and while it
+    loads), so a crash inside llama.cpp can be reported with its GGUF. loop.open_engine is wrapped
+    here rather than edited: every engine the loop and `isheep eval` open goes through it."""
+    import contextlib
+
+    from . import loop
+
+    opener = loop.open_engine
+    if not os.environ.get(STATUS_ENV) or getattr(opener, "notes_status", False):
+        return
+
+    @contextlib.contextmanager
+    def noting(model: Any, r: Any, backend: Optional[str] = None) -> Any:
+        note_status(model=str(model.gguf), adapters=[str(a) for a in model.adapters],
+                    backend=backend or r.model.backend, loading=True)
+        try:
+            with opener(model, r, backend) as engine:
+                note_status(loading=False)
+                yield engine
+        finally:
+            note_status(model=None, adapters=[], backend=None, loading=False)
+
+    noting.notes_status = True  # type: ignore[attr-defined]
+    loop.open_engine = noting  # type: ignore[assignment]
+
+
+def _die_with_parent() -> Any:
+    """The child's preexec function on Linux: the child is killed when the supervisor dies (`kill -9`
+    of `isheep run` must not leave an orphan holding the run directory's lock). prctl is looked up
+    here, before the fork."""
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
+
+    prctl, parent = ctypes.CDLL(None, use_errno=True).prctl, os.getpid()
+
+    def preexec() -> None:
+        prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        if os.getppid() != parent:  # the supervisor died before that: nobody waits for this child
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    return preexec
+
+
+def _child_argv() -> list[str]:
+    """This very command line (interpreter flags, `-m isheep_lite` or the `isheep` script) again."""
+    orig = list(getattr(sys, "orig_argv", []))
+    if orig and orig[len(orig) - len(sys.argv) + 1:] == sys.argv[1:]:
+        return [sys.executable, *orig[1:]]
+    return [sys.executable, "-m", "isheep_lite", *sys.argv[1:]]
+
+
+def _quantised(gguf_path: str) -> Optional[bool]:
+    """Whether the GGUF's `general.file_type` is a quantised one (not all-F32, F16 or BF16); None when
+    it cannot be told. Read by skipping through the header: gguf.GGUFReader takes seconds on a large
+    vocabulary, and this runs while the user waits for the crash line."""
+    import struct
+
+    fixed = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}  # GGUF value type → bytes
+    try:
+        with open(gguf_path, "rb") as f:
+            def u(fmt: str) -> int:
+                return struct.unpack("<" + fmt, f.read(struct.calcsize(fmt)))[0]
+
+            def skip(kind: int) -> None:
+                if kind == 8:  # string
+                    f.seek(u("Q"), 1)
+                elif kind == 9:  # array
+                    item, count = u("I"), u("Q")
+                    if item in fixed:
+                        f.seek(fixed[item] * count, 1)
+                    else:
+                        for _ in range(count):
+                            skip(item)
+                else:
+                    f.seek(fixed[kind], 1)
+
+            if f.read(4) != b"GGUF" or u("I") < 2:
+                return None
+            _, n_kv = u("Q"), u("Q")
+            for _ in range(n_kv):
+                key, kind = f.read(u("Q")), u("I")
+                if key == b"general.file_type" and kind == 4:
+                    return u("I") not in (0, 1, 32)  # ALL_F32, MOSTLY_F16, MOSTLY_BF16
+                skip(kind)
+    except (OSError, KeyError, struct.error):
+        return None
+    return None
+
+
+def death_report(signum: int, status: dict[str, Any], command: str) -> tuple[str, int]:
+    """(the one line, the exit code) for a child that died by signal `signum`; `status` is what it
+    last wrote to its status file (store.note_status)."""
+    try:
+        name = signal.Signals(signum).name
+    except ValueError:
+        name = f"signal {signum}"
+    where = ""
+    if status.get("stage"):
+        where = f" in stage '{status['stage']}' of iteration {status.get('iteration')}"
+    elif status.get("after"):
+        where = f" after stage '{status['after']}' of iteration {status.get('iteration')}"
+    elif command == "run":
+        where = " before its first stage"
+    model, adapters = status.get("model"), status.get("adapters") or []
+    llama = bool(model) and status.get("backend") == "llama_cpp"
+    if model:
+        served = model + (f" + {len(adapters)} LoRA adapter{'s' if len(adapters) > 1 else ''}" if adapters else "")
+        where = f" loading model {served}{',' if where else ''}{where}" if status.get("loading") else f"{where} on model {served}"
+    elif status.get("run_model"):
+        where += f" (model {status['run_model']})"
+    resume = "rerun the same command to resume" if command == "run" else "rerun the command"
+    if signum in CRASHES:
+        if llama and _quantised(model) is not False:  # unknown: the likeliest cause still
+            fix = ("serve an F16 conversion instead (model.serve_base=export serves M_0 re-exported to F16; "
+                   "model.converter=/path/to/llama.cpp/convert_hf_to_gguf.py with model.hf makes an F16 GGUF to generate with; "
+                   "an F16 eval.judge), or set model.backend=transformers" if command == "run" else
+                   "evaluate an F16 conversion of it (llama.cpp's convert_hf_to_gguf.py --outtype f16, or a run's "
+                   "iter_00/model-f16.gguf), or add --backend transformers")
+            hint = f"a quantised GGUF can crash llama.cpp on some CPUs: {fix}; then {resume}"
+        elif llama:
+            alt = "model.backend=transformers" if command == "run" else "--backend transformers"
+            hint = f"{resume}; if it crashes at the same point again, try {alt}"
+        else:
+            hint = resume
+        who = "llama.cpp crashed" if llama else f"isheep {command} crashed"
+        return f"error: {who} ({name}){where}; {hint}", 1
+    if signum == signal.SIGKILL:
+        hint = ("if it ran out of memory (the kernel's OOM killer sends SIGKILL; see `dmesg`), lower model.n_parallel, "
+                f"model.n_ctx or train.batch_size, then {resume}")
+        return f"error: isheep {command} was killed ({name}){where}; {hint}", 1
+    return f"error: isheep {command} was stopped ({name}){where}; {resume}", 128 + signum
+
+
+def supervise(command: str) -> int:
+    """Run this command line in a child process that inherits stdin/stdout/stderr (progress bars
+    draw on the terminal as before) and wait for it: its exit code passes through (0; 2 after its
+    one-line error; 130 after Ctrl-C); a death by signal becomes one line from `death_report`.
+
+    Ctrl-C reaches the child by itself (the terminal signals the whole foreground process group):
+    the parent ignores it and waits while the child stops cleanly. SIGTERM and SIGHUP, which are
+    sent to the parent alone, are passed on. The child dies with the parent (`_die_with_parent`).
+    """
+    import subprocess
+    import tempfile
+
+    fd, status = tempfile.mkstemp(prefix="isheep-status-", suffix=".json")
+    os.close(fd)
+    proc: Optional[subprocess.Popen] = None
+    pending: list[int] = []
+
+    def forward(signum: int, frame: Any) -> None:
+        if proc is None:
+            pending.append(signum)
+        else:
+            proc.send_signal(signum)
+
+    handlers = {signal.SIGINT: lambda signum, frame: None, signal.SIGTERM: forward, signal.SIGHUP: forward}
+    try:
+        # a signal ignored here (`nohup`, a background job) stays ignored, and so in the child too
+        previous = {s: signal.signal(s, h) for s, h in handlers.items() if signal.getsignal(s) is not signal.SIG_IGN}
+        try:
+            proc = subprocess.Popen(_child_argv(), env={**os.environ, STATUS_ENV: status}, preexec_fn=_die_with_parent())
+            for signum in pending:
+                proc.send_signal(signum)
+            code = proc.wait()
+        finally:
+            for s, h in previous.items():
+                signal.signal(s, h)
+        if code >= 0:
+            return code
+        line, code = death_report(-code, read_status(status), command)
+        print(line, file=sys.stderr)
+        return code
+    finally:
+        for path in (status, status + ".tmp"):
+            Path(path).unlink(missing_ok=True)
+
+
 def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] in SUPERVISED and not os.environ.get(STATUS_ENV):
+        sys.exit(supervise(sys.argv[1]))
     try:
         app()
     except UserError as e:
@@ -108,3 +346,7 @@ def main() -> None:
     except KeyboardInterrupt:
         print("interrupted: rerun the same command to resume", file=sys.stderr)
         sys.exit(130)
+    except SystemExit as e:
+        if e.code == 130:  # typer turns Ctrl-C (KeyboardInterrupt) into a silent exit 130
+            print("interrupted: rerun the same command to resume", file=sys.stderr)
+        raise

@@ -18,7 +18,7 @@ from typing import Any, Callable, Iterator
 from . import assess, evaluate, export, filters, models, synth, train
 from .engine import Engine, EngineBase
 from .recipe import ModelConfig, Recipe, UserError, dump_yaml
-from .store import JsonlWriter, RunStore, atomic_write_text, check_free_disk, read_jsonl, write_jsonl
+from .store import JsonlWriter, RunStore, atomic_write_text, check_free_disks, read_jsonl, reclaim_before_run, write_jsonl
 
 
 @contextlib.contextmanager
@@ -289,6 +289,14 @@ def planned_bytes(r: Recipe, n_params: int, done: set[int]) -> int:
     return int(1.1 * n_params * (base + per_iter * len(todo) + final))
 
 
+def dequantise_bytes(r: Recipe, given: Path, n_params: int, done: set[int]) -> int:
+    """Disk the one-time dequantisation of a GGUF-only model writes into the model cache (float32
+    HF weights, 4 bytes per parameter, +10 %) when M_0 is still to be prepared and not cached yet."""
+    if r.model.hf or 0 in done or (models.dequantised_dir(given) / "config.json").is_file():
+        return 0
+    return int(1.1 * 4.0 * n_params)
+
+
 def generation_gguf(r: Recipe) -> Path:
     """model.gguf, or with model.converter the GGUF llama.cpp's converter makes from model.hf."""
     if not r.model.converter:
@@ -337,7 +345,11 @@ def preflight(r: Recipe) -> tuple[list[dict[str, str]], Path]:
         with contextlib.suppress(ValueError, KeyError, AttributeError):
             its = json.loads(manifest.read_text(encoding="utf-8"))["iterations"]
             done = {int(t) for t, e in its.items() if (e.get("export") or e.get("base") or {}).get("status") == "done"}
-    check_free_disk(Path(r.run_dir), planned_bytes(r, info.n_params, done), "the planned exports")
+    reclaim_before_run(Path(r.run_dir), models.cache_root())  # what killed runs left behind is free space again
+    needs = [(Path(r.run_dir), planned_bytes(r, info.n_params, done), "the planned exports")]
+    if dequantise := dequantise_bytes(r, given, info.n_params, done):
+        needs.append((models.cache_root(), dequantise, "the one-time dequantisation into float32 HF weights"))
+    check_free_disks(needs)
     return seeds, given
 
 
