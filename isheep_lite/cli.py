@@ -210,40 +210,12 @@ def _child_argv() -> list[str]:
 
 def _quantised(gguf_path: str) -> Optional[bool]:
     """Whether the GGUF's `general.file_type` is a quantised one (not all-F32, F16 or BF16); None when
-    it cannot be told. Read by skipping through the header: gguf.GGUFReader takes seconds on a large
-    vocabulary, and this runs while the user waits for the crash line."""
-    import struct
+    it cannot be told. Read by skipping through the header (models.header_ints): gguf.GGUFReader
+    takes seconds on a large vocabulary, and this runs while the user waits for the crash line."""
+    from .models import header_ints
 
-    fixed = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}  # GGUF value type → bytes
-    try:
-        with open(gguf_path, "rb") as f:
-            def u(fmt: str) -> int:
-                return struct.unpack("<" + fmt, f.read(struct.calcsize(fmt)))[0]
-
-            def skip(kind: int) -> None:
-                if kind == 8:  # string
-                    f.seek(u("Q"), 1)
-                elif kind == 9:  # array
-                    item, count = u("I"), u("Q")
-                    if item in fixed:
-                        f.seek(fixed[item] * count, 1)
-                    else:
-                        for _ in range(count):
-                            skip(item)
-                else:
-                    f.seek(fixed[kind], 1)
-
-            if f.read(4) != b"GGUF" or u("I") < 2:
-                return None
-            _, n_kv = u("Q"), u("Q")
-            for _ in range(n_kv):
-                key, kind = f.read(u("Q")), u("I")
-                if key == b"general.file_type" and kind == 4:
-                    return u("I") not in (0, 1, 32)  # ALL_F32, MOSTLY_F16, MOSTLY_BF16
-                skip(kind)
-    except (OSError, KeyError, struct.error):
-        return None
-    return None
+    file_type = header_ints(Path(gguf_path), ("general.file_type",)).get("general.file_type")
+    return None if file_type is None else file_type not in (0, 1, 32)  # ALL_F32, MOSTLY_F16, MOSTLY_BF16
 
 
 def death_report(signum: int, status: dict[str, Any], command: str) -> tuple[str, int]:

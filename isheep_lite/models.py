@@ -58,7 +58,7 @@ def check_gguf(path: Path) -> None:
 SPLIT_NAME = r"^(?P<prefix>.+)-(?P<no>\d{5})-of-(?P<count>\d{5})\.gguf$"
 
 
-def _header_ints(path: Path, keys: tuple[str, ...]) -> dict[str, int]:
+def header_ints(path: Path, keys: tuple[str, ...]) -> dict[str, int]:
     """Integer header values of `keys`, read by skipping through the key/value section (the
     checks run on every model path, and gguf.GGUFReader parses every token string: seconds on a
     large vocabulary). {} for a header it cannot walk: gguf_info reports a corrupt one."""
@@ -109,7 +109,7 @@ def gguf_shards(path: Path) -> list[Path]:
 
     from gguf import Keys
 
-    head = _header_ints(path, (Keys.Split.LLM_KV_SPLIT_NO, Keys.Split.LLM_KV_SPLIT_COUNT))
+    head = header_ints(path, (Keys.Split.LLM_KV_SPLIT_NO, Keys.Split.LLM_KV_SPLIT_COUNT))
     count, no = head.get(Keys.Split.LLM_KV_SPLIT_COUNT, 1), head.get(Keys.Split.LLM_KV_SPLIT_NO, 0)
     if count <= 1:
         return [path]
