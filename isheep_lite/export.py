@@ -213,14 +213,12 @@ def _converter() -> tuple[Any, Any]:
     mismatch is reported up front with its fix.
     """
     try:
+        import conversion  # the converter's package
         import gguf
-        from conversion import ModelBase  # noqa: F401  (the converter's package)
     except Exception as e:  # ImportError, or AttributeError on a gguf that predates the converter
         raise UserError(f"llama.cpp's converter cannot be imported ({type(e).__name__}: {e}); fix: {_CONVERTER_FIX}") from None
     if not hasattr(gguf.MODEL_TENSOR, "ATTN_COMPRESSOR_APE"):  # in the converter's gguf-py, not in PyPI gguf 0.19
         raise UserError(f"the installed gguf package is older than llama.cpp's converter needs; fix: {_CONVERTER_FIX}")
-    import conversion
-
     return conversion, gguf
 
 
