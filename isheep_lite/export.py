@@ -332,6 +332,15 @@ def quantize(src: Path, dst: Path, qtype: str) -> None:
     os.replace(tmp, dst)
 
 
+def _remove_leftovers(out_dir: Path) -> None:
+    """What an export killed part-way left in `out_dir` (temporaries named after a pid that is gone).
+
+    The run's lock makes this process the only writer of `out_dir`, so every temporary there is stale.
+    """
+    for p in [*out_dir.glob("model-*.gguf.tmp*"), *out_dir.glob("merged-for-export*")]:
+        shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+
+
 def export(
     hf_dir: Path, adapter_dir: Path | None, template_gguf: Path, out_dir: Path, types: list[str]
 ) -> dict[str, str]:
@@ -343,6 +352,7 @@ def export(
     if types[0] not in MASTER_TYPES:
         raise UserError(f"export.types must start with one of {', '.join(MASTER_TYPES)} (the master the others are quantised from)")
     master = out_dir / f"model-{types[0]}.gguf"
+    _remove_leftovers(out_dir)
     if adapter_dir is None:
         convert(hf_dir, template_gguf, master, types[0])
     else:
