@@ -17,6 +17,7 @@ import typer
 
 from .recipe import UserError
 from .store import STATUS_ENV, note_status, read_status
+from .train import TrainingKilled
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_is_help=False,
                   help="Iterative self-alignment (I-SHEEP) of small LLMs, on a CPU or one GPU.")
@@ -218,9 +219,11 @@ def _quantised(gguf_path: str) -> Optional[bool]:
     return None if file_type is None else file_type not in (0, 1, 32)  # ALL_F32, MOSTLY_F16, MOSTLY_BF16
 
 
-def death_report(signum: int, status: dict[str, Any], command: str) -> tuple[str, int]:
+def death_report(signum: int, status: dict[str, Any], command: str, who: str = "") -> tuple[str, int]:
     """(the one line, the exit code) for a child that died by signal `signum`; `status` is what it
-    last wrote to its status file (store.note_status)."""
+    last wrote to its status file (store.note_status); `who` names the process when it is not
+    `isheep <command>` itself (the training child)."""
+    who = who or f"isheep {command}"
     try:
         name = signal.Signals(signum).name
     except ValueError:
@@ -253,13 +256,13 @@ def death_report(signum: int, status: dict[str, Any], command: str) -> tuple[str
             hint = f"{resume}; if it crashes at the same point again, try {alt}"
         else:
             hint = resume
-        who = "llama.cpp crashed" if llama else f"isheep {command} crashed"
-        return f"error: {who} ({name}){where}; {hint}", 1
+        what = "llama.cpp crashed" if llama else f"{who} crashed"
+        return f"error: {what} ({name}){where}; {hint}", 1
     if signum == signal.SIGKILL:
         hint = ("if it ran out of memory (the kernel's OOM killer sends SIGKILL; see `dmesg`), lower model.n_parallel, "
                 f"model.n_ctx or train.batch_size, then {resume}")
-        return f"error: isheep {command} was killed ({name}){where}; {hint}", 1
-    return f"error: isheep {command} was stopped ({name}){where}; {resume}", 128 + signum
+        return f"error: {who} was killed ({name}){where}; {hint}", 1
+    return f"error: {who} was stopped ({name}){where}; {resume}", 128 + signum
 
 
 def supervise(command: str) -> int:
@@ -318,6 +321,11 @@ def main() -> None:
     except KeyboardInterrupt:
         print("interrupted: rerun the same command to resume", file=sys.stderr)
         sys.exit(130)
+    except TrainingKilled as e:
+        status = read_status(os.environ[STATUS_ENV]) if os.environ.get(STATUS_ENV) else {"stage": "train"}
+        line, code = death_report(e.signum, status, sys.argv[1], who="the training process")
+        print(line, file=sys.stderr)
+        sys.exit(code)
     except SystemExit as e:
         if e.code == 130:  # typer turns Ctrl-C (KeyboardInterrupt) into a silent exit 130
             print("interrupted: rerun the same command to resume", file=sys.stderr)

@@ -415,6 +415,15 @@ def last_checkpoint(ckpt_dir: Path, key: str) -> Path | None:
     return max(complete, key=lambda d: int(d.name.split("-")[1]), default=None)
 
 
+class TrainingKilled(RuntimeError):
+    """The training child died by a signal (the kernel's OOM killer, a crash in a CUDA kernel):
+    `isheep run` turns it into the same one line as a death of the run itself (cli.death_report)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(f"the training process died by signal {signum}")
+        self.signum = signum
+
+
 def train(
     conversations: list[list[dict[str, str]]], hf_dir: Path, gguf_path: Path, out_dir: Path, cfg: TrainConfig, seed: int,
     python: str = sys.executable,
@@ -431,6 +440,8 @@ def train(
     proc = subprocess.run([python, "-m", "isheep_lite.train", str(job_path)], env=env, preexec_fn=_die_with_parent)
     if proc.returncode == 2:
         raise UserError("training refused its input (see the line above)")
+    if proc.returncode < 0:
+        raise TrainingKilled(-proc.returncode)
     if proc.returncode != 0 or not result_path.exists():
         raise RuntimeError(f"training process failed with exit code {proc.returncode}")
     return json.loads(result_path.read_text())

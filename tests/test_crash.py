@@ -168,3 +168,35 @@ def test_the_child_runs_the_same_command_line(argv: list[str], expected: list[st
     monkeypatch.setattr(sys, "argv", argv)
     monkeypatch.setattr(sys, "orig_argv", orig)
     assert cli._child_argv() == [sys.executable, *expected]
+
+
+def test_a_training_child_killed_by_a_signal_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    """The training child killed (the OOM killer's SIGKILL) ends `isheep run` in one line naming the
+    stage and the likely cause, exit 1 — not a RuntimeError traceback."""
+    from isheep_lite import store, train
+    from isheep_lite.recipe import TrainConfig
+
+    python = tmp_path / "python"  # an interpreter that is killed as soon as it starts
+    python.write_text("#!/bin/sh\nkill -KILL $$\n")
+    python.chmod(0o755)
+    with pytest.raises(train.TrainingKilled) as killed:
+        train.train([[{"role": "user", "content": "hi"}]], tmp_path, tmp_path / "m.gguf", tmp_path / "out", TrainConfig(),
+                    seed=0, python=str(python))
+    assert killed.value.signum == signal.SIGKILL
+
+    status = tmp_path / "status.json"
+    monkeypatch.setenv(store.STATUS_ENV, str(status))
+    store.note_status(stage="train", iteration=3, run_model="embedded:smollm2-135m-instruct")
+
+    def app() -> None:
+        raise train.TrainingKilled(signal.SIGKILL)
+
+    monkeypatch.setattr(cli, "app", app)
+    monkeypatch.setattr(sys, "argv", ["isheep", "run"])
+    with pytest.raises(SystemExit) as exited:
+        cli.main()
+    assert exited.value.code == 1
+    line = _one_line(capsys.readouterr().err)
+    assert line.startswith("error: the training process was killed (SIGKILL) in stage 'train' of iteration 3"), line
+    assert "out of memory" in line and "train.batch_size" in line and "rerun the same command to resume" in line, line
