@@ -11,11 +11,12 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import json
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from . import assess, evaluate, export, filters, models, synth, train
+from . import assess, evaluate, export, filters, models, planner, synth, train
 from .engine import Engine, EngineBase
 from .recipe import ModelConfig, Recipe, UserError, dump_yaml
 from .store import JsonlWriter, RunStore, atomic_write_text, check_free_disks, read_jsonl, reclaim_before_run, write_jsonl
@@ -350,7 +351,29 @@ def preflight(r: Recipe) -> tuple[list[dict[str, str]], Path]:
     if dequantise := dequantise_bytes(r, given, info.n_params, done):
         needs.append((models.cache_root(), dequantise, "the one-time dequantisation into float32 HF weights"))
     check_free_disks(needs)
+    print(planner.describe_plan(memory_plan(r, given, sum(n for _, n, _ in needs))), file=sys.stderr)
     return seeds, given
+
+
+def memory_plan(r: Recipe, given: Path, disk_bytes: float) -> dict[str, float]:
+    """The planner's figures for this recipe and model, from the GGUF header and the HF weights' files
+    (a GGUF-only model: its float32 dequantisation in 1 GB shards) — nothing is loaded."""
+    info = models.gguf_info(given)
+    if r.model.hf:
+        shards = [f.stat().st_size for f in models.user_hf(r.model.hf).glob("*.safetensors")]
+    else:
+        shards = [4 * info.n_params]
+        shards = [min(shards[0], 2**30)] * -(-shards[0] // 2**30)
+    targets = (["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+               if train.auto_targets(r.train.target_modules) else train.planner_targets(list(r.train.target_modules)))
+    gpu = planner.gpu_free_bytes() is not None
+    backend = train.resolve_backend(r.train.backend, gpu, importlib.util.find_spec("unsloth") is not None)
+    return planner.run_plan(
+        planner.Shape.from_gguf(info), gguf_bytes=sum(p.stat().st_size for p in models.gguf_shards(given)),
+        kv_bytes_per_cell=info.kv_bytes_per_cell, n_ctx=r.model.n_ctx, n_parallel=r.model.n_parallel,
+        n_ctx_train=info.n_ctx_train, bits=4 if gpu and r.train.load_in_4bit else 16, r=r.train.lora_r, targets=targets,
+        batch=r.train.batch_size, seq_len=r.train.max_seq_len, backend=backend,
+        hf_bytes=sum(shards), hf_largest_shard=max(shards, default=0), disk_bytes=disk_bytes)
 
 
 def run(r: Recipe, force: bool = False) -> RunStore:

@@ -139,6 +139,13 @@ class GgufInfo:
     n_layers: int = 0  # <arch>.block_count
     n_ctx_train: int = 0  # <arch>.context_length: the longest context the model was trained for
     n_vocab: int = 0
+    # the shape the training planner needs (planner.Shape.from_gguf): 0 where the header lacks it
+    n_embd: int = 0
+    n_ff: int = 0
+    n_head: int = 0
+    n_head_kv: int = 0
+    head_dim: int = 0
+    tied: bool = True  # no separate output.weight: the output layer reuses the token embeddings
 
 
 def _field_value(reader: Any, key: str) -> Any:
@@ -178,7 +185,18 @@ def gguf_info(path: Path) -> GgufInfo:
                             f"{want}; are they all shards of the same model?")
     arch = str(_field_value(reader, "general.architecture"))
     meta = {k: _field_value(reader, k) for k in reader.fields if k.startswith(f"{arch}.")}
+    def num(key: str) -> int:  # a per-layer list (some architectures vary it): its largest value
+        v = meta.get(f"{arch}.{key}")
+        return int(max(v) if isinstance(v, list) else v or 0)
+
+    heads = num("attention.head_count")
     return GgufInfo(
+        n_embd=num("embedding_length"),
+        n_ff=num("feed_forward_length"),
+        n_head=heads,
+        n_head_kv=num("attention.head_count_kv") or heads,
+        head_dim=num("attention.key_length") or (num("embedding_length") // heads if heads else 0),
+        tied=not any(t.name == "output.weight" for r in readers for t in r.tensors),
         kv_bytes_per_cell=kv_bytes_per_cell(meta, arch),
         n_layers=int(meta.get(f"{arch}.block_count") or 0),
         n_ctx_train=int(meta.get(f"{arch}.context_length") or 0),
@@ -608,7 +626,8 @@ def gguf_to_hf(gguf_path: Path, out: Path) -> None:
             # `save_pretrained` refuses a model loaded from GGUF: rebuild a plain one from its config.
             plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
             plain.load_state_dict(loaded.state_dict())
-            plain.save_pretrained(tmp)
+            # 1 GB shards: the export maps one input shard at a time, so its memory follows the shard
+            plain.save_pretrained(tmp, max_shard_size="1GB")
             AutoTokenizer.from_pretrained(str(gguf_path.parent), **kw).save_pretrained(tmp)
             out.parent.mkdir(parents=True, exist_ok=True)
             replace_dir(tmp, out)

@@ -44,6 +44,12 @@ class Shape:
     tied: bool
 
     @classmethod
+    def from_gguf(cls, info: Any) -> "Shape":
+        """From a GGUF header (models.GgufInfo): what preflight knows before any HF weights exist."""
+        return cls(layers=info.n_layers, hidden=info.n_embd, intermediate=info.n_ff, heads=info.n_head,
+                   kv_heads=info.n_head_kv, head_dim=info.head_dim, vocab=info.n_vocab, tied=info.tied)
+
+    @classmethod
     def from_config(cls, c: dict[str, Any]) -> "Shape":
         """From an HF config.json (text config of multimodal models)."""
         c = c.get("text_config", c)
@@ -145,6 +151,44 @@ def plan_llama(*, weights_bytes: int, n_layers: int, kv_bytes_per_cell: int, n_v
     layers = max(0, min(n_layers, int(budget // per_layer))) if budget > 0 else 0
     return {"n_gpu_layers": layers, "n_ctx": n_ctx, "n_parallel": parallel,
             "vram_gb": round((layers * per_layer + fixed) / GB, 2) if layers else 0.0}
+
+
+# Peak RSS of a merged export (merge, then llama.cpp's converter), fitted over bench/bench_export.py's
+# runs (bench/results/export-ram.json: 0.57 B and 1.21 B bf16 models, 1 GB and one-file shards):
+# GiB = a + b · weights on disk (GiB) + c · largest input shard (GiB). The shard term is the input's
+# memory-mapped pages (the kernel can drop them under pressure); the rest is the output shard being
+# assembled and one tensor's merge.
+EXPORT_RAM_FIT = (0.742, 0.388, 0.941)
+GIB = 2**30
+
+
+def export_ram_bytes(weights_bytes: float, largest_shard_bytes: float) -> float:
+    """Peak host RAM of a merged export of HF weights of this size on disk, in these shards."""
+    a, b, c = EXPORT_RAM_FIT
+    return (a + b * weights_bytes / GIB + c * largest_shard_bytes / GIB) * GIB
+
+
+def run_plan(shape: Shape, *, gguf_bytes: int, kv_bytes_per_cell: int, n_ctx: int, n_parallel: int, n_ctx_train: int,
+             bits: int, r: int, targets: list[str], batch: int, seq_len: int, backend: str,
+             hf_bytes: float, hf_largest_shard: float, disk_bytes: float) -> dict[str, float]:
+    """What a run will need, by phase, in GB (RAM in GiB): printed when it starts and kept in its
+    manifest. One model is resident at a time (training runs in a child after generation closed
+    its model; the pairwise judge and the M_0 assessor open after the generator closes), so the
+    peak is the largest phase, not their sum. On a CPU the two GPU figures are host RAM instead."""
+    train = estimate(shape, bits=bits, r=r, targets=targets, batch=batch, seq_len=seq_len, backend=backend)["total"]
+    gen = plan_llama(weights_bytes=gguf_bytes, n_layers=shape.layers, kv_bytes_per_cell=kv_bytes_per_cell,
+                     n_vocab=shape.vocab, free_bytes=float("inf"), n_ctx=n_ctx, n_parallel=n_parallel,
+                     n_ctx_train=n_ctx_train)["vram_gb"]
+    return {"training_gb": round(train / GB, 1), "generation_gb": round(gen, 1),
+            "export_ram_gib": round(export_ram_bytes(hf_bytes, hf_largest_shard) / GIB, 1),
+            "disk_gb": round(disk_bytes / GB, 1)}
+
+
+def describe_plan(plan: dict[str, float]) -> str:
+    """The one line `isheep run` prints before its first stage."""
+    return (f"memory plan: training ≈ {plan['training_gb']} GB, generation ≈ {plan['generation_gb']} GB "
+            f"(GPU memory on CUDA, else RAM) · export ≈ {plan['export_ram_gib']} GiB of RAM · "
+            f"≈ {plan['disk_gb']} GB of disk for this run's files")
 
 
 def gpu_free_bytes() -> float | None:

@@ -71,3 +71,17 @@ def test_colab_notebook_is_valid_and_its_code_compiles() -> None:
         compile(python, "<notebook cell>", "exec")
     text = "\n".join(c.source for c in code)
     assert "recipes/qwen2.5-1.5b-colab-t4.yaml" in text and "isheep report" in text
+
+
+# Published safetensors of each model (bytes of weights, largest shard), as the Hub lists them.
+HF_WEIGHTS = {"llama3.1-8b-24gb.yaml": (16.1e9, 5.0e9), "qwen2.5-7b-24gb.yaml": (15.2e9, 3.9e9),
+              "qwen2.5-1.5b-colab-t4.yaml": (3.1e9, 3.1e9)}
+
+
+@pytest.mark.parametrize("name", HF_WEIGHTS)
+def test_gpu_recipe_export_ram_comment_is_the_planners(name: str) -> None:
+    from isheep_lite.planner import GIB, export_ram_bytes
+
+    text = (ROOT / "recipes" / name).read_text(encoding="utf-8")
+    claimed = float(re.search(r"host RAM ≈ ([\d.]+) GiB", text).group(1))
+    assert abs(export_ram_bytes(*HF_WEIGHTS[name]) / GIB - claimed) < 0.06, name

@@ -125,3 +125,41 @@ def test_engine_sizes_itself_from_the_plan_on_a_gpu_build(tiny: dict, monkeypatc
         assert e.gpu_plan is not None and e.n_ctx == 1024  # the tiny model's trained context
         assert (e.n_parallel, seen["n_gpu_layers"], seen["n_ctx"]) == (e.gpu_plan["n_parallel"], e.gpu_plan["n_gpu_layers"], 1024)
         assert e.generate(["Hello"], [Sampling(max_tokens=4)])[0].n_tokens == 4
+
+
+def test_export_ram_fit_reproduces_the_benchmarks_peaks() -> None:
+    """planner.export_ram_bytes is the fit over bench/bench_export.py's measured peaks: it must give
+    each of them back (within 10 %), and for an 8 B model in 5 GB shards stay far below the 45 GiB
+    the old whole-model float32 merge needed."""
+    import json
+    from pathlib import Path
+
+    from isheep_lite.planner import GIB, export_ram_bytes
+
+    results = json.loads((Path(__file__).resolve().parents[1] / "bench" / "results" / "export-ram.json").read_text())
+    peaks = results["llama_3_1_8b_extrapolation"]["export_peaks"]
+    assert len(peaks) >= 3
+    for name, p in peaks.items():
+        est = export_ram_bytes(p["weights_on_disk_gib"] * GIB, p["largest_shard_gib"] * GIB) / GIB
+        assert abs(est - p["peak_rss_gib"]) <= 0.1 * p["peak_rss_gib"], (name, est, p["peak_rss_gib"])
+    eight_b = export_ram_bytes(16.1e9, 5.0e9) / GIB
+    assert 8 < eight_b < 14, eight_b
+
+
+def test_a_run_prints_its_memory_plan_before_any_work(tmp_path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`isheep run` prints training, generation, export RAM and disk in one line, from the planner,
+    before its first stage; for the default model the figures are the planner's own."""
+    from isheep_lite import loop, models, recipe
+    from isheep_lite.planner import Shape, describe_plan
+
+    r = recipe.load(None, [f"runs_dir={tmp_path}"])
+    loop.preflight(r)
+    line = [x for x in capsys.readouterr().err.splitlines() if x.startswith("memory plan:")]
+    assert len(line) == 1 and "training ≈" in line[0] and "generation ≈" in line[0] and "GiB of RAM" in line[0], line
+    given = loop.generation_gguf(r)
+    info = models.gguf_info(given)
+    assert Shape.from_gguf(info) == Shape(30, 576, 1536, 9, 3, 64, 49152, True)  # SmolLM2-135M's config.json
+    plan = loop.memory_plan(r, given, 0)
+    assert line[0].startswith(describe_plan(plan)[:40])
+    assert 0 < plan["training_gb"] < 4 and 0 < plan["generation_gb"] < 4 and 0.5 < plan["export_ram_gib"] < 3
+    assert not (tmp_path / r.name).exists(), "preflight writes nothing"

@@ -133,13 +133,13 @@ def test_one_real_iteration_runs_on_a_split_gguf_alone(smol_gguf: Path, tmp_path
     (tmp_path / "shards").mkdir()
     first = split_gguf(smol_gguf, tmp_path / "shards" / "smol.gguf", SHARDS)[0]
     r = recipe.load(None, [f"runs_dir={tmp_path}", "name=split", f"model.gguf={first}", "model.serve_base=original",
-                           "loop.iterations=1", "synth.num_instructions=8", "synth.response_max_tokens=160",
-                           "train.epochs=1", "eval.stop_prompts=4", "eval.max_tokens=64", "eval.suite_prompts=0"])
+                           "loop.iterations=1", "synth.num_instructions=5", "synth.response_max_tokens=96",
+                           "train.epochs=1", "eval.stop_prompts=2", "eval.max_tokens=32", "eval.suite_prompts=0"])
     assert r.model.hf is None
     run = loop.run(r)
     m = run.manifest["iterations"]
     assert m["0"]["base"]["hf"] == str(models.dequantised_dir(first))
-    assert m["1"]["responses"]["responses"] == 8 and m["1"]["filter"]["kept"] >= 1 and m["1"]["train"]["steps"] >= 1
+    assert m["1"]["responses"]["responses"] == 5 and m["1"]["filter"]["kept"] >= 1 and m["1"]["train"]["steps"] >= 1
     exported = run.iter_dir(1) / "model-f16.gguf"
     assert not [k for k in _keys(exported) if k.startswith("split.")], "an export from a split template is one whole file"
     assert models.gguf_info(exported).n_params == models.gguf_info(first).n_params
