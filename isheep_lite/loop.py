@@ -292,10 +292,13 @@ def planned_bytes(r: Recipe, n_params: int, done: set[int]) -> int:
 
 def dequantise_bytes(r: Recipe, given: Path, n_params: int, done: set[int]) -> int:
     """Disk the one-time dequantisation of a GGUF-only model writes into the model cache (float32
-    HF weights, 4 bytes per parameter, +10 %) when M_0 is still to be prepared and not cached yet."""
+    HF weights, 4 bytes per parameter, +10 %; a split GGUF's shards joined into one file first, for
+    transformers' reader) when M_0 is still to be prepared and not cached yet."""
     if r.model.hf or 0 in done or (models.dequantised_dir(given) / "config.json").is_file():
         return 0
-    return int(1.1 * 4.0 * n_params)
+    shards = models.gguf_shards(given)
+    joined = sum(p.stat().st_size for p in shards) if len(shards) > 1 else 0
+    return int(1.1 * 4.0 * n_params) + joined
 
 
 def generation_gguf(r: Recipe) -> Path:

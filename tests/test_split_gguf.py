@@ -95,6 +95,16 @@ def test_shards_join_into_the_whole_file_once(split: dict[str, Any], tiny: dict[
     assert models.joined_gguf(tiny["gguf"]) == tiny["gguf"]
 
 
+def test_the_disk_check_counts_the_joined_copy(split: dict[str, Any], tmp_path: Path) -> None:
+    """A GGUF-only split model writes its shards joined into one file before the float32
+    dequantisation: both count in the disk a run needs."""
+    first = split["shards"][0]
+    r = recipe.load(None, [f"runs_dir={tmp_path}", f"model.gguf={first}"])
+    n = models.gguf_info(first).n_params
+    joined = sum(p.stat().st_size for p in split["shards"])
+    assert loop.dequantise_bytes(r, first, n, set()) == int(1.1 * 4.0 * n) + joined
+
+
 def test_llama_cpp_serves_the_first_shard_as_the_whole_file(split: dict[str, Any], tiny: dict[str, Path]) -> None:
     greedy = Sampling(temperature=0.0, max_tokens=16)
     chat = [{"role": "user", "content": "Name three colours."}]
