@@ -1,6 +1,6 @@
 """Metacognitive self-assessment: the model grades its own (instruction, response) pairs.
 
-Aspects, each scored separately: I-SHEEP's two (METHOD.md §6), response quality and instruction
+Aspects, each scored separately: I-SHEEP's two, response quality and instruction
 following, graded 1..scale, and a yes/no verdict ("does the response answer the instruction
 correctly?") mapped onto the same scale. Each score is read from next-token log-probabilities, not
 generated text: the assistant turn is pre-filled ("Score: " / "Answer:") and the expected value over

@@ -1,8 +1,8 @@
 """Per-iteration checks of a model, run on its GGUF in llama.cpp.
 
-The stop-rate check guards the most common failure of self-training exports (METHOD.md, "What
-users of the peers trip over"): a tuned model that no longer emits its end-of-turn token and
-babbles to the length limit. The instruction-following suite (ifeval.py) checks answers by rule.
+The stop-rate check guards the most common failure of self-training exports: a tuned model that
+no longer emits its end-of-turn token and babbles to the length limit. The instruction-following
+suite (ifeval.py) checks answers by rule.
 The pairwise judge compares M_t's and M_0's answers to the stop-rate prompts (no extra generation).
 Prompts are held out: they are not seeds and not generation prompts.
 """

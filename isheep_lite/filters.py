@@ -1,9 +1,9 @@
 """Rule filters and score-based selection (pure Python).
 
-Instruction filters follow Self-Instruct / I-SHEEP (METHOD.md §3): word bounds, unusable keywords,
-bad first character, leaked list markup, links, near-duplicates by ROUGE-L. We add one the naive run
-on SmolLM2 showed is needed (FACTS.md): "instructions" that are chatter about the task
-("What a fun task! Here's a new one: …") or an assistant greeting. Pair filters follow METHOD.md §5.
+Instruction filters follow Self-Instruct / I-SHEEP's instruction filters: word bounds, unusable keywords,
+bad first character, leaked list markup, links, near-duplicates by ROUGE-L. We add one a naive run
+on SmolLM2 showed is needed: "instructions" that are chatter about the task
+("What a fun task! Here's a new one: …") or an assistant greeting. Pair filters follow I-SHEEP's data filtering step.
 
 Every check returns a reason string or None, so rejected records say why they were rejected.
 """
@@ -174,7 +174,7 @@ def rank_keys(records: list[dict[str, Any]], aspects: Sequence[str], rank_by: st
 def select(records: list[dict[str, Any]], aspects: Sequence[str], cfg: FilterConfig) -> tuple[list[dict], list[dict]]:
     """IFD ceiling, absolute threshold on every aspect, then the top fraction by `cfg.rank_by`.
 
-    The rank cut exists because a small model is a weak, compressed judge (FACTS.md: expected scores
+    The rank cut exists because a small model is a weak, compressed judge (measured on SmolLM2-135M: expected scores
     of 4.96 vs 4.53 for a right and a wrong answer): a fixed threshold keeps all or nothing, a rank
     keeps its relatively best. Ties keep record order (stable sort), so selection is deterministic.
     With no aspects (assessment switched off) only the rule filters have run and everything is kept.

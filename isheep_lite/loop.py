@@ -87,7 +87,7 @@ def base_model(store: RunStore, r: Recipe, given: Path) -> tuple[Path, Served]:
 
     By default M_0 is re-exported from its HF weights in the same format as every tuned model
     (F16), so M_0 and M_t are compared like for like — and because, for a 135M model, quantisation
-    alone changes its answers (FACTS.md: the shipped Q4_1 answers "L'Étoile, …" where F16 says Paris).
+    alone changes its answers (SmolLM2-135M's shipped Q4_1 answers "L'Étoile, …" where F16 says Paris).
     """
     d = store.iter_dir(0)
 

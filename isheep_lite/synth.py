@@ -1,6 +1,6 @@
 """Synthesis: new instructions from seed tasks (in-context), then zero-shot responses.
 
-Instruction generation is a raw completion, no chat template, as in I-SHEEP (METHOD.md §2): a short
+Instruction generation is a raw completion, no chat template, as in I-SHEEP: a short
 meta-prompt, `few_shot` seed tasks drawn uniformly, and the model continues the numbered list. Every
 raw completion is logged (`completions.jsonl`) before it is parsed, so a resumed run re-parses what
 it has instead of paying the model again; parsing and filtering are deterministic.

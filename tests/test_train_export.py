@@ -165,8 +165,8 @@ def test_adapter_mode_loop_serves_adapter_chains_and_exports_the_final_model_mer
     from isheep_lite import loop, recipe
 
     r = recipe.load(None, [f"runs_dir={tmp_path}", "name=adapters", "export.mode=adapter", "loop.train_from=previous",
-                           "loop.promote=latest", "loop.iterations=2", "synth.num_instructions=8", "assess.enabled=false", "filter.keep_top=null",
-                           "synth.response_max_tokens=160", "train.epochs=1", "eval.stop_prompts=0", "eval.suite_prompts=0"])
+                           "loop.promote=latest", "loop.iterations=2", "synth.num_instructions=5", "assess.enabled=false", "filter.keep_top=null",
+                           "synth.response_max_tokens=96", "train.epochs=1", "eval.stop_prompts=0", "eval.suite_prompts=0"])
     store = loop.run(r)
     its = store.manifest["iterations"]
     a1, a2 = (Path(its[t]["export"]["files"]["adapter"]) for t in ("1", "2"))
