@@ -70,7 +70,7 @@ def main() -> None:
         out = subprocess.run([sys.executable, __file__, "--one", backend, "--python", python, "--steps", str(args.steps)],
                              capture_output=True, text=True, check=True)
         rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
-    print(f"| backend | device | steps | s/step | tokens/s | peak RSS GB | peak VRAM GB | loss first → last |")
+    print("| backend | device | steps | s/step | tokens/s | peak RSS GB | peak VRAM GB | loss first → last |")
     print("|---|---|---:|---:|---:|---:|---:|---|")
     for r in rows:
         print(f"| {r['backend']} | {r['device']} | {r['steps']} | {r['s_per_step']} | {r['tokens_per_s']} | "

@@ -115,7 +115,7 @@ def main() -> None:
         return
     rows = [run(path, qs, args.tokens, n_ctx, flash)
             for n_ctx, flash in [(1024, None), (1024, 0), (1024, 1), (256, None), (4096, None)]]
-    print(f"| flash attention | n_ctx / sequence | tok/s | ms / token | share in llama_decode | decode calls |\n|---|---:|---:|---:|---:|---:|")
+    print("| flash attention | n_ctx / sequence | tok/s | ms / token | share in llama_decode | decode calls |\n|---|---:|---:|---:|---:|---:|")
     for r in rows:
         print(f"| {r['flash_attn']} | {r['n_ctx_per_seq']} | {r['tok_s']} | {r['ms_per_token']} | {r['decode_share']:.1%} | {r['decode_calls']} |")
     ceil = ceiling(path)

@@ -78,7 +78,7 @@ class RougeIndex:
             return 0.0
         lcs = process.cdist([enc], self._encoded, scorer=LCSseq.similarity, workers=1)[0]
         lengths = [len(e) for e in self._encoded]
-        return max(2.0 * float(l) / (len(enc) + n) for l, n in zip(lcs, lengths) if len(enc) + n > 0)
+        return max(2.0 * float(common) / (len(enc) + n) for common, n in zip(lcs, lengths) if len(enc) + n > 0)
 
     def __len__(self) -> int:
         return len(self._encoded)

@@ -97,7 +97,10 @@ def test_ifd_ceiling_rejects_answers_the_instruction_does_not_explain() -> None:
 def test_rank_by_ifd_and_by_the_mean_of_both_ranks() -> None:
     # Self-scores and IFD disagree: a ranks first by score, c by IFD (lower is better).
     recs = [{"id": i, "scores": {"quality": q}, "ifd": ifd} for i, q, ifd in [("a", 9, 1.2), ("b", 5, 0.5), ("c", 1, 0.1), ("d", 4, 0.9)]]
-    pick = lambda by: [r["id"] for r in select(recs, ["quality"], FilterConfig(keep_top=0.25, rank_by=by))[0]]
+
+    def pick(by: str) -> list[str]:
+        return [r["id"] for r in select(recs, ["quality"], FilterConfig(keep_top=0.25, rank_by=by))[0]]
+
     assert pick("score") == ["a"] and pick("ifd") == ["c"]
     # Fractional ranks: score a 1, b 2/3, d 1/3, c 0; −IFD c 1, b 2/3, d 1/3, a 0 → b has the best mean.
     assert pick("score+ifd") == ["b"]
