@@ -106,11 +106,11 @@ def recipe(
     """Print the fully resolved recipe (every default written out) after validating it."""
     from . import recipe as rc
 
-    from .loop import check_model
+    from .loop import check_recipe
 
     path, overrides = _split_args(args or [])
     r = rc.load(path, overrides)
-    check_model(r)
+    check_recipe(r)
     typer.echo(rc.dump_yaml(r), nl=False)
 
 

@@ -305,11 +305,18 @@ def generation_gguf(r: Recipe) -> Path:
     """model.gguf, or with model.converter the GGUF llama.cpp's converter makes from model.hf."""
     if not r.model.converter:
         return models.resolve_gguf(r.model.gguf)
+    _check_converter_inputs(r)
+    return models.converted_gguf(models.user_hf(r.model.hf), r.model.converter)
+
+
+def _check_converter_inputs(r: Recipe) -> None:
     if not r.model.hf:
         raise UserError("model.converter makes the GGUF from model.hf: set model.hf to the HF model directory")
     if r.model.gguf != ModelConfig.gguf:
         raise UserError("set model.gguf or model.converter, not both: the converter makes the GGUF from model.hf")
-    return models.converted_gguf(models.user_hf(r.model.hf), r.model.converter)
+    script = Path(r.model.converter).expanduser()
+    if not script.is_file():
+        raise UserError(f"model.converter: {script} not found (give the path of llama.cpp's convert_hf_to_gguf.py)")
 
 
 def check_model(r: Recipe) -> None:
@@ -323,8 +330,10 @@ def check_model(r: Recipe) -> None:
         models.check_arch(models.resolve_gguf(r.model.gguf))
 
 
-def preflight(r: Recipe) -> tuple[list[dict[str, str]], Path]:
-    """Every input is checked before anything is written: seeds, GGUFs, HF weights, free disk."""
+def check_recipe(r: Recipe) -> None:
+    """Every check of a run's recipe and inputs that writes nothing: the backends it names, the seed
+    file, the model's architecture and files, the converter, the judge. `isheep recipe` and `isheep
+    run` both call it, so they accept and refuse the same recipes (with the same line)."""
     if r.model.backend == "openai":
         raise UserError("model.backend=openai sends work to a server that serves one fixed model, but the loop serves "
                         "a new model each iteration; use it with `isheep eval MODEL.gguf --server URL`")
@@ -332,17 +341,32 @@ def preflight(r: Recipe) -> tuple[list[dict[str, str]], Path]:
         raise UserError("export.mode=adapter serves GGUF LoRA adapters, which only llama.cpp applies: "
                         f"set export.mode=merged for model.backend={r.model.backend}")
     train.resolve_backend(r.train.backend, False, importlib.util.find_spec("unsloth") is not None)
-    seeds = synth.load_seeds(r.synth.seeds)
+    synth.load_seeds(r.synth.seeds)
     check_model(r)
     export.check_converter()
-    given = generation_gguf(r)
-    info = models.check_arch(given)
-    if r.model.hf:
-        models.check_same_model(info, given, models.user_hf(r.model.hf))
+    if r.model.converter:
+        _check_converter_inputs(r)
     else:
-        models.check_dequantisable(given)
+        given = models.resolve_gguf(r.model.gguf)
+        info = models.check_arch(given)
+        if r.model.hf:
+            models.check_same_model(info, given, models.user_hf(r.model.hf))
+        else:
+            models.check_dequantisable(given)
     if r.eval.judge not in ("base", "current"):
         models.gguf_info(models.resolve_gguf(r.eval.judge))
+
+
+def preflight(r: Recipe) -> tuple[list[dict[str, str]], Path, dict[str, float]]:
+    """Every input is checked before anything is written (check_recipe), then the GGUF generation
+    starts from (made once by model.converter), what killed runs left behind, and the free disk.
+    Returns the seeds, that GGUF and the run's memory plan."""
+    check_recipe(r)
+    seeds = synth.load_seeds(r.synth.seeds)
+    given = generation_gguf(r)
+    info = models.check_arch(given)
+    if r.model.converter:
+        models.check_same_model(info, given, models.user_hf(r.model.hf))
     manifest = Path(r.run_dir) / "manifest.json"
     done: set[int] = set()
     if manifest.is_file():
@@ -354,8 +378,7 @@ def preflight(r: Recipe) -> tuple[list[dict[str, str]], Path]:
     if dequantise := dequantise_bytes(r, given, info.n_params, done):
         needs.append((models.cache_root(), dequantise, "the one-time dequantisation into float32 HF weights"))
     check_free_disks(needs)
-    print(planner.describe_plan(memory_plan(r, given, sum(n for _, n, _ in needs))), file=sys.stderr)
-    return seeds, given
+    return seeds, given, memory_plan(r, given, sum(n for _, n, _ in needs))
 
 
 def memory_plan(r: Recipe, given: Path, disk_bytes: float) -> dict[str, float]:
@@ -385,11 +408,13 @@ def run(r: Recipe, force: bool = False) -> RunStore:
     Each iteration starts from the best model so far (see `promote`), so a worse M_t costs one
     iteration, never the run; `final_model` is the best model.
     """
-    seeds, given = preflight(r)
+    seeds, given, plan = preflight(r)
     adapters = adapter_mode(r, models.gguf_info(given).n_params)
     store = RunStore(r.run_dir)
     store.open(dump_yaml(r), force=force)
+    print(planner.describe_plan(plan), file=sys.stderr)
     try:
+        store.set_run_info(memory_plan=plan)
         base_hf, base_served = base_model(store, r, given)
         models_by_t = {0: (base_served, base_hf)}
         best = 0

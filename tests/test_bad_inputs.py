@@ -106,6 +106,31 @@ def test_bad_input_is_one_line_exit_2_and_touches_nothing(args: list[str], words
     assert _snapshot(workspace) == before, "a refused command must leave every file byte-identical"
 
 
+# What `isheep run` refuses about the recipe and its inputs (not about the run directory: it exists
+# only for run), `isheep recipe` refuses too, in the same line — one validation for both.
+RECIPE_CASES = [(a, w) for a, w in CASES if a[0] == "run" and not any(x.startswith("runs_dir=") or x == "name=x" for x in a)]
+
+
+@pytest.mark.parametrize("args, words", RECIPE_CASES, ids=[" ".join(a[1:]) for a, _ in RECIPE_CASES])
+def test_isheep_recipe_refuses_what_isheep_run_refuses(args: list[str], words: str, workspace: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """In-process (the CLI's wiring is checked once below): `isheep recipe`'s own two calls."""
+    from isheep_lite import cli
+
+    monkeypatch.chdir(workspace)
+    with pytest.raises(UserError) as refused:
+        path, overrides = cli._split_args(args[1:])
+        loop.check_recipe(recipe.load(path, overrides))
+    assert words in str(refused.value)
+
+
+def test_isheep_recipe_refuses_in_one_line_like_run(workspace: Path) -> None:
+    args = ["model.backend=openai", "model.base_url=http://127.0.0.1:1/v1"]
+    run, checked = _cli("run", *args, cwd=workspace), _cli("recipe", *args, cwd=workspace)
+    assert checked.returncode == run.returncode == 2 and checked.stdout == "", checked.stderr
+    assert checked.stderr == run.stderr and "isheep eval MODEL.gguf --server URL" in checked.stderr
+
+
 def test_too_little_disk_is_refused_before_any_work(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import collections
     import shutil

@@ -18,13 +18,15 @@ STAGES = ["instructions", "responses", "assess", "filter", "train", "export", "e
 
 
 @pytest.mark.slow
-def test_two_real_iterations(tmp_path: Path, smol_hf: Path) -> None:
+def test_two_real_iterations(tmp_path: Path, smol_hf: Path, capsys: pytest.CaptureFixture[str]) -> None:
     r = recipe.load(None, [
         f"runs_dir={tmp_path}", "name=e2e", "loop.iterations=2",
         "synth.num_instructions=8", "synth.response_max_tokens=160", "train.epochs=1",
         "eval.stop_prompts=20", "eval.max_tokens=512", "eval.suite_prompts=20",
     ])
     store = run(r)
+    assert [x for x in capsys.readouterr().err.splitlines() if x.startswith("memory plan: training ≈")]
+    assert store.manifest["memory_plan"]["export_ram_gib"] > 0
     m = store.manifest["iterations"]
     for t in ("1", "2"):
         for s in STAGES:

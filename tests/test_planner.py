@@ -146,20 +146,18 @@ def test_export_ram_fit_reproduces_the_benchmarks_peaks() -> None:
     assert 8 < eight_b < 14, eight_b
 
 
-def test_a_run_prints_its_memory_plan_before_any_work(tmp_path, capsys: pytest.CaptureFixture[str]) -> None:
-    """`isheep run` prints training, generation, export RAM and disk in one line, from the planner,
-    before its first stage; for the default model the figures are the planner's own."""
+def test_preflight_plans_the_runs_memory_from_the_planner(tmp_path) -> None:
+    """The memory plan a run prints when it starts (and keeps in its manifest; the end-to-end test
+    sees the line): training, generation, export RAM and disk, the planner's figures for the model."""
     from isheep_lite import loop, models, recipe
     from isheep_lite.planner import Shape, describe_plan
 
     r = recipe.load(None, [f"runs_dir={tmp_path}"])
-    loop.preflight(r)
-    line = [x for x in capsys.readouterr().err.splitlines() if x.startswith("memory plan:")]
-    assert len(line) == 1 and "training ≈" in line[0] and "generation ≈" in line[0] and "GiB of RAM" in line[0], line
-    given = loop.generation_gguf(r)
+    _, given, plan = loop.preflight(r)
     info = models.gguf_info(given)
     assert Shape.from_gguf(info) == Shape(30, 576, 1536, 9, 3, 64, 49152, True)  # SmolLM2-135M's config.json
-    plan = loop.memory_plan(r, given, 0)
-    assert line[0].startswith(describe_plan(plan)[:40])
+    assert plan == loop.memory_plan(r, given, plan["disk_gb"] * 1e9)
     assert 0 < plan["training_gb"] < 4 and 0 < plan["generation_gb"] < 4 and 0.5 < plan["export_ram_gib"] < 3
+    line = describe_plan(plan)
+    assert line.startswith("memory plan: training ≈") and "generation ≈" in line and "GiB of RAM" in line
     assert not (tmp_path / r.name).exists(), "preflight writes nothing"
