@@ -330,10 +330,11 @@ def check_model(r: Recipe) -> None:
         models.check_arch(models.resolve_gguf(r.model.gguf))
 
 
-def check_recipe(r: Recipe) -> None:
+def check_recipe(r: Recipe) -> list[dict[str, str]]:
     """Every check of a run's recipe and inputs that writes nothing: the backends it names, the seed
     file, the model's architecture and files, the converter, the judge. `isheep recipe` and `isheep
-    run` both call it, so they accept and refuse the same recipes (with the same line)."""
+    run` both call it, so they accept and refuse the same recipes (with the same line). Returns the
+    seeds it read."""
     if r.model.backend == "openai":
         raise UserError("model.backend=openai sends work to a server that serves one fixed model, but the loop serves "
                         "a new model each iteration; use it with `isheep eval MODEL.gguf --server URL`")
@@ -341,28 +342,28 @@ def check_recipe(r: Recipe) -> None:
         raise UserError("export.mode=adapter serves GGUF LoRA adapters, which only llama.cpp applies: "
                         f"set export.mode=merged for model.backend={r.model.backend}")
     train.resolve_backend(r.train.backend, False, importlib.util.find_spec("unsloth") is not None)
-    synth.load_seeds(r.synth.seeds)
+    seeds = synth.load_seeds(r.synth.seeds)
     check_model(r)
     export.check_converter()
     if r.model.converter:
         _check_converter_inputs(r)
     else:
         given = models.resolve_gguf(r.model.gguf)
-        info = models.check_arch(given)
+        info = models.gguf_info(given)
         if r.model.hf:
             models.check_same_model(info, given, models.user_hf(r.model.hf))
         else:
             models.check_dequantisable(given)
     if r.eval.judge not in ("base", "current"):
         models.gguf_info(models.resolve_gguf(r.eval.judge))
+    return seeds
 
 
 def preflight(r: Recipe) -> tuple[list[dict[str, str]], Path, dict[str, float]]:
     """Every input is checked before anything is written (check_recipe), then the GGUF generation
     starts from (made once by model.converter), what killed runs left behind, and the free disk.
     Returns the seeds, that GGUF and the run's memory plan."""
-    check_recipe(r)
-    seeds = synth.load_seeds(r.synth.seeds)
+    seeds = check_recipe(r)
     given = generation_gguf(r)
     info = models.check_arch(given)
     if r.model.converter:
@@ -386,10 +387,11 @@ def memory_plan(r: Recipe, given: Path, disk_bytes: float) -> dict[str, float]:
     (a GGUF-only model: its float32 dequantisation in 1 GB shards) — nothing is loaded."""
     info = models.gguf_info(given)
     if r.model.hf:
-        shards = [f.stat().st_size for f in models.user_hf(r.model.hf).glob("*.safetensors")]
-    else:
-        shards = [4 * info.n_params]
-        shards = [min(shards[0], 2**30)] * -(-shards[0] // 2**30)
+        sizes = [f.stat().st_size for f in models.user_hf(r.model.hf).glob("*.safetensors")]
+        hf_bytes, largest = sum(sizes), max(sizes, default=0)
+    else:  # models.gguf_to_hf writes float32 in shards of 1 GB
+        hf_bytes = 4 * info.n_params
+        largest = min(hf_bytes, 10**9)
     targets = (["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
                if train.auto_targets(r.train.target_modules) else train.planner_targets(list(r.train.target_modules)))
     gpu = planner.gpu_free_bytes() is not None
@@ -399,7 +401,7 @@ def memory_plan(r: Recipe, given: Path, disk_bytes: float) -> dict[str, float]:
         kv_bytes_per_cell=info.kv_bytes_per_cell, n_ctx=r.model.n_ctx, n_parallel=r.model.n_parallel,
         n_ctx_train=info.n_ctx_train, bits=4 if gpu and r.train.load_in_4bit else 16, r=r.train.lora_r, targets=targets,
         batch=r.train.batch_size, seq_len=r.train.max_seq_len, backend=backend,
-        hf_bytes=sum(shards), hf_largest_shard=max(shards, default=0), disk_bytes=disk_bytes)
+        hf_bytes=hf_bytes, hf_largest_shard=largest, disk_bytes=disk_bytes)
 
 
 def run(r: Recipe, force: bool = False) -> RunStore:

@@ -185,6 +185,7 @@ def gguf_info(path: Path) -> GgufInfo:
                             f"{want}; are they all shards of the same model?")
     arch = str(_field_value(reader, "general.architecture"))
     meta = {k: _field_value(reader, k) for k in reader.fields if k.startswith(f"{arch}.")}
+
     def num(key: str) -> int:  # a per-layer list (some architectures vary it): its largest value
         v = meta.get(f"{arch}.{key}")
         return int(max(v) if isinstance(v, list) else v or 0)
@@ -416,9 +417,7 @@ def converted_gguf(hf_dir: Path, converter: str) -> Path:
     """
     import sys
 
-    script = Path(converter).expanduser()
-    if not script.is_file():
-        raise UserError(f"model.converter: {script} not found (give the path of llama.cpp's convert_hf_to_gguf.py)")
+    script = Path(converter).expanduser()  # checked to exist by loop.check_recipe
     h = hashlib.sha256(f"{hf_dir.resolve()}|{script.resolve()}:{script.stat().st_mtime_ns}".encode())
     for f in sorted(hf_dir.iterdir()):
         if f.is_file():
