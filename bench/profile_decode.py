@@ -61,21 +61,21 @@ def ceiling(path: Path, prefix: int = 128, reps: int = 8) -> list[dict]:
     sequence already holding `prefix` tokens. "16 sequences × 1 token, every logit" is exactly one
     step of the engine at n_parallel 16, so its ms/token is the most the engine could reach; the
     512-token prompt (last logit only) is what bench_generate.py calls prompt evaluation."""
-    from isheep_lite.engine import _add
+    from isheep_lite.engine import add_token
 
     shapes = [("1 sequence × 1 token", 1, 1, True), ("16 sequences × 1 token, every logit", 16, 1, True),
               ("1 sequence × 16 tokens, every logit", 1, 16, True), ("1 sequence × 16 tokens, last logit", 1, 16, False),
               ("1 sequence × 512 tokens, last logit (prompt evaluation)", 1, 512, False)]
     rows = []
     with Engine(path, n_ctx=1024, n_parallel=16) as e:
-        ctx = e._context()
+        ctx = e.batched_context()
         memory = lc.llama_get_memory(ctx)
         batch = lc.llama_batch_init(1024, 0, 1)
         tokens = e.tokenize(" ".join(it.prompt for it in ifeval.suite()))
         try:
             lc.llama_memory_clear(memory, True)
             for i, tok in enumerate(tokens[:prefix]):
-                _add(batch, tok, i, 0, i == prefix - 1)
+                add_token(batch, tok, i, 0, i == prefix - 1)
             assert lc.llama_decode(ctx, batch) == 0
             for seq in range(1, 16):
                 lc.llama_memory_seq_cp(memory, 0, seq, -1, -1)
@@ -85,7 +85,7 @@ def ceiling(path: Path, prefix: int = 128, reps: int = 8) -> list[dict]:
                     batch.n_tokens = 0
                     for seq in range(seqs):
                         for i in range(n):
-                            _add(batch, tokens[prefix + i], prefix + i, seq, every or i == n - 1)
+                            add_token(batch, tokens[prefix + i], prefix + i, seq, every or i == n - 1)
                     t = time.perf_counter()
                     assert lc.llama_decode(ctx, batch) == 0
                     spent.append(time.perf_counter() - t)

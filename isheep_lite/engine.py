@@ -46,7 +46,7 @@ class Completion:
     finish_reason: str  # "stop" (end-of-turn token or stop string) | "length"
 
 
-def _add(batch: Any, token: int, pos: int, seq: int, logits: bool) -> int:
+def add_token(batch: Any, token: int, pos: int, seq: int, logits: bool) -> int:
     """Append one token of sequence `seq` to a llama_batch; returns its row."""
     n = batch.n_tokens
     batch.token[n], batch.pos[n], batch.n_seq_id[n] = token, pos, 1
@@ -260,7 +260,7 @@ class Engine(EngineBase):
         return self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=False)
 
     # ---- batched paths -------------------------------------------------------------------------
-    def _context(self) -> Any:
+    def batched_context(self) -> Any:
         """A second llama.cpp context on the same weights, sized for `n_parallel` sequences.
 
         KV memory = (n_parallel + 1) × n_ctx cells × (2 · n_layers · n_kv_heads · head_dim · 2 bytes):
@@ -296,7 +296,7 @@ class Engine(EngineBase):
 
         batch.n_tokens = 0
         for pos, tok in enumerate(tokens):
-            _add(batch, tok, pos, self.n_parallel, False)
+            add_token(batch, tok, pos, self.n_parallel, False)
         if lc.llama_decode(ctx, batch) != 0:
             raise RuntimeError("llama_decode failed on the shared prompt prefix")
 
@@ -330,7 +330,7 @@ class Engine(EngineBase):
 
         import llama_cpp as lc
 
-        ctx = self._context()
+        ctx = self.batched_context()
         vocab = lc.llama_model_get_vocab(self.llm._model.model)
         memory = lc.llama_get_memory(ctx)
         lc.llama_memory_clear(memory, True)
@@ -359,7 +359,7 @@ class Engine(EngineBase):
             while queue or active:
                 while not queue and free and active and min(free) < max(active):
                     # draining: move the last sequence into the first gap, so the ids stay consecutive
-                    # and a step stays one micro-batch (see _context; the copy is one stream's buffer)
+                    # and a step stays one micro-batch (see batched_context; the copy is one stream's buffer)
                     lo, hi = min(free), max(active)
                     lc.llama_memory_seq_cp(memory, hi, lo, -1, -1)
                     lc.llama_memory_seq_rm(memory, hi, -1, -1)
@@ -386,16 +386,16 @@ class Engine(EngineBase):
                     starting[seq] = (i, budget)
                     n_tokens += len(tokens) - shared
                 batch.n_tokens = 0
-                for seq in sorted([*active, *starting]):  # in id order: see _context
+                for seq in sorted([*active, *starting]):  # in id order: see batched_context
                     if seq in starting:
                         i, budget = starting[seq]
                         tokens = encoded[i]
                         for pos in range(shared, len(tokens)):
-                            row = _add(batch, tokens[pos], pos, seq, pos == len(tokens) - 1)
+                            row = add_token(batch, tokens[pos], pos, seq, pos == len(tokens) - 1)
                         active[seq] = _Slot(i, self._sampler(samplings[i]), len(tokens), row, budget, samplings[i].stop)
                     else:  # one new token per running sequence
                         slot = active[seq]
-                        slot.logit_row = _add(batch, slot.next_token, slot.pos, seq, True)
+                        slot.logit_row = add_token(batch, slot.next_token, slot.pos, seq, True)
                         slot.pos += 1
                 if batch.n_tokens == 0:
                     continue
@@ -458,7 +458,7 @@ class Engine(EngineBase):
         """
         import llama_cpp as lc
 
-        ctx = self._context()
+        ctx = self.batched_context()
         memory = lc.llama_get_memory(ctx)
         n_vocab = self.llm.n_vocab()
         batch = lc.llama_batch_init(self.n_ctx + self.n_parallel, 0, 1)
@@ -483,7 +483,7 @@ class Engine(EngineBase):
                         break
                     if shared:
                         lc.llama_memory_seq_cp(memory, self.n_parallel, len(jobs), -1, -1)
-                    rows = {pos: _add(batch, tokens[pos], pos, len(jobs), lo <= pos <= hi) for pos in range(shared, len(tokens))}
+                    rows = {pos: add_token(batch, tokens[pos], pos, len(jobs), lo <= pos <= hi) for pos in range(shared, len(tokens))}
                     jobs.append([rows[pos] for pos in range(lo, hi + 1)])
                     i += 1
                 if lc.llama_decode(ctx, batch) != 0:

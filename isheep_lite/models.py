@@ -245,7 +245,7 @@ def kv_bytes_per_cell(meta: dict[str, Any], arch: str) -> int:
 
 def fit_parallel(n_parallel: int, n_ctx: int, bytes_per_cell: int, budget_bytes: int) -> int:
     """The most sequences (≤ n_parallel, ≥ 1) whose KV cache of n_ctx cells each fits the budget,
-    with one more stream of n_ctx cells for the prompt prefix they share (engine._context)."""
+    with one more stream of n_ctx cells for the prompt prefix they share (engine.Engine.batched_context)."""
     if bytes_per_cell <= 0:
         return n_parallel
     return max(1, min(n_parallel, budget_bytes // (n_ctx * bytes_per_cell) - 1))
