@@ -48,7 +48,7 @@ def threshold_pool(tmp_path_factory: pytest.TempPathFactory, smol_hf: Path) -> P
     """The lowest threshold recipe's run. The threshold recipes differ only in filter.min_score (and
     name), which acts after self-assessment, so their M_0, instructions, responses and self-scores are
     this run's; each other threshold run starts from a copy of them and runs its own filter → train →
-    export → eval (store.fork_run, as bench/sweep_levers.py does) instead of generating the same pool again."""
+    export (store.fork_run, as bench/sweep_levers.py does) instead of generating the same pool again."""
     runs = tmp_path_factory.mktemp("threshold")
     r = recipe.load(THRESHOLDS[0], [f"runs_dir={runs}", *SMALL, *POOL])
     run(r)
