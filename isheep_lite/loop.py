@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import json
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -414,7 +413,7 @@ def run(r: Recipe, force: bool = False) -> RunStore:
     adapters = adapter_mode(r, models.gguf_info(given).n_params)
     store = RunStore(r.run_dir)
     store.open(dump_yaml(r), force=force)
-    print(planner.describe_plan(plan), file=sys.stderr)
+    print(planner.describe_plan(plan), flush=True)  # stdout, with the progress: stderr is for errors
     try:
         store.set_run_info(memory_plan=plan)
         base_hf, base_served = base_model(store, r, given)

@@ -25,7 +25,7 @@ def test_two_real_iterations(tmp_path: Path, smol_hf: Path, capsys: pytest.Captu
         "eval.stop_prompts=20", "eval.max_tokens=512", "eval.suite_prompts=20",
     ])
     store = run(r)
-    assert [x for x in capsys.readouterr().err.splitlines() if x.startswith("memory plan: training ≈")]
+    assert [x for x in capsys.readouterr().out.splitlines() if x.startswith("memory plan: training ≈")]
     assert store.manifest["memory_plan"]["export_ram_gib"] > 0
     m = store.manifest["iterations"]
     for t in ("1", "2"):
