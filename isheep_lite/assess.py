@@ -9,7 +9,7 @@ signal even when the model's greedy answer would always be the same token (a 135
 Pairs are scored in batches (`Engine.score_many`): many prompts in one forward pass, reading each
 prompt's last-position logits. `assess.calibrate` asks every question a second time with the
 instruction withheld and keeps the difference. The default — the calibrated verdict — is the only
-form of the grade that a 135M judge gets above chance on the labelled sets (README).
+form of the grade that a 135M judge gets above chance on the labelled sets (docs/measurements.md).
 """
 from __future__ import annotations
 

@@ -65,7 +65,7 @@ class SynthConfig:
 class AssessConfig:
     # Default: the yes/no verdict, calibrated — the only self-grade of the embedded model whose AUROC on
     # the labelled sets excludes chance (0.63 pooled; quality+following, the paper's pair: 0.50), and it
-    # tied quality+following in the loop over three training seeds (README: assessment, lever sweep).
+    # tied quality+following in the loop over three training seeds (docs/measurements.md: assessment, lever sweep).
     aspects: list[str] = field(default_factory=lambda: ["verdict"])  # scored separately; also: quality, following
     scale: int = 9  # scores 1..scale; ≤ 9 keeps every score one token, so log-probs read it in one step
     mode: str = "logprob"  # logprob: expected score from next-token probabilities | grammar: GBNF-constrained digit | generate: parse a free reply

@@ -55,12 +55,47 @@ def threshold_pool(tmp_path_factory: pytest.TempPathFactory, smol_hf: Path) -> P
     return runs / r.name
 
 
+OTHERS = [p for p in ABLATIONS if p not in THRESHOLDS]
+
+
+def _sections(r: recipe.Recipe) -> dict:
+    d = yaml.safe_load(recipe.dump_yaml(r))
+    d.pop("name"), d.pop("runs_dir")
+    return d
+
+
+def shared_stages(mine: recipe.Recipe, pool: recipe.Recipe) -> tuple[str, ...]:
+    """The stages two recipes run identically: those before the first section in which they differ
+    (model and synth shape everything, assess the grades; loop, filter, train, export and eval act
+    after self-assessment)."""
+    a, b = _sections(mine), _sections(pool)
+    differ = {k for k in a.keys() | b.keys() if a.get(k) != b.get(k)}
+    if differ & {"model", "synth"} or a["loop"]["seed"] != b["loop"]["seed"]:
+        return ()
+    return ("instructions", "responses") if "assess" in differ else ("instructions", "responses", "assess")
+
+
+@pytest.fixture(scope="module")
+def ablation_pool(tmp_path_factory: pytest.TempPathFactory, smol_hf: Path) -> Path:
+    """The first other ablation's run; each of the rest starts from a copy of the stages it shares
+    with it (shared_stages) and runs the stages it changes itself, as the threshold runs do."""
+    runs = tmp_path_factory.mktemp("ablations")
+    r = recipe.load(OTHERS[0], [f"runs_dir={runs}", *SMALL])
+    run(r)
+    return runs / r.name
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("path", [p for p in ABLATIONS if p not in THRESHOLDS], ids=lambda p: p.stem)
-def test_ablation_runs_one_iteration(path: Path, tmp_path: Path, smol_hf: Path) -> None:
-    r = recipe.load(path, [f"runs_dir={tmp_path}", *SMALL])
-    store = run(r)
-    run_dir = tmp_path / r.name
+@pytest.mark.parametrize("path", OTHERS, ids=lambda p: p.stem)
+def test_ablation_runs_one_iteration(path: Path, tmp_path: Path, ablation_pool: Path) -> None:
+    runs = ablation_pool.parent if path == OTHERS[0] else tmp_path
+    r = recipe.load(path, [f"runs_dir={runs}", *SMALL])
+    run_dir = runs / r.name
+    if path != OTHERS[0]:
+        shared = shared_stages(r, recipe.load(OTHERS[0], [f"runs_dir={runs}", *SMALL]))
+        assert "instructions" in shared, "every ablation here changes what acts after generation"
+        fork_run(ablation_pool, run_dir, shared)
+    store = run(r, force=True)
     it = check_iteration(store)
     saved = yaml.safe_load((run_dir / "recipe.yaml").read_text())
     kept = read_jsonl(run_dir / "iter_01" / "kept.jsonl")

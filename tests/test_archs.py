@@ -103,6 +103,17 @@ def _user_model(kind: str, tokenizer: Any, smol_gguf: Path, root: Path) -> tuple
     return hf, gguf
 
 
+def _train_here(convos: list, hf: Path, gguf: Path, out: Path, cfg: TrainConfig) -> dict[str, Any]:
+    """train.train's child work (train.run_training: the same examples, trainer and adapter), run in
+    this process: each architecture is spared a fresh interpreter importing torch, transformers and
+    trl. The child process itself is tested by the training and resume tests."""
+    from dataclasses import asdict
+
+    out.mkdir(parents=True, exist_ok=True)
+    return train.run_training({"conversations": convos, "hf_dir": str(hf), "gguf": str(gguf), "out_dir": str(out),
+                               "cfg": asdict(cfg), "seed": 0})
+
+
 def _llama_logits(gguf: Path, ids: list[int], lora: Path | None = None) -> np.ndarray:
     from llama_cpp import Llama
 
@@ -137,7 +148,7 @@ def test_trained_model_exports_faithfully(kind: str, tokenizer: Any, smol_gguf: 
     assert models.gguf_info(base_gguf).n_ctx_train == 1024, "context length must survive the export"
     convo = [{"role": "user", "content": "Name a colour."}, {"role": "assistant", "content": "Blue, like the sea."}]
     cfg = TrainConfig(lora_r=8, lora_alpha=16, lora_dropout=0.0, lr=5e-2, epochs=3, batch_size=2, warmup_steps=0)
-    train.train([convo] * 4, hf, base_gguf, tmp_path / "run", cfg, seed=0)
+    _train_here([convo] * 4, hf, base_gguf, tmp_path / "run", cfg)
     adapter = tmp_path / "run" / "adapter"
     from safetensors.numpy import load_file
 
