@@ -388,10 +388,10 @@ def memory_plan(r: Recipe, given: Path, disk_bytes: float) -> dict[str, float]:
     if r.model.hf:
         sizes = [f.stat().st_size for f in models.user_hf(r.model.hf).glob("*.safetensors")]
         hf_bytes, largest = sum(sizes), max(sizes, default=0)
-    else:  # models.gguf_to_hf writes float32 in shards of 1 GB
+    else:  # models.gguf_to_hf writes float32 in shards of DEQUANTISED_SHARD_BYTES
         hf_bytes = 4 * info.n_params
-        largest = min(hf_bytes, 10**9)
-    targets = (["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+        largest = min(hf_bytes, models.DEQUANTISED_SHARD_BYTES)
+    targets = (list(planner.TARGET_SHAPES)  # auto: every projection of the blocks, as the planner names them
                if train.auto_targets(r.train.target_modules) else train.planner_targets(list(r.train.target_modules)))
     gpu = planner.gpu_free_bytes() is not None
     backend = train.resolve_backend(r.train.backend, gpu, importlib.util.find_spec("unsloth") is not None)

@@ -600,6 +600,9 @@ def restore_config(config: Any, gguf_path: Path) -> None:
     config.rope_parameters = {**(getattr(config, "rope_parameters", None) or {}), **rope}
 
 
+DEQUANTISED_SHARD_BYTES = 10**9  # gguf_to_hf's safetensors shards (1 GB)
+
+
 def gguf_to_hf(gguf_path: Path, out: Path) -> None:
     """Dequantise a GGUF into a plain float32 HF directory (weights + tokenizer), atomically."""
     import torch
@@ -625,8 +628,8 @@ def gguf_to_hf(gguf_path: Path, out: Path) -> None:
             # `save_pretrained` refuses a model loaded from GGUF: rebuild a plain one from its config.
             plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
             plain.load_state_dict(loaded.state_dict())
-            # 1 GB shards: the export maps one input shard at a time, so its memory follows the shard
-            plain.save_pretrained(tmp, max_shard_size="1GB")
+            # small shards: the export maps one input shard at a time, so its memory follows the shard
+            plain.save_pretrained(tmp, max_shard_size=DEQUANTISED_SHARD_BYTES)
             AutoTokenizer.from_pretrained(str(gguf_path.parent), **kw).save_pretrained(tmp)
             out.parent.mkdir(parents=True, exist_ok=True)
             replace_dir(tmp, out)
