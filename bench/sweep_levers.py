@@ -23,7 +23,9 @@ from pathlib import Path
 import yaml
 
 from isheep_lite import evaluate, filters, loop, recipe
-from isheep_lite.store import fork_run, read_jsonl, write_jsonl
+from isheep_lite.manifest import Manifest, fork
+from isheep_lite.stages import EvalSummary, FilterSummary, TrainSummary
+from isheep_lite.store import read_jsonl, write_jsonl
 
 VARIANTS: dict[str, list[str]] = {
     "default": [],
@@ -64,7 +66,7 @@ def stricter_pool(d: Path) -> None:
 
 def prepare(source: Path, dest: Path, m0_eval: dict | None, strict: bool, reassess: bool = False) -> None:
     """A run directory holding the source's M_0 and iteration-1 records up to self-assessment (or before it)."""
-    fork_run(source, dest, REUSED[:2] if reassess else REUSED)
+    fork(source, dest, REUSED[:2] if reassess else REUSED)
     if strict:
         stricter_pool(dest / "iter_01")
     m = json.loads((dest / "manifest.json").read_text())
@@ -95,17 +97,17 @@ def main() -> None:
                 reassess=name in REASSESS or (name == "default" and stale))
         overrides = [f"name={name}", f"runs_dir={args.out}", "loop.iterations=1", f"eval.suite_prompts={args.suite}", *VARIANTS[name], *args.set]
         start = time.time()
-        store = loop.run(recipe.load(None, overrides), force=True)
-        its = store.manifest["iterations"]
-        m0_eval = m0_eval or its["0"]["eval"]
+        m = Manifest.of(loop.run(recipe.load(None, overrides), force=True))
+        m0_eval = m0_eval or m.data["iterations"]["0"]["eval"]  # the raw entry: the next variant's manifest reuses it
         results["m0_eval"] = m0_eval
-        e1, tr, fl = its["1"]["eval"], its["1"]["train"], its["1"]["filter"]
+        e1, tr, fl = m.get(1, EvalSummary), m.get(1, TrainSummary), m.get(1, FilterSummary)
+        assert e1 and e1.ifeval and tr and fl
         results["variants"][name] = {
             "overrides": VARIANTS[name] or (["instructions: min_words 8, ROUGE-L < 0.5"] if name == "strict_instr" else []),
-            "kept": fl["kept"], "train_steps": tr["steps"], "train_loss": tr["train_loss"],
-            "stop_rate": e1["stop_rate"], "strict": e1["ifeval"]["strict"], "loose": e1["ifeval"]["loose"], "strict_ci95": e1["ifeval"]["strict_ci95"],
-            "vs_m0": evaluate.paired_bootstrap(m0_eval["ifeval"]["strict_pass"], e1["ifeval"]["strict_pass"]),
-            "strict_pass": e1["ifeval"]["strict_pass"],  # per suite prompt: replicates pool by prompt (bench/pool_replicates.py)
+            "kept": fl.kept, "train_steps": tr.steps, "train_loss": tr.train_loss,
+            "stop_rate": e1.stop_rate, "strict": e1.ifeval["strict"], "loose": e1.ifeval["loose"], "strict_ci95": e1.ifeval["strict_ci95"],
+            "vs_m0": evaluate.paired_bootstrap(m0_eval["ifeval"]["strict_pass"], e1.ifeval["strict_pass"]),
+            "strict_pass": e1.ifeval["strict_pass"],  # per suite prompt: replicates pool by prompt (bench/pool_replicates.py)
             "seconds": round(time.time() - start, 1),
         }
         args.json.write_text(json.dumps(results, indent=2))

@@ -64,7 +64,8 @@ def eval_cmd(
     """Evaluate a GGUF: stop rate, instruction-following accuracy, optionally a pairwise verdict (greedy, held-out prompts)."""
     import json
 
-    from . import loop, models, recipe
+    from . import evaluate, models, recipe
+    from .serving import Engines, Served
 
     _note_engines()
     note_status(command="eval", run_model=model)
@@ -72,14 +73,16 @@ def eval_cmd(
     if server:
         engine = ["model.backend=openai", f"model.base_url={server}", f"model.n_parallel={parallel}"]
     r = recipe.load(None, [f"eval.stop_prompts={stop_prompts}", f"eval.suite_prompts={suite_prompts}", *engine])
-    served = loop.Served(models.resolve_gguf(model), tuple(models.resolve_gguf(a) for a in lora or []))
+    served = Served(models.resolve_gguf(model), tuple(models.resolve_gguf(a) for a in lora or []))
     reference = None
-    if against:
-        if not stop_prompts:
-            raise recipe.UserError("--against judges the answers to the stop-rate prompts: --stop-prompts must be > 0")
-        rr = recipe.load(None, [f"eval.stop_prompts={stop_prompts}", "eval.suite_prompts=0"])
-        reference = loop.checks(loop.Served(models.resolve_gguf(against)), rr)
-    result = loop.checks(served, r, reference, loop.Served(models.resolve_gguf(judge)) if judge else None)
+    with Engines(r) as engines:
+        if against:
+            if not stop_prompts:
+                raise recipe.UserError("--against judges the answers to the stop-rate prompts: --stop-prompts must be > 0")
+            rr = recipe.load(None, [f"eval.stop_prompts={stop_prompts}", "eval.suite_prompts=0"])
+            with Engines(rr) as local:
+                reference = evaluate.checks(Served(models.resolve_gguf(against)), rr, local)
+        result = evaluate.checks(served, r, engines, reference, Served(models.resolve_gguf(judge)) if judge else None)
     result.pop("samples", None)
     result.get("ifeval", {}).pop("strict_pass", None)
     result.get("pairwise", {}).pop("verdicts", None)
@@ -102,16 +105,17 @@ def report(
 @app.command()
 def recipe(
     args: Optional[List[str]] = typer.Argument(None, help="[RECIPE.yaml] [section.key=value ...]"),
+    comments: bool = typer.Option(False, "--comments", help="every key with its documentation as a YAML comment"),
 ) -> None:
     """Print the fully resolved recipe (every default written out) after validating it."""
     from . import recipe as rc
 
-    from .loop import check_recipe
+    from .preflight import check_recipe
 
     path, overrides = _split_args(args or [])
     r = rc.load(path, overrides)
     check_recipe(r)
-    typer.echo(rc.dump_yaml(r), nl=False)
+    typer.echo(rc.commented_yaml(r) if comments else rc.dump_yaml(r), nl=False)
 
 
 @app.command()
@@ -158,13 +162,13 @@ CRASHES = {signal.SIGSEGV, signal.SIGBUS, signal.SIGILL, signal.SIGFPE, signal.S
 
 def _note_engines() -> None:
     """In a supervised child, note in the status file which model each engine serves (and while it
-    loads), so a crash inside llama.cpp can be reported with its GGUF. loop.open_engine is wrapped
+    loads), so a crash inside llama.cpp can be reported with its GGUF. serving.open_engine is wrapped
     here rather than edited: every engine the loop and `isheep eval` open goes through it."""
     import contextlib
 
-    from . import loop
+    from . import serving
 
-    opener = loop.open_engine
+    opener = serving.open_engine
     if not os.environ.get(STATUS_ENV) or getattr(opener, "notes_status", False):
         return
 
@@ -180,7 +184,7 @@ def _note_engines() -> None:
             note_status(model=None, adapters=[], backend=None, loading=False)
 
     noting.notes_status = True  # type: ignore[attr-defined]
-    loop.open_engine = noting  # type: ignore[assignment]
+    serving.open_engine = noting  # type: ignore[assignment]
 
 
 def _die_with_parent() -> Any:

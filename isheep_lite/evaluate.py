@@ -14,6 +14,9 @@ from typing import Any, Callable, Sequence
 
 from . import ifeval, models
 from .engine import Completion, EngineBase, Sampling
+from .progress import progress_bar
+from .recipe import Recipe
+from .serving import Engines, Served
 
 
 def stop_prompts(n: int) -> list[dict[str, str]]:
@@ -119,7 +122,7 @@ def passes(entry: dict[str, Any]) -> list[float]:
     """Per-prompt outcome of an eval entry used to rank models: suite strict passes, else stopped answers."""
     if entry.get("ifeval"):
         return [float(x) for x in entry["ifeval"]["strict_pass"]]
-    return [float(s["finish"] == "stop") for s in entry.get("samples", [])]
+    return [float(s["finish"] == "stop") for s in entry.get("samples") or []]
 
 
 def paired_bootstrap(old: list[float], new: list[float], n_boot: int = 2000, seed: int = 0) -> dict[str, Any]:
@@ -146,3 +149,32 @@ def bootstrap_ci(passes: Sequence[float], n_boot: int = 2000, seed: int = 0) -> 
     n = len(passes)
     means = sorted(sum(rng.choices(passes, k=n)) / n for _ in range(n_boot))
     return [round(means[int(0.025 * n_boot)], 4), round(means[int(0.975 * n_boot) - 1], 4)]
+
+
+# ---- every check of one model -------------------------------------------------------------------
+def checks(model: Served, r: Recipe, engines: Engines, reference: dict[str, Any] | None = None,
+           judge: Served | None = None) -> dict[str, Any]:
+    """Stop rate, instruction-following accuracy and (given M_0's eval entry) the pairwise verdict
+    of one model: greedy answers to held-out prompts (`isheep eval`, and the loop's eval stage).
+
+    The judge is loaded only after the model under evaluation is released (`engines` holds one
+    model at a time): two 8B models at the planned context would not fit a 24 GB card together.
+    """
+    out: dict[str, Any] = {}
+    engine = engines.get(model)
+    if r.eval.stop_prompts:
+        with progress_bar("eval: stop rate", r.eval.stop_prompts) as bar:
+            out.update(stop_rate(engine, r.eval.stop_prompts, r.eval.max_tokens, bar))
+    if r.eval.suite_prompts:
+        with progress_bar("eval: instruction suite", r.eval.suite_prompts) as bar:
+            out["ifeval"] = instruction_following(engine, r.eval.suite_prompts, r.eval.suite_max_tokens, bar)
+    if reference and r.eval.pairwise and out.get("samples"):
+        old = {x["id"]: x["text"] for x in reference.get("samples") or []}
+        rows = [x for x in out["samples"] if x["id"] in old]
+        # a judge GGUF of its own runs here: the server serves the model under evaluation only
+        local = "llama_cpp" if r.model.backend == "openai" and judge is not None else None
+        j = engines.get(judge or model, local)
+        with progress_bar("eval: pairwise judge", len(rows)) as bar:
+            out["pairwise"] = pairwise(j, [x["prompt"] for x in rows], [x["text"] for x in rows], [old[x["id"]] for x in rows], bar)
+        out["pairwise"]["judge"] = str(judge or model)
+    return out

@@ -140,6 +140,20 @@ def response_reject_reason(instruction: str, response: str, finish_reason: str, 
     return None
 
 
+def split_pairs(responses: list[dict[str, Any]], cfg: FilterConfig) -> tuple[list[dict], list[dict]]:
+    """Answered pairs that could be trained on, and the others with `stage: pair` and their reason.
+
+    Run before the self-assessment, so the judge only grades pairs that could be kept."""
+    candidates, rejected = [], []
+    for x in responses:
+        reason = response_reject_reason(x["instruction"], x["response"], x["gen"]["finish"], cfg)
+        if reason:
+            rejected.append({**x, "stage": "pair", "reason": reason})
+        else:
+            candidates.append(x)
+    return candidates, rejected
+
+
 # ---- selection ----------------------------------------------------------------------------------
 def mean_score(record: dict[str, Any], aspects: Sequence[str]) -> float:
     return sum(record["scores"][a] for a in aspects) / len(aspects)

@@ -417,7 +417,7 @@ def converted_gguf(hf_dir: Path, converter: str) -> Path:
     """
     import sys
 
-    script = Path(converter).expanduser()  # checked to exist by loop.check_recipe
+    script = Path(converter).expanduser()  # checked to exist by preflight.check_recipe
     h = hashlib.sha256(f"{hf_dir.resolve()}|{script.resolve()}:{script.stat().st_mtime_ns}".encode())
     for f in sorted(hf_dir.iterdir()):
         if f.is_file():

@@ -12,7 +12,7 @@ import difflib
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
@@ -21,115 +21,148 @@ class UserError(Exception):
     """Bad input from the user: the CLI prints the message as one line and exits with code 2."""
 
 
+def knob(default: Any, doc: str, *, gt: float | None = None, ge: float | None = None,
+         lt: float | None = None, le: float | None = None) -> Any:
+    """A recipe field: its default, its one-line documentation (the commented YAML is generated from
+    it: `commented_yaml`), and its range, checked by `validate`."""
+    meta = {"doc": doc, "gt": gt, "ge": ge, "lt": lt, "le": le}
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+POS = {"gt": 0}  # > 0
+NONNEG = {"ge": 0}  # ≥ 0
+
+
 @dataclass
 class ModelConfig:
-    gguf: str = "embedded:smollm2-135m-instruct"  # GGUF used for generation: `embedded:…` or a path
-    hf: str | None = None  # HF weights for training: local dir or HF-cache repo id; null = dequantise the GGUF
-    converter: str | None = None  # path to llama.cpp's convert_hf_to_gguf.py: make the generation GGUF (F16, cached) from model.hf instead of model.gguf
-    backend: str = "llama_cpp"  # llama_cpp: the batched llama.cpp engine | transformers: PyTorch (models llama.cpp cannot run) | openai: a server (`isheep eval --server` only)
-    base_url: str | None = None  # openai backend: the server's OpenAI-compatible root, e.g. http://127.0.0.1:8080/v1
-    serve_base: str = "export"  # export: serve M_0 re-exported like every M_t (F16) | original: the GGUF as given
-    n_ctx: int = 2048  # llama.cpp context window per sequence
-    n_threads: int = 0  # CPU threads for llama.cpp; 0 = all cores
-    n_parallel: int = 16  # sequences decoded together (KV memory grows with n_parallel × n_ctx)
-    kv_budget_gb: float = 4.0  # KV cache the batched context may take; n_parallel is lowered to fit (bytes/cell from the GGUF)
+    gguf: str = knob("embedded:smollm2-135m-instruct", "GGUF for generation: embedded:<name> or a local path")
+    hf: str | None = knob(None, "HF weights for training (a local dir or an offline HF-cache id); null = dequantise the GGUF once, cached")
+    converter: str | None = knob(None, "llama.cpp's convert_hf_to_gguf.py: make the generation GGUF from model.hf (F16, once, cached) "
+                                       "instead of model.gguf")
+    backend: Literal["llama_cpp", "transformers", "openai"] = knob(
+        "llama_cpp", "llama_cpp: the batched llama.cpp engine | transformers: PyTorch (models llama.cpp cannot run) | "
+                     "openai: a server (isheep eval --server only)")
+    base_url: str | None = knob(None, "openai backend: the server's OpenAI-compatible root, e.g. http://127.0.0.1:8080/v1")
+    serve_base: Literal["export", "original"] = knob(
+        "export", "export: serve M_0 as F16 like every M_t (the shipped Q4_1 answers worse) | original: the GGUF as given")
+    n_ctx: int = knob(2048, "llama.cpp context window per sequence", **POS)
+    n_threads: int = knob(0, "CPU threads for llama.cpp; 0 = all cores", **NONNEG)
+    n_parallel: int = knob(16, "sequences decoded together; KV memory grows with n_parallel × n_ctx", **POS)
+    kv_budget_gb: float = knob(4.0, "KV cache the batched context may take; n_parallel is lowered until it fits "
+                                     "(bytes per cell from the GGUF)", **POS)
 
 
 @dataclass
 class LoopConfig:
-    iterations: int = 2  # self-alignment iterations
-    train_from: str = "base"  # base: M_{t+1}=SFT(M_0, D_t) (the paper's One_base) | previous: SFT(M_t, D_t)
-    data: str = "latest"  # latest: train on D_t only | cumulative: D_1 ∪ … ∪ D_t
-    seed: int = 0  # one seed for every random stream of the run
-    promote: str = "best"  # best: generate with the best model so far (a worse M_t is not promoted) | latest
-    stop_when_worse: bool = False  # end the run at the first iteration flagged worse than the best
+    iterations: int = knob(2, "self-alignment iterations (small models peak around iteration 2 in the I-SHEEP paper)", **POS)
+    train_from: Literal["base", "previous"] = knob(
+        "base", "base: M_t+1 = SFT(M_0, D_t), the paper's One_base | previous: SFT(M_t, D_t)")
+    data: Literal["latest", "cumulative"] = knob("latest", "latest: train on D_t only | cumulative: D_1 ∪ … ∪ D_t")
+    seed: int = knob(0, "every random stream of the run derives from this")
+    promote: Literal["best", "latest"] = knob(
+        "best", "best: the next iteration starts from the best model so far (a worse M_t is not promoted) | latest")
+    stop_when_worse: bool = knob(False, "end the run at the first iteration flagged worse than the best")
 
 
 @dataclass
 class SynthConfig:
-    num_instructions: int = 128  # usable instructions to collect per iteration (after instruction filters)
-    source: str = "seeds"  # seeds: few-shot from seed tasks (the paper) | magpie: zero-seed, the model writes the user turn
-    seeds: str = "builtin"  # builtin | path to a JSONL of {"instruction", "input"?, "output"?}
-    few_shot: int = 5  # seed tasks shown per generation prompt (the paper: 5, drawn uniformly)
-    temperature: float = 1.0  # instruction sampling temperature (paper: 1.0)
-    top_p: float = 0.95  # instruction sampling nucleus (paper: 0.95)
-    tasks_per_prompt: int = 2  # new tasks read from each completion (it stops after them)
-    max_tokens: int = 192  # tokens per instruction-generation completion
-    max_prompts: int = 400  # give up after this many generation prompts per iteration
-    response_temperature: float = 0.7  # response sampling temperature
-    response_top_p: float = 0.95
-    response_max_tokens: int = 320  # a response that hits this is dropped as truncated
+    num_instructions: int = knob(128, "usable instructions to collect per iteration, after the instruction filters "
+                                      "(paper: 10 000; ~3 s each on a laptop CPU)", **POS)
+    source: Literal["seeds", "magpie"] = knob(
+        "seeds", "seeds: few-shot from seed tasks (the paper) | magpie: zero-seed, the model writes the user turn")
+    seeds: str = knob("builtin", "builtin (115 tasks, 13 categories) | a path to a JSONL of {instruction, input?, output?}")
+    few_shot: int = knob(5, "seed tasks shown per generation prompt, drawn uniformly (paper: 5)", **POS)
+    temperature: float = knob(1.0, "instruction sampling temperature (paper: 1.0)", **NONNEG)
+    top_p: float = knob(0.95, "instruction sampling nucleus (paper: 0.95)", gt=0, le=1)
+    tasks_per_prompt: int = knob(2, "new tasks read from each completion (generation stops after them)", **POS)
+    max_tokens: int = knob(192, "tokens per instruction-generation completion", **POS)
+    max_prompts: int = knob(400, "give up after this many generation prompts per iteration", **POS)
+    response_temperature: float = knob(0.7, "response sampling temperature", **NONNEG)
+    response_top_p: float = knob(0.95, "response sampling nucleus", gt=0, le=1)
+    response_max_tokens: int = knob(320, "a response that hits this is dropped as truncated", **POS)
 
 
 @dataclass
 class AssessConfig:
-    # Default: the yes/no verdict, calibrated — the only self-grade of the embedded model whose AUROC on
-    # the labelled sets excludes chance (0.63 pooled; quality+following, the paper's pair: 0.50), and it
-    # tied quality+following in the loop over three training seeds (docs/measurements.md: assessment, lever sweep).
-    aspects: list[str] = field(default_factory=lambda: ["verdict"])  # scored separately; also: quality, following
-    scale: int = 9  # scores 1..scale; ≤ 9 keeps every score one token, so log-probs read it in one step
-    mode: str = "logprob"  # logprob: expected score from next-token probabilities | grammar: GBNF-constrained digit | generate: parse a free reply
-    assessor: str = "current"  # current: M_t grades its own pairs | base: M_0 grades every iteration
-    enabled: bool = True  # false: no self-assessment at all, the rule filters alone select (an ablation)
-    ifd: bool = False  # also record IFD = PPL(response | instruction) / PPL(response | empty request) per pair
-    calibrate: bool = True  # subtract what the judge says with the instruction withheld (contextual calibration)
+    aspects: list[str] = knob(
+        ["verdict"], "graded separately: verdict (yes/no \"answers the instruction correctly?\", calibrated: the only "
+                     "self-grade of the embedded model whose AUROC on the labelled sets excludes chance) | quality, "
+                     "following (the paper's pair, at chance here); docs/measurements.md: assessment")
+    scale: int = knob(9, "scores 1..scale; ≤ 9 keeps every score one token, read from log-probs in one step")
+    mode: Literal["logprob", "grammar", "generate"] = knob(
+        "logprob", "logprob: expected score from next-token probabilities | grammar: GBNF-constrained digit | "
+                   "generate: parse a free reply")
+    assessor: Literal["current", "base"] = knob("current", "current: M_t grades its own pairs | base: M_0 grades every "
+                                                           "iteration (the paper's scripts)")
+    enabled: bool = knob(True, "false: no self-assessment, the rule filters alone select (recipes/ablations/no_assessment.yaml)")
+    ifd: bool = knob(False, "also record IFD = PPL(answer | instruction) / PPL(answer | empty request) per pair")
+    calibrate: bool = knob(True, "score = what the judge says minus what it says with the instruction withheld "
+                                 "(contextual calibration)")
 
 
 @dataclass
 class FilterConfig:
-    min_score: float | None = None  # keep pairs whose every aspect score ≥ this (paper: > 8 of 10)
-    keep_top: float | None = 0.5  # then keep this top fraction, ranked by rank_by; null = no rank cut
-    rank_by: str = "score"  # keep_top ranks by: score (self-assessment) | ifd (−IFD, judge-free) | score+ifd (mean of both ranks); ifd needs assess.ifd
-    max_ifd: float | None = None  # drop pairs whose IFD ≥ this (1.0: the instruction does not help predict the answer); needs assess.ifd
-    min_words: int = 4  # instruction length bounds in words (paper: more than 3 …
-    max_words: int = 150  # … and at most 150)
-    dedup_rouge_l: float = 0.7  # drop an instruction whose ROUGE-L F1 to a kept one or a seed is ≥ this
-    max_response_words: int = 250
+    min_score: float | None = knob(None, "keep pairs whose every aspect score ≥ this (paper: > 8 of 10); null = no threshold")
+    keep_top: float | None = knob(0.5, "then keep this top fraction, ranked by rank_by (a rank cut keeps that share however "
+                                       "the judge spreads its scale); null = no rank cut", gt=0, le=1)
+    rank_by: Literal["score", "ifd", "score+ifd"] = knob(
+        "score", "score: mean self-score | ifd: lowest IFD (judge-free) | score+ifd: mean of both ranks; ifd needs assess.ifd")
+    max_ifd: float | None = knob(None, "drop pairs with IFD ≥ this (1.0: the instruction does not help predict the answer); "
+                                       "needs assess.ifd", gt=0)
+    min_words: int = knob(4, "instruction length bounds in words (paper: more than 3 …", **NONNEG)
+    max_words: int = knob(150, "… and at most 150)", **POS)
+    dedup_rouge_l: float = knob(0.7, "drop an instruction whose ROUGE-L F1 to a kept one or a seed is ≥ this", gt=0, le=1)
+    max_response_words: int = knob(250, "longer answers are dropped", **POS)
 
 
 @dataclass
 class TrainConfig:
-    backend: str = "hf"  # hf: transformers+peft+trl | unsloth: Unsloth (the gpu extra) | auto: unsloth where installed, else hf
-    load_in_4bit: bool = True  # on CUDA: QLoRA on an NF4 base (ignored on CPU, which trains a 16/32-bit base)
-    auto_batch: bool = True  # on CUDA: micro-batch from the memory planner and the free VRAM, same effective batch
-    lora_r: int = 16  # chosen by measurement: bench/results/lever-sweep.json (r 16 beat r 8 and every other lever tried)
-    lora_alpha: int = 32  # scale alpha/r = 2, as the paper's 16/8
-    lora_dropout: float = 0.0  # 0: Unsloth patches its fast LoRA kernels into a layer only when dropout is 0 (any other value trains on its slow path)
-    # auto (stored as [auto]): every linear layer of the decoder blocks, read from the model itself (q/k/v/o and
-    # gate/up/down on Llama/Qwen/Mistral/Gemma, qkv_proj and gate_up_proj on Phi-3; never lm_head, embeddings or
-    # a vision/audio tower) | an explicit list of module names, e.g. [q_proj, v_proj]
-    target_modules: list[str] = field(default_factory=lambda: ["auto"])
-    epochs: float = 2.0  # paper: 2
-    lr: float = 1.0e-4
-    batch_size: int = 4  # micro-batch
-    grad_accum: int = 1  # effective batch = batch_size × grad_accum
-    warmup_steps: int = 2
-    max_seq_len: int = 512  # longer examples are dropped, never cut (a cut answer teaches no stop)
-    checkpoint_steps: int = 5  # save a resumable checkpoint every N optimizer steps (0 = never)
-    threads: int = 0  # torch CPU threads; 0 = all cores
+    backend: Literal["hf", "unsloth", "auto"] = knob(
+        "hf", "hf: transformers + peft + trl | unsloth: Unsloth (the gpu extra) | auto: unsloth where installed, else hf")
+    load_in_4bit: bool = knob(True, "CUDA only: QLoRA on an NF4 base (a CPU trains a 16/32-bit base)")
+    auto_batch: bool = knob(True, "CUDA only: micro-batch from the memory planner and the free VRAM, same effective batch")
+    lora_r: int = knob(16, "paper: 8; 16 measured best here (bench/results/lever-sweep.json)", **POS)
+    lora_alpha: int = knob(32, "paper: 16 (alpha/r = 2 kept)", **POS)
+    lora_dropout: float = knob(0.0, "0 keeps Unsloth on its fast path (it patches its LoRA kernels in only with dropout 0)",
+                               ge=0, lt=1)
+    target_modules: list[str] = knob(
+        ["auto"], "auto: every linear layer of the decoder blocks, read from the model (q/k/v/o and gate/up/down; Phi-3: "
+                  "qkv_proj, gate_up_proj; never lm_head, embeddings or a vision tower) | a list, e.g. [q_proj, v_proj]")
+    epochs: float = knob(2.0, "paper: 2", **POS)
+    lr: float = knob(1.0e-4, "learning rate", **POS)
+    batch_size: int = knob(4, "micro-batch", **POS)
+    grad_accum: int = knob(1, "effective batch = batch_size × grad_accum", **POS)
+    warmup_steps: int = knob(2, "linear warm-up steps", **NONNEG)
+    max_seq_len: int = knob(512, "longer examples are dropped, never cut (a cut answer teaches no stop)", **POS)
+    checkpoint_steps: int = knob(5, "a killed training resumes from its last checkpoint, saved every N steps (0 = never)", **NONNEG)
+    threads: int = knob(0, "torch CPU threads; 0 = all cores", **NONNEG)
 
 
 @dataclass
 class ExportConfig:
-    types: list[str] = field(default_factory=lambda: ["f16"])  # f16 master; add q8_0 / q4_k_m to also quantise
-    mode: str = "auto"  # merged: a whole GGUF per iteration | adapter: a GGUF LoRA adapter applied to the served base at load time, the merged model only for the final one | auto: adapter from 3B parameters
+    types: list[str] = knob(["f16"], "first = master (f16 | f32); add q8_0, q4_k_m … to also quantise")
+    mode: Literal["auto", "adapter", "merged"] = knob(
+        "auto", "merged: a whole GGUF per iteration | adapter: a GGUF LoRA adapter applied to the served base, the merged "
+                "model only for the final one | auto: adapter from 3B parameters")
 
 
 @dataclass
 class EvalConfig:
-    stop_prompts: int = 20  # held-out prompts for the stop-rate check (0 = skip)
-    max_tokens: int = 512  # an answer still going at this length counts as "never stops"
-    suite_prompts: int = 40  # instruction-following suite prompts, balanced over 20 constraint kinds (0 = skip; max 160)
-    suite_max_tokens: int = 384
-    pairwise: bool = True  # judge M_t's answers to the stop-rate prompts against M_0's, both orders
-    judge: str = "base"  # base: M_0 judges every iteration | current: M_t judges | a GGUF path
-    worse_confidence: float = 0.9  # flag M_t worse than the best when P(worse) under a paired bootstrap ≥ this
+    stop_prompts: int = knob(20, "held-out prompts for the stop-rate check (0 = skip)", **NONNEG)
+    max_tokens: int = knob(512, "an answer still going at this length counts as \"never stops\"", **POS)
+    suite_prompts: int = knob(40, "instruction-following suite prompts, balanced over 20 constraint kinds (0 = skip; max 160)", **NONNEG)
+    suite_max_tokens: int = knob(384, "tokens per suite answer", **POS)
+    pairwise: bool = knob(True, "judge M_t's answers to the stop-rate prompts against M_0's, in both orders")
+    judge: str = knob("base", "base: M_0 judges every iteration | current: M_t judges | a GGUF path")
+    worse_confidence: float = knob(0.9, "M_t is flagged worse when P(worse than the best) ≥ this (paired bootstrap)", ge=0.5, lt=1)
 
 
 @dataclass
 class Recipe:
-    name: str = "smollm2-135m-cpu"  # the run directory is <runs_dir>/<name>
-    runs_dir: str = "runs"
+    name: str = knob("smollm2-135m-cpu", "the run directory is <runs_dir>/<name>")
+    runs_dir: str = knob("runs", "where run directories are made")
     model: ModelConfig = field(default_factory=ModelConfig)
     loop: LoopConfig = field(default_factory=LoopConfig)
     synth: SynthConfig = field(default_factory=SynthConfig)
@@ -147,33 +180,15 @@ class Recipe:
         return dataclasses.asdict(self)
 
 
-# ---- choices and ranges checked by validate() ---------------------------------------------------
-CHOICES = {
-    "model.serve_base": {"export", "original"},
-    "model.backend": {"llama_cpp", "transformers", "openai"},
-    "loop.train_from": {"base", "previous"},
-    "loop.data": {"latest", "cumulative"},
-    "loop.promote": {"best", "latest"},
-    "synth.source": {"seeds", "magpie"},
-    "assess.mode": {"logprob", "grammar", "generate"},
-    "filter.rank_by": {"score", "ifd", "score+ifd"},
-    "assess.assessor": {"current", "base"},
-    "train.backend": {"hf", "unsloth", "auto"},
-    "export.mode": {"auto", "adapter", "merged"},
-}
-POSITIVE = (
-    "loop.iterations", "synth.num_instructions", "synth.few_shot", "synth.tasks_per_prompt", "synth.max_tokens",
-    "synth.max_prompts", "synth.response_max_tokens", "model.n_ctx", "model.n_parallel", "model.kv_budget_gb", "train.lora_r", "train.lora_alpha",
-    "train.epochs", "train.lr", "train.batch_size", "train.grad_accum", "train.max_seq_len", "eval.max_tokens",
-    "eval.suite_max_tokens",
-)
-NON_NEGATIVE = (
-    "synth.temperature", "synth.response_temperature", "model.n_threads", "train.warmup_steps", "train.threads",
-    "train.checkpoint_steps",
-    "eval.stop_prompts", "eval.suite_prompts",
-)
+SECTIONS = ("model", "loop", "synth", "assess", "filter", "train", "export", "eval")
 ASPECTS = {"quality", "following", "verdict"}
 EXPORT_TYPES = {"f16", "f32", "q8_0", "q4_k_m", "q4_0", "q5_k_m", "q6_k"}
+
+
+def choices(cls: type, name: str) -> tuple[str, ...] | None:
+    """The allowed values of a Literal-typed field, else None."""
+    tp = typing.get_type_hints(cls)[name]
+    return typing.get_args(tp) if typing.get_origin(tp) is Literal else None
 
 
 def _closest(name: str, options: typing.Iterable[str]) -> str:
@@ -190,6 +205,8 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             return None
         raise UserError(f"recipe: {where} may not be null")
     base = tp.replace(" | None", "")
+    if base.startswith("Literal["):  # the value is checked against the choices by validate()
+        base = "str"
     if base == "bool":
         if isinstance(value, bool):
             return value
@@ -284,25 +301,45 @@ def from_dict(*layers: dict[str, Any]) -> Recipe:
     return recipe
 
 
-def validate(r: Recipe) -> None:
-    """Ranges and choices; raises UserError naming the first problem."""
-    for dotted, options in CHOICES.items():
-        section, key = dotted.split(".")
-        value = getattr(getattr(r, section), key)
-        if value not in options:
-            raise UserError(f"recipe: {dotted} must be one of {sorted(options)}, got '{value}'{_closest(value, options)}")
+def _range_error(value: float, m: dict[str, Any]) -> str | None:
+    """The range a value breaks, written as the recipe's errors write it (`> 0`, `in (0, 1]`), else None."""
+    lo, lo_open = (m["gt"], True) if m["gt"] is not None else (m["ge"], False)
+    hi, hi_open = (m["lt"], True) if m["lt"] is not None else (m["le"], False)
+    if (lo is None or value > lo or (value == lo and not lo_open)) and (hi is None or value < hi or (value == hi and not hi_open)):
+        return None
+    if hi is None:
+        return f"{'>' if lo_open else '≥'} {lo:g}"
+    return f"in {'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi_open else ']'}"
 
-    for dotted in POSITIVE + NON_NEGATIVE:
-        section, key = dotted.split(".")
-        value = getattr(getattr(r, section), key)
-        if value < 0 or (value == 0 and dotted in POSITIVE):
-            raise UserError(f"recipe: {dotted} must be {'> 0' if dotted in POSITIVE else '≥ 0'}, got {value}")
-    for name in ("top_p", "response_top_p"):
-        v = getattr(r.synth, name)
-        if not 0 < v <= 1:
-            raise UserError(f"recipe: synth.{name} must be in (0, 1], got {v}")
-    if not 0 <= r.train.lora_dropout < 1:
-        raise UserError(f"recipe: train.lora_dropout must be in [0, 1), got {r.train.lora_dropout}")
+
+def _check_fields(r: Recipe) -> None:
+    """Every field against its declaration: Literal choices and knob ranges."""
+    for section, key, f in fields(r):
+        value, dotted = getattr(getattr(r, section) if section else r, key), f"{section}.{key}" if section else key
+        options = choices(type(getattr(r, section)) if section else Recipe, key)
+        if options is not None and value not in options:
+            raise UserError(f"recipe: {dotted} must be one of {sorted(options)}, got '{value}'{_closest(value, options)}")
+        if f.metadata and isinstance(value, (int, float)) and not isinstance(value, bool):
+            if (broken := _range_error(value, dict(f.metadata))) is not None:
+                nullable = " or null" if "None" in str(f.type) else ""
+                raise UserError(f"recipe: {dotted} must be {broken}{nullable}, got {value}")
+
+
+def fields(r: Recipe | None = None) -> list[tuple[str, str, dataclasses.Field]]:
+    """(section, key, field) of every knob, in declaration order (section "" for the top-level keys)."""
+    r = r or Recipe()
+    out = [("", f.name, f) for f in dataclasses.fields(Recipe) if f.name not in SECTIONS]
+    for section in SECTIONS:
+        out += [(section, f.name, f) for f in dataclasses.fields(getattr(r, section))]
+    return out
+
+
+def validate(r: Recipe) -> None:
+    """Each field against its declaration, then the rules between fields; raises UserError naming the first problem.
+
+    Checks that need the machine or the model's files (installed backends, the GGUF's architecture,
+    free disk) are preflight.check_recipe's, which `isheep recipe` and `isheep run` both call."""
+    _check_fields(r)
     targets = r.train.target_modules
     if not (targets in ("auto", ["auto"]) or (isinstance(targets, list) and targets
                                               and all(isinstance(t, str) and t and t != "auto" for t in targets))):
@@ -311,11 +348,9 @@ def validate(r: Recipe) -> None:
         raise UserError(f"recipe: assess.scale must be 2..9 (one token per score), got {r.assess.scale}")
     if not r.assess.aspects or not set(r.assess.aspects) <= ASPECTS:
         raise UserError(f"recipe: assess.aspects must be a non-empty subset of {sorted(ASPECTS)}, got {r.assess.aspects}")
-    if r.filter.keep_top is not None and not 0 < r.filter.keep_top <= 1:
-        raise UserError(f"recipe: filter.keep_top must be in (0, 1] or null, got {r.filter.keep_top}")
     if r.filter.min_score is not None and not 1 <= r.filter.min_score <= r.assess.scale:
         raise UserError(f"recipe: filter.min_score must be in 1..assess.scale or null, got {r.filter.min_score}")
-    if r.filter.max_ifd is not None and (not r.assess.ifd or r.filter.max_ifd <= 0):
+    if r.filter.max_ifd is not None and not r.assess.ifd:
         raise UserError("recipe: filter.max_ifd needs assess.ifd: true and a value > 0")
     if r.filter.rank_by != "score" and not r.assess.ifd:
         raise UserError(f"recipe: filter.rank_by={r.filter.rank_by} needs assess.ifd: true")
@@ -331,10 +366,6 @@ def validate(r: Recipe) -> None:
         raise UserError("recipe: model.backend=transformers has no grammar sampling; use assess.mode logprob or generate")
     if r.filter.min_words > r.filter.max_words:
         raise UserError("recipe: filter.min_words must be ≤ filter.max_words")
-    if not 0 < r.filter.dedup_rouge_l <= 1:
-        raise UserError(f"recipe: filter.dedup_rouge_l must be in (0, 1], got {r.filter.dedup_rouge_l}")
-    if not 0.5 <= r.eval.worse_confidence < 1:
-        raise UserError(f"recipe: eval.worse_confidence must be in [0.5, 1), got {r.eval.worse_confidence}")
     if not r.export.types or r.export.types[0] not in {"f16", "f32"}:
         raise UserError(f"recipe: export.types must start with f16 or f32 (the master export), got {r.export.types}")
     for t in r.export.types:
@@ -346,3 +377,38 @@ def validate(r: Recipe) -> None:
 
 def dump_yaml(r: Recipe) -> str:
     return yaml.safe_dump(r.to_dict(), sort_keys=False, allow_unicode=True)
+
+
+COMMENT_COLUMN, LINE_WIDTH = 39, 140
+
+
+def _scalar(value: Any) -> str:
+    """One value as inline YAML (`null`, `[f16, q8_0]`, `1.0e-04`)."""
+    if isinstance(value, float) and value != 0 and abs(value) < 1e-3:
+        return f"{value:.1e}"
+    return yaml.safe_dump(value, default_flow_style=True, allow_unicode=True).removesuffix("...\n").strip()
+
+
+def commented_yaml(r: Recipe | None = None) -> str:
+    """The recipe as YAML, each key with its field's doc as a comment (after the value, or above the
+    key when the line would pass LINE_WIDTH). The shipped default recipe is this text for the
+    defaults under a header comment (a test holds them equal); `isheep recipe --comments` prints it."""
+    import textwrap
+
+    r = r or Recipe()
+    lines: list[str] = []
+    section = ""
+    for sec, key, f in fields(r):
+        if sec != section:
+            lines.append(f"{sec}:")
+            section = sec
+        indent = "  " if sec else ""
+        entry = f"{indent}{key}: {_scalar(getattr(getattr(r, sec) if sec else r, key))}"
+        doc = f.metadata.get("doc", "")
+        inline = f"{entry.ljust(COMMENT_COLUMN - 1)} # {doc}" if doc else entry
+        if len(inline) <= LINE_WIDTH:
+            lines.append(inline)
+        else:
+            lines += textwrap.wrap(doc, LINE_WIDTH - len(indent) - 2, initial_indent=f"{indent}# ", subsequent_indent=f"{indent}# ")
+            lines.append(entry)
+    return "\n".join(lines) + "\n"

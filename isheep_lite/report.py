@@ -11,73 +11,54 @@ from pathlib import Path
 from typing import Any
 
 from . import evaluate
-from .recipe import UserError
+from .manifest import Manifest
+from .stages import AssessSummary, EvalSummary, FilterSummary, InstructionsSummary, PromoteSummary, ResponsesSummary, TrainSummary
+from .stages import assess, instructions
 from .store import atomic_write_text, read_jsonl
 
 FIGSIZE, DPI = (8.0, 4.5), 100  # every plot is 800 × 450 pixels
 PLOTS = ("scores", "selection", "loss", "eval", "throughput")
 
 
-def load_run(run_dir: Path) -> dict[str, Any]:
-    import json
-
-    path = Path(run_dir) / "manifest.json"
-    if not path.is_file():
-        raise UserError(f"{run_dir} is not a run directory (no manifest.json)")
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise UserError(f"{path}: not valid JSON ({e.msg}, line {e.lineno})") from None
-
-
-def iterations(m: dict[str, Any]) -> list[int]:
-    return sorted(int(t) for t in m["iterations"] if int(t) > 0)
-
-
-def entry(m: dict[str, Any], t: int, stage: str) -> dict[str, Any]:
-    e = m["iterations"].get(str(t), {}).get(stage) or {}
-    return e if e.get("status") == "done" else {}
-
-
-def eval_rows(m: dict[str, Any]) -> list[dict[str, Any]]:
+def eval_rows(m: Manifest) -> list[dict[str, Any]]:
     """One row per evaluated model: metric, value, 95 % interval."""
     rows = []
-    for t in sorted(int(k) for k in m["iterations"]):
-        e = entry(m, t, "eval")
+    for t in m.iterations(with_base=True):
+        e = m.get(t, EvalSummary)
         if not e:
             continue
-        row: dict[str, Any] = {"t": t, "promote": entry(m, t, "promote")}
-        if e.get("samples"):
-            stops = [float(s["finish"] == "stop") for s in e["samples"]]
-            row["stop_rate"] = (e["stop_rate"], evaluate.bootstrap_ci(stops))
-        if e.get("ifeval"):
-            row["strict"] = (e["ifeval"]["strict"], e["ifeval"]["strict_ci95"])
-            row["loose"] = (e["ifeval"]["loose"], None)
-        if e.get("pairwise"):
-            p = e["pairwise"]
+        row: dict[str, Any] = {"t": t, "promote": m.get(t, PromoteSummary)}
+        if e.samples:
+            stops = [float(s["finish"] == "stop") for s in e.samples]
+            row["stop_rate"] = (e.stop_rate, evaluate.bootstrap_ci(stops))
+        if e.ifeval:
+            row["strict"] = (e.ifeval["strict"], e.ifeval["strict_ci95"])
+            row["loose"] = (e.ifeval["loose"], None)
+        if e.pairwise:
+            p = e.pairwise
             row["pairwise"] = (p["score"], p["score_ci95"])
             row["wtl"] = (p["win"], p["tie"], p["loss"])
         rows.append(row)
     return rows
 
 
-def throughput(m: dict[str, Any], run_dir: Path, t: int) -> dict[str, float]:
+def throughput(m: Manifest, t: int) -> dict[str, float]:
     """Generated tokens per second per generating stage, and scored pairs per second."""
     out: dict[str, float] = {}
-    ins = entry(m, t, "instructions")
-    if ins and ins["seconds"] > 0:
-        tokens = sum(x.get("tokens", 0) for x in read_jsonl(run_dir / f"iter_{t:02d}" / "completions.jsonl"))
-        out["instructions tok/s"] = tokens / ins["seconds"]
-    res = entry(m, t, "responses")
-    if res and res["seconds"] > 0:
-        out["responses tok/s"] = res["tokens"] / res["seconds"]
-    ev = entry(m, t, "eval")
-    if ev and ev["seconds"] > 0:
-        tokens = sum(s["tokens"] for s in ev.get("samples", [])) + ev.get("ifeval", {}).get("tokens", 0)
-        out["eval tok/s"] = tokens / ev["seconds"]
-    a = entry(m, t, "assess")
-    if a and a["seconds"] > 0:
-        out["assess pairs/s"] = a["scored"] / a["seconds"]
+    ins = m.get(t, InstructionsSummary)
+    if ins and ins.seconds > 0:
+        tokens = sum(x.get("tokens", 0) for x in read_jsonl(m.root / f"iter_{t:02d}" / instructions.COMPLETIONS))
+        out["instructions tok/s"] = tokens / ins.seconds
+    res = m.get(t, ResponsesSummary)
+    if res and res.seconds > 0:
+        out["responses tok/s"] = res.tokens / res.seconds
+    ev = m.get(t, EvalSummary)
+    if ev and ev.seconds > 0:
+        tokens = sum(s["tokens"] for s in ev.samples or []) + (ev.ifeval or {}).get("tokens", 0)
+        out["eval tok/s"] = tokens / ev.seconds
+    a = m.get(t, AssessSummary)
+    if a and a.seconds > 0:
+        out["assess pairs/s"] = a.scored / a.seconds
     return out
 
 
@@ -110,12 +91,12 @@ def _scale(run_dir: Path) -> int:
         return 9
 
 
-def plot_scores(m: dict[str, Any], run_dir: Path, path: Path) -> None:
+def plot_scores(m: Manifest, path: Path) -> None:
     plt, fig = _figure()
     ax = fig.add_subplot(1, 1, 1)
-    scale = _scale(run_dir)
-    for t in iterations(m):
-        scores = [x["score"] for x in read_jsonl(run_dir / f"iter_{t:02d}" / "scored.jsonl") if x["score"] is not None]
+    scale = _scale(m.root)
+    for t in m.iterations():
+        scores = [x["score"] for x in read_jsonl(m.root / f"iter_{t:02d}" / assess.SCORED) if x["score"] is not None]
         if scores:
             ax.hist(scores, bins=[1 + i * 0.25 for i in range(4 * (scale - 1) + 1)], histtype="step", linewidth=2,
                     label=f"iteration {t} (n={len(scores)}, mean {sum(scores) / len(scores):.2f})")
@@ -123,24 +104,25 @@ def plot_scores(m: dict[str, Any], run_dir: Path, path: Path) -> None:
     _save(plt, fig, path, legend_ax=ax)
 
 
-def plot_selection(m: dict[str, Any], path: Path) -> None:
+def plot_selection(m: Manifest, path: Path) -> None:
     plt, fig = _figure()
     ax = fig.add_subplot(1, 1, 1)
-    its = [t for t in iterations(m) if entry(m, t, "filter")]
+    sel = {t: f for t in m.iterations() if (f := m.get(t, FilterSummary))}
+    its = list(sel)
     reasons: list[str] = []
     for t in its:
-        reasons += [r for r in entry(m, t, "filter")["rejected_by_reason"] if r not in reasons]
-    kept = [entry(m, t, "filter")["kept"] for t in its]
+        reasons += [r for r in sel[t].rejected_by_reason if r not in reasons]
+    kept = [sel[t].kept for t in its]
     ax.bar([str(t) for t in its], kept, label="kept", color="tab:green")
     bottom = [float(k) for k in kept]
     colours = [c for i, c in enumerate(plt.get_cmap("tab10").colors) if i != 2]  # green is "kept"
     for k, reason in enumerate(reasons):
-        counts = [entry(m, t, "filter")["rejected_by_reason"].get(reason, 0) for t in its]
+        counts = [sel[t].rejected_by_reason.get(reason, 0) for t in its]
         ax.bar([str(t) for t in its], counts, bottom=bottom, label=reason, color=colours[k % len(colours)],
                hatch="//" if k >= len(colours) else None)
         bottom = [b + c for b, c in zip(bottom, counts)]
     for i, t in enumerate(its):
-        ax.annotate(f"kept {100 * entry(m, t, 'filter')['kept_ratio']:.0f} %", (i, bottom[i]), ha="center", va="bottom")
+        ax.annotate(f"kept {100 * sel[t].kept_ratio:.0f} %", (i, bottom[i]), ha="center", va="bottom")
     ax.set(title="Answered pairs: kept, and rejected by reason", xlabel="iteration", ylabel="pairs")
     if its:
         ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
@@ -148,18 +130,19 @@ def plot_selection(m: dict[str, Any], path: Path) -> None:
     _save(plt, fig, path)
 
 
-def plot_loss(m: dict[str, Any], path: Path) -> None:
+def plot_loss(m: Manifest, path: Path) -> None:
     plt, fig = _figure()
     ax = fig.add_subplot(1, 1, 1)
-    for t in iterations(m):
-        losses = entry(m, t, "train").get("losses") or []
+    for t in m.iterations():
+        trained = m.get(t, TrainSummary)
+        losses = trained.losses if trained else []
         if losses:
             ax.plot(range(1, len(losses) + 1), losses, marker=".", label=f"iteration {t}")
     ax.set(title="LoRA training loss (answer tokens only)", xlabel="step", ylabel="loss")
     _save(plt, fig, path, legend_ax=ax)
 
 
-def plot_eval(m: dict[str, Any], path: Path) -> None:
+def plot_eval(m: Manifest, path: Path) -> None:
     plt, fig = _figure()
     ax = fig.add_subplot(1, 1, 1)
     rows = eval_rows(m)
@@ -172,11 +155,10 @@ def plot_eval(m: dict[str, Any], path: Path) -> None:
         err = [[y - p[2][0] for y, p in zip(ys, pts)], [p[2][1] - y for y, p in zip(ys, pts)]]
         ax.errorbar(xs, ys, yerr=err, marker="o", capsize=4, label=label)
     for r in rows:
-        if r["promote"].get("worse"):
+        if r["promote"] and r["promote"].worse:
             ax.annotate("worse", (r["t"], 0.02), ha="center", color="tab:red")
-    best = m.get("best", {}).get("iteration")
-    if best is not None:
-        ax.axvline(best, color="grey", linestyle=":", label=f"best: M_{best}")
+    if m.best is not None:
+        ax.axvline(m.best.iteration, color="grey", linestyle=":", label=f"best: M_{m.best.iteration}")
     ax.set(title="Held-out checks per model (95 % bootstrap intervals)", xlabel="model M_t", ylabel="rate", ylim=(0, 1.05))
     ax.set_xticks([r["t"] for r in rows])
     if rows:
@@ -184,11 +166,11 @@ def plot_eval(m: dict[str, Any], path: Path) -> None:
     _save(plt, fig, path)
 
 
-def plot_throughput(m: dict[str, Any], run_dir: Path, path: Path) -> None:
+def plot_throughput(m: Manifest, path: Path) -> None:
     plt, fig = _figure()
     tok_ax, pair_ax = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
-    its = iterations(m)
-    per = {t: throughput(m, run_dir, t) for t in its}
+    its = m.iterations()
+    per = {t: throughput(m, t) for t in its}
     stages = ["instructions tok/s", "responses tok/s", "eval tok/s"]
     width = 0.8 / max(1, len(its))
     for i, t in enumerate(its):
@@ -210,34 +192,33 @@ def _fmt(v: tuple[float, Any] | None) -> str:
     return f"{value:.2f}" + (f" ({ci[0]:.2f}–{ci[1]:.2f})" if ci else "")
 
 
-def markdown(m: dict[str, Any], run_dir: Path) -> str:
-    lines = [f"# isheep-lite run report: {Path(run_dir).resolve().name}", ""]
-    best = m.get("best", {}).get("iteration")
-    if best is not None:
-        served = " + ".join([m["best"]["gguf"], *m["best"].get("adapters", [])])
-        final = f" Final model: `{m['final_model']}`." if m.get("final_model") else ""
-        lines.append(f"Best model: **M_{best}** (`{served}`).{final}" + (f" Stopped early: {m['stopped_early']}." if m.get("stopped_early") else ""))
-        lines.append("")
+def markdown(m: Manifest) -> str:
+    lines = [f"# isheep-lite run report: {m.root.resolve().name}", ""]
+    if m.best is not None:
+        served = " + ".join([m.best.gguf, *m.best.adapters])
+        final = f" Final model: `{m.final_model}`." if m.final_model else ""
+        stopped = f" Stopped early: {m.stopped_early}." if m.stopped_early else ""
+        lines += [f"Best model: **M_{m.best.iteration}** (`{served}`).{final}{stopped}", ""]
     lines += ["## Held-out checks per model", "",
               "| model | suite strict (95 % CI) | suite loose | stop rate (95 % CI) | pairwise vs M_0 (95 % CI) | win/tie/loss | verdict |",
               "|---|---|---:|---|---|---|---|"]
     for r in eval_rows(m):
         p = r["promote"]
-        verdict = "" if r["t"] == 0 or not p else ("flagged worse, not promoted" if p.get("worse") else
-                                          "promoted" if p.get("best") == r["t"] else "not promoted (lower mean)")
-        if p.get("compared"):
-            verdict += f"; Δ strict vs M_{p['against']} {p['delta']:+.3f} ({p['ci95'][0]:+.3f}–{p['ci95'][1]:+.3f}), P(worse) {p['p_worse']:.2f}"
+        verdict = "" if r["t"] == 0 or not p else ("flagged worse, not promoted" if p.worse else
+                                                   "promoted" if p.best == r["t"] else "not promoted (lower mean)")
+        if p and p.compared and p.ci95:
+            verdict += f"; Δ strict vs M_{p.against} {p.delta:+.3f} ({p.ci95[0]:+.3f}–{p.ci95[1]:+.3f}), P(worse) {p.p_worse:.2f}"
         wtl = "/".join(map(str, r["wtl"])) if "wtl" in r else "–"
         lines.append(f"| M_{r['t']} | {_fmt(r.get('strict'))} | {_fmt(r.get('loose'))} | {_fmt(r.get('stop_rate'))} | "
                      f"{_fmt(r.get('pairwise'))} | {wtl} | {verdict} |")
     lines += ["", "## Stages", "", "| iteration | kept / answered | score mean (sd) | train loss first → last | seconds per stage |",
               "|---|---|---|---|---|"]
-    for t in iterations(m):
-        f, a, tr = entry(m, t, "filter"), entry(m, t, "assess"), entry(m, t, "train")
-        secs = ", ".join(f"{s} {e.get('seconds', 0):.0f}" for s, e in m["iterations"][str(t)].items() if e.get("status") == "done")
-        kept = f"{f['kept']} / {entry(m, t, 'responses').get('responses', '?')}" if f else "–"
-        score = f"{a['score_mean']} ({a.get('score_sd')})" if a else "–"
-        loss = f"{tr['loss_first']} → {tr['loss_last']}" if tr else "–"
+    for t in m.iterations():
+        f, a, tr, res = m.get(t, FilterSummary), m.get(t, AssessSummary), m.get(t, TrainSummary), m.get(t, ResponsesSummary)
+        secs = ", ".join(f"{s} {sec:.0f}" for s, sec in m.seconds(t).items())
+        kept = f"{f.kept} / {res.responses if res else '?'}" if f else "–"
+        score = f"{a.score_mean} ({a.score_sd})" if a else "–"
+        loss = f"{tr.loss_first} → {tr.loss_last}" if tr else "–"
         lines.append(f"| {t} | {kept} | {score} | {loss} | {secs} |")
     lines += [""] + [f"![{name}]({name}.png)" for name in PLOTS] + [""]
     return "\n".join(lines)
@@ -245,14 +226,13 @@ def markdown(m: dict[str, Any], run_dir: Path) -> str:
 
 def write_report(run_dir: Path, out_dir: Path | None = None) -> Path:
     """Write report.md and one PNG per entry of PLOTS into `out_dir` (default RUN_DIR/report)."""
-    run_dir = Path(run_dir)
-    m = load_run(run_dir)
-    out = Path(out_dir) if out_dir else run_dir / "report"
+    m = Manifest.read(run_dir)
+    out = Path(out_dir) if out_dir else Path(run_dir) / "report"
     out.mkdir(parents=True, exist_ok=True)
-    plot_scores(m, run_dir, out / "scores.png")
+    plot_scores(m, out / "scores.png")
     plot_selection(m, out / "selection.png")
     plot_loss(m, out / "loss.png")
     plot_eval(m, out / "eval.png")
-    plot_throughput(m, run_dir, out / "throughput.png")
-    atomic_write_text(out / "report.md", markdown(m, run_dir))
+    plot_throughput(m, out / "throughput.png")
+    atomic_write_text(out / "report.md", markdown(m))
     return out / "report.md"

@@ -320,30 +320,6 @@ def read_status(path: str | Path) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
-# The records each early stage of an iteration writes (the stages before selection).
-STAGE_FILES = {"instructions": ("completions", "instructions", "instructions_rejected"),
-               "responses": ("responses",), "assess": ("scored",)}
-
-
-def fork_run(source: Path, dest: Path, stages: Iterable[str]) -> None:
-    """A new run directory holding `source`'s M_0 (iter_00) and its iteration-1 records of `stages`,
-    marked done in a fresh manifest, so a recipe that differs from the source's only after those
-    stages resumes from there instead of generating the same records again (the lever sweep, the
-    threshold ablation tests). Paths inside the manifest are moved to `dest`."""
-    import shutil
-
-    stages = list(stages)
-    shutil.rmtree(dest, ignore_errors=True)
-    shutil.copytree(source / "iter_00", dest / "iter_00")
-    (dest / "iter_01").mkdir(parents=True)
-    for stage in stages:
-        for name in STAGE_FILES[stage]:
-            shutil.copy(source / "iter_01" / f"{name}.jsonl", dest / "iter_01" / f"{name}.jsonl")
-    m = json.loads((source / "manifest.json").read_text().replace(str(source.resolve()), str(dest.resolve())))
-    it1 = {k: m["iterations"]["1"][k] for k in stages}
-    atomic_write_text(dest / "manifest.json", json.dumps({"iterations": {"0": m["iterations"]["0"], "1": it1}}, indent=2))
-
-
 LOCK_GRACE_S = 2.0
 
 

@@ -8,7 +8,8 @@ import yaml
 
 from isheep_lite import recipe
 from isheep_lite.loop import run
-from isheep_lite.store import RunStore, fork_run, read_jsonl
+from isheep_lite.manifest import fork
+from isheep_lite.store import RunStore, read_jsonl
 
 ABLATIONS = sorted((Path(__file__).resolve().parents[1] / "recipes" / "ablations").glob("*.yaml"))
 # what these tests check is that each recipe's stages run and record what it ablates, not the
@@ -48,7 +49,7 @@ def threshold_pool(tmp_path_factory: pytest.TempPathFactory, smol_hf: Path) -> P
     """The lowest threshold recipe's run. The threshold recipes differ only in filter.min_score (and
     name), which acts after self-assessment, so their M_0, instructions, responses and self-scores are
     this run's; each other threshold run starts from a copy of them and runs its own filter → train →
-    export (store.fork_run, as bench/sweep_levers.py does) instead of generating the same pool again."""
+    export (manifest.fork, as bench/sweep_levers.py does) instead of generating the same pool again."""
     runs = tmp_path_factory.mktemp("threshold")
     r = recipe.load(THRESHOLDS[0], [f"runs_dir={runs}", *SMALL, *POOL])
     run(r)
@@ -94,7 +95,7 @@ def test_ablation_runs_one_iteration(path: Path, tmp_path: Path, ablation_pool: 
     if path != OTHERS[0]:
         shared = shared_stages(r, recipe.load(OTHERS[0], [f"runs_dir={runs}", *SMALL]))
         assert "instructions" in shared, "every ablation here changes what acts after generation"
-        fork_run(ablation_pool, run_dir, shared)
+        fork(ablation_pool, run_dir, shared)
     store = run(r, force=True)
     it = check_iteration(store)
     saved = yaml.safe_load((run_dir / "recipe.yaml").read_text())
@@ -123,7 +124,7 @@ def test_threshold_ablation_runs_one_iteration(path: Path, tmp_path: Path, thres
     pool_recipe["filter"].pop("min_score"), mine["filter"].pop("min_score")
     assert pool_recipe == mine  # nothing before the filter stage differs, so the pool is this recipe's own
     if path != THRESHOLDS[0]:
-        fork_run(threshold_pool, run_dir, ("instructions", "responses", "assess"))
+        fork(threshold_pool, run_dir, ("instructions", "responses", "assess"))
     store = run(r, force=True)
     it = check_iteration(store)
     c = float(path.stem.split("_")[1])

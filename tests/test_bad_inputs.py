@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from isheep_lite import loop, recipe, store
+from isheep_lite import loop, preflight, recipe, store
 from isheep_lite.recipe import UserError
 
 
@@ -120,7 +120,7 @@ def test_isheep_recipe_refuses_what_isheep_run_refuses(args: list[str], words: s
     monkeypatch.chdir(workspace)
     with pytest.raises(UserError) as refused:
         path, overrides = cli._split_args(args[1:])
-        loop.check_recipe(recipe.load(path, overrides))
+        preflight.check_recipe(recipe.load(path, overrides))
     assert words in str(refused.value)
 
 
@@ -142,8 +142,8 @@ def test_too_little_disk_is_refused_before_any_work(tmp_path: Path, monkeypatch:
         loop.run(r)
     assert not (tmp_path / "runs").exists()
     # 135 M parameters: F16 M_0 + two F16 exports ≈ 6 bytes per parameter (+10 %).
-    assert 0.8e9 < loop.planned_bytes(r, 135_000_000, set()) < 1.0e9
-    assert loop.planned_bytes(r, 135_000_000, {0, 1, 2}) == 0
+    assert 0.8e9 < preflight.planned_bytes(r, 135_000_000, set()) < 1.0e9
+    assert preflight.planned_bytes(r, 135_000_000, {0, 1, 2}) == 0
 
 
 def test_second_concurrent_run_is_refused_while_the_first_continues(tiny: dict[str, Path], tmp_path: Path) -> None:

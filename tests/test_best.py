@@ -1,6 +1,7 @@
 """The best-iteration logic and the pairwise judge, with fake evaluators (no real model needed)."""
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -8,6 +9,9 @@ import pytest
 
 from isheep_lite import evaluate, loop, recipe
 from isheep_lite.engine import Engine
+from isheep_lite.serving import Served
+from isheep_lite.stages import evaluation
+from isheep_lite.stages.context import Context
 
 QUALITY = {0: 0.50, 1: 0.70, 2: 0.20, 3: 0.70}  # iteration 2 is much worse than iteration 1
 
@@ -16,21 +20,21 @@ def _fake_run(tmp_path: Path, tiny: dict[str, Path], monkeypatch: pytest.MonkeyP
     """loop.run with every iteration and check faked: iteration t's model passes QUALITY[t] of 40 prompts."""
     seen: dict[int, tuple[Path, Path]] = {}
 
-    def fake_checks(model: loop.Served, r: recipe.Recipe, reference: Any = None, judge: Any = None) -> dict[str, Any]:
+    def fake_checks(model: Served, r: recipe.Recipe, engines: Any, reference: Any = None, judge: Any = None) -> dict[str, Any]:
         gguf = model.gguf
         t = int(gguf.parent.name[5:]) if gguf.parent.name.startswith("iter_") else 0
         k = round(QUALITY[t] * 40)
         return {"ifeval": {"strict_pass": [1] * k + [0] * (40 - k), "strict": k / 40, "loose": k / 40, "strict_ci95": [0, 1]}}
 
-    def fake_iteration(store: Any, r: recipe.Recipe, t: int, seeds: Any, given: Path, current: loop.Served, train_hf: Path,
-                       base_served: loop.Served, adapters: bool) -> loop.Served:
-        seen[t] = (current.gguf, train_hf)
-        gguf = store.iter_dir(t) / "model-f16.gguf"
+    def fake_iteration(ctx: Context) -> Served:
+        assert ctx.current is not None and ctx.train_hf is not None
+        seen[ctx.t] = (ctx.current.gguf, ctx.train_hf)
+        gguf = ctx.dir / "model-f16.gguf"
         gguf.write_bytes(b"not a real model")
-        loop.eval_stage(store, t, loop.Served(gguf), r, base_served)
-        return loop.Served(gguf)
+        evaluation.run(replace(ctx, model=Served(gguf)))
+        return Served(gguf)
 
-    monkeypatch.setattr(loop, "checks", fake_checks)
+    monkeypatch.setattr(evaluate, "checks", fake_checks)
     monkeypatch.setattr(loop, "iteration", fake_iteration)
     r = recipe.load(None, [f"runs_dir={tmp_path}", "name=fake", f"model.gguf={tiny['gguf']}", f"model.hf={tiny['hf']}",
                            "model.serve_base=original", "loop.iterations=3", *extra])

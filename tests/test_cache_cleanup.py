@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from isheep_lite import loop, models, recipe, store
+from isheep_lite import models, preflight, recipe, store
 from isheep_lite.recipe import UserError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -71,7 +71,7 @@ def _kept(litter: dict[str, Path], cache: Path) -> None:
 def test_next_runs_preflight_reclaims_what_a_killed_run_left(litter: dict[str, Path], cache: Path, tiny: dict[str, Path],
                                                             capsys: pytest.CaptureFixture) -> None:
     r = recipe.load(None, [f"model.gguf={tiny['gguf']}", f"model.hf={tiny['hf']}", f"runs_dir={litter['run'].parent}", "name=x"])
-    loop.preflight(r)
+    preflight.preflight(r)
     assert not litter["stale_hf"].exists() and not litter["stale_gguf"].exists()
     assert not list(litter["run"].rglob("*.tmp")), "the run directory's own half-written files are reclaimed"
     _kept(litter, cache)
@@ -148,19 +148,19 @@ def test_disk_check_counts_the_one_time_dequantisation(cache: Path, tmp_path: Pa
     r = recipe.load(None, [f"runs_dir={tmp_path}/runs"])
     given = models.resolve_gguf(r.model.gguf)
     n = models.gguf_info(given).n_params
-    exports, dequantise = loop.planned_bytes(r, n, set()), loop.dequantise_bytes(r, given, n, set())
+    exports, dequantise = preflight.planned_bytes(r, n, set()), preflight.dequantise_bytes(r, given, n, set())
     assert 4 * n < dequantise < 5 * n
     usage = collections.namedtuple("usage", "total used free")
     monkeypatch.setattr(shutil, "disk_usage", lambda p: usage(10**12, 0, exports + dequantise // 2))
     with pytest.raises(UserError, match=r"the planned exports and the one-time dequantisation into float32 HF weights need about"):
-        loop.preflight(r)
+        preflight.preflight(r)
     monkeypatch.setattr(shutil, "disk_usage", lambda p: usage(10**12, 0, exports + dequantise + 2**20))
-    loop.preflight(r)
+    preflight.preflight(r)
     assert not (tmp_path / "runs").exists(), "preflight writes nothing"
     # Once the cache holds the HF weights (or model.hf is given), nothing more is counted.
     cached = models.dequantised_dir(given)
     cached.mkdir(parents=True)
     (cached / "config.json").write_text("{}")
-    assert loop.dequantise_bytes(r, given, n, set()) == 0
-    assert loop.dequantise_bytes(recipe.load(None, ["model.hf=x"]), given, n, set()) == 0
-    assert loop.dequantise_bytes(r, given, n, {0}) == 0
+    assert preflight.dequantise_bytes(r, given, n, set()) == 0
+    assert preflight.dequantise_bytes(recipe.load(None, ["model.hf=x"]), given, n, set()) == 0
+    assert preflight.dequantise_bytes(r, given, n, {0}) == 0

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from isheep_lite import loop, recipe
+from isheep_lite import preflight, recipe
 from isheep_lite.engine import Engine, Sampling
 from isheep_lite.recipe import UserError
 
@@ -38,9 +38,9 @@ def test_converter_makes_the_generation_gguf_once(tiny: dict, tmp_path: Path) ->
     script = tmp_path / "convert_hf_to_gguf.py"
     script.write_text(STAND_IN)
     r = _recipe(tmp_path, f"model.hf={tiny['hf']}", f"model.converter={script}")
-    gguf = loop.generation_gguf(r)
+    gguf = preflight.generation_gguf(r)
     assert gguf.is_file() and gguf.suffix == ".gguf" and (tmp_path / "convert_hf_to_gguf.calls").read_text() == "1"
-    assert loop.generation_gguf(r) == gguf and (tmp_path / "convert_hf_to_gguf.calls").read_text() == "1", "cached"
+    assert preflight.generation_gguf(r) == gguf and (tmp_path / "convert_hf_to_gguf.calls").read_text() == "1", "cached"
     assert not list(gguf.parent.glob("*.tmp*"))
     with Engine(gguf, n_ctx=256) as e, Engine(tiny["gguf"], n_ctx=256) as ref:  # the same model as the tiny GGUF
         s = [Sampling(max_tokens=8)]
@@ -51,11 +51,11 @@ def test_converter_errors_are_one_line(tiny: dict, tmp_path: Path) -> None:
     failing = tmp_path / "failing.py"
     failing.write_text("import sys\nprint('loading...')\nsys.exit('Model MysteryForCausalLM is not supported')\n")
     with pytest.raises(UserError, match="converter failed .*MysteryForCausalLM is not supported"):
-        loop.generation_gguf(_recipe(tmp_path, f"model.hf={tiny['hf']}", f"model.converter={failing}"))
+        preflight.generation_gguf(_recipe(tmp_path, f"model.hf={tiny['hf']}", f"model.converter={failing}"))
     with pytest.raises(UserError, match="not found"):
-        loop.generation_gguf(_recipe(tmp_path, f"model.hf={tiny['hf']}", f"model.converter={tmp_path / 'nope.py'}"))
+        preflight.generation_gguf(_recipe(tmp_path, f"model.hf={tiny['hf']}", f"model.converter={tmp_path / 'nope.py'}"))
     with pytest.raises(UserError, match="set model.hf"):
-        loop.generation_gguf(_recipe(tmp_path, f"model.converter={failing}"))
+        preflight.generation_gguf(_recipe(tmp_path, f"model.converter={failing}"))
     with pytest.raises(UserError, match="not both"):
-        loop.generation_gguf(_recipe(tmp_path, f"model.hf={tiny['hf']}", f"model.converter={failing}", f"model.gguf={tiny['gguf']}"))
+        preflight.generation_gguf(_recipe(tmp_path, f"model.hf={tiny['hf']}", f"model.converter={failing}", f"model.gguf={tiny['gguf']}"))
     assert sys.executable  # the converter runs under this interpreter (its gguf-py and torch)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from isheep_lite import loop, recipe, train
+from isheep_lite import preflight, recipe, train
 from isheep_lite.planner import GB, Shape, estimate, lora_params, plan_llama
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -49,7 +49,7 @@ def test_24gb_recipes_serve_adapters_and_their_generation_memory_is_the_planners
     path = ROOT / "recipes" / name
     r, shape = recipe.load(path), RECIPES[name]
     assert r.export.mode == "auto" and r.model.serve_base == "original"
-    assert loop.adapter_mode(r, shape.params()), "7-8B models are served as base GGUF + LoRA adapter"
+    assert preflight.adapter_mode(r, shape.params()), "7-8B models are served as base GGUF + LoRA adapter"
     adapter = lora_params(shape, r.train.lora_r, _targets(r)) * 2  # F16
     plan = plan_llama(weights_bytes=Q4_K_M_BYTES[name] + adapter, n_layers=shape.layers,
                       kv_bytes_per_cell=2 * shape.layers * shape.kv_heads * shape.head_dim * 2, n_vocab=shape.vocab,

@@ -8,7 +8,9 @@ import pytest
 
 from isheep_lite import recipe
 from isheep_lite.recipe import UserError
-from isheep_lite.store import STAGE_FILES, JsonlWriter, RunStore, fork_run, read_jsonl
+from isheep_lite.manifest import fork
+from isheep_lite.stages import SUMMARIES
+from isheep_lite.store import JsonlWriter, RunStore, read_jsonl
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -19,6 +21,31 @@ def test_defaults_validate_and_shipped_default_recipe_matches_them() -> None:
     assert r.synth.num_instructions >= 100
     shipped = recipe.load(ROOT / "recipes" / "smollm2" / "135m_lora_cpu.yaml")
     assert shipped.to_dict() == r.to_dict()
+
+
+def test_shipped_default_recipe_is_the_generated_reference() -> None:
+    """Field docs live once (recipe.py); the commented default recipe is generated from them."""
+    text = (ROOT / "recipes" / "smollm2" / "135m_lora_cpu.yaml").read_text(encoding="utf-8")
+    lines = text.splitlines(keepends=True)
+    header = next(i for i, line in enumerate(lines) if not line.startswith("#"))
+    body = "".join(lines[header:])
+    assert body == recipe.commented_yaml(), "regenerate the recipe's body with: isheep recipe --comments"
+    every_key = [f"{s}.{k}" if s else k for s, k, f in recipe.fields()]
+    undocumented = [k for k, (_, _, f) in zip(every_key, recipe.fields()) if not f.metadata.get("doc")]
+    assert not undocumented and len(every_key) > 60
+
+
+def test_field_declarations_are_the_checks() -> None:
+    """Choices come from Literal types and ranges from knob(): the same table validates and documents."""
+    assert recipe.choices(recipe.ModelConfig, "backend") == ("llama_cpp", "transformers", "openai")
+    for s, k, f in recipe.fields():
+        options = recipe.choices(type(getattr(recipe.Recipe(), s)) if s else recipe.Recipe, k)
+        if options:
+            with pytest.raises(UserError, match=f"{s}.{k} must be one of"):
+                recipe.load(None, [f"{s}.{k}=not-a-choice"])
+        if f.metadata.get("gt") == 0:
+            with pytest.raises(UserError, match=rf"{s}.{k} must be (> 0|in \(0, )"):
+                recipe.load(None, [f"{s}.{k}=0"])
 
 
 def test_overrides_are_typed_yaml_values() -> None:
@@ -110,21 +137,21 @@ def test_failed_stage_is_not_marked_done(tmp_path: Path) -> None:
     s.close()
 
 
-def test_fork_run_copies_m0_and_the_chosen_stages_only(tmp_path: Path) -> None:
+def test_fork_copies_m0_and_the_chosen_stages_only(tmp_path: Path) -> None:
     src, dest = tmp_path / "src", tmp_path / "dest"
     (src / "iter_00").mkdir(parents=True)
     (src / "iter_00" / "model-f16.gguf").write_bytes(b"gguf")
     (src / "iter_01").mkdir()
-    for names in STAGE_FILES.values():
-        for name in names:
-            (src / "iter_01" / f"{name}.jsonl").write_text(f'{{"file": "{name}"}}\n')
+    for stage in ("instructions", "responses", "assess"):
+        for name in SUMMARIES[stage].FILES:
+            (src / "iter_01" / name).write_text(f'{{"file": "{name}"}}\n')
     done = {"status": "done", "seconds": 1.0}
     m = {"iterations": {"0": {"base": {**done, "gguf": str(src.resolve() / "iter_00" / "model-f16.gguf")}, "eval": done},
                         "1": {"instructions": done, "responses": done, "assess": done, "filter": done}}, "best": {"iteration": 1}}
     (src / "manifest.json").write_text(json.dumps(m))
     dest.mkdir()
     (dest / "stale.txt").write_text("from an earlier fork")
-    fork_run(src, dest, ("instructions", "responses"))
+    fork(src, dest, ("instructions", "responses"))
     forked = json.loads((dest / "manifest.json").read_text())
     assert set(forked["iterations"]["1"]) == {"instructions", "responses"} and "best" not in forked
     assert forked["iterations"]["0"]["base"]["gguf"] == str(dest.resolve() / "iter_00" / "model-f16.gguf")

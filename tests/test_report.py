@@ -9,6 +9,7 @@ import pytest
 
 from isheep_lite import report
 from isheep_lite.recipe import UserError
+from isheep_lite.stages import TrainSummary
 from isheep_lite.store import write_jsonl
 
 
@@ -49,7 +50,10 @@ def test_report_from_a_handmade_run(tmp_path: Path) -> None:
             "assess": {"status": "done", "seconds": 3.0, "scored": 30, "assessor": "M_0", "score_mean": 5.4, "score_sd": 0.9},
             "filter": {"status": "done", "seconds": 0.0, "kept": 6, "rejected": 6, "kept_ratio": 0.5,
                        "rejected_by_reason": {"truncated": 2, "below_top_fraction": 4}},
-            "train": {"status": "done", "seconds": 20.0, "losses": [1.2, 1.0, 0.9], "loss_first": 1.2, "loss_last": 0.9},
+            "train": {"status": "done", "seconds": 20.0, **TrainSummary(
+                trained_on="hf", examples=6, dropped_too_long=0, steps=3, train_loss=1.0, loss_first=1.2, loss_last=0.9,
+                losses=[1.2, 1.0, 0.9], tokens=600, resumed_from_step=None, backend="hf", device="cpu", micro_batch=4,
+                grad_accum=1, memory_plan=None, oom_splits=0, peak_vram_gb=None, seconds_per_step=6.6).to_entry()},
             "eval": {**_eval(0.4 if t == 1 else 0.1), "pairwise": {"score": 0.6, "score_ci95": [0.4, 0.8], "win": 2, "tie": 1, "loss": 1}},
             "promote": {"status": "done", "against": 0 if t == 1 else 1, "compared": True, "delta": 0.1 if t == 1 else -0.3,
                         "ci95": [0.0, 0.2] if t == 1 else [-0.5, -0.1], "p_worse": 0.0 if t == 1 else 1.0,

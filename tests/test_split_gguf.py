@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from isheep_lite import loop, models, recipe
+from isheep_lite import loop, models, preflight, recipe
 from isheep_lite.engine import Engine, Sampling
 from isheep_lite.recipe import UserError
 
@@ -102,7 +102,7 @@ def test_the_disk_check_counts_the_joined_copy(split: dict[str, Any], tmp_path: 
     r = recipe.load(None, [f"runs_dir={tmp_path}", f"model.gguf={first}"])
     n = models.gguf_info(first).n_params
     joined = sum(p.stat().st_size for p in split["shards"])
-    assert loop.dequantise_bytes(r, first, n, set()) == int(1.1 * 4.0 * n) + joined
+    assert preflight.dequantise_bytes(r, first, n, set()) == int(1.1 * 4.0 * n) + joined
 
 
 def test_llama_cpp_serves_the_first_shard_as_the_whole_file(split: dict[str, Any], tiny: dict[str, Path]) -> None:

@@ -162,7 +162,7 @@ def test_gguf_adapter_refuses_what_it_cannot_hold(tiny: dict[str, Path], tmp_pat
 def test_adapter_mode_loop_serves_adapter_chains_and_exports_the_final_model_merged(tmp_path: Path, smol_hf: Path) -> None:
     """export.mode=adapter, train_from=previous, two iterations on the embedded model: no merged GGUF
     per iteration, M_2 served as base + Δ_1 + Δ_2, and the final merged export answers as that chain does."""
-    from isheep_lite import loop, recipe
+    from isheep_lite import loop, recipe, serving
 
     r = recipe.load(None, [f"runs_dir={tmp_path}", "name=adapters", "export.mode=adapter", "loop.train_from=previous",
                            "loop.promote=latest", "loop.iterations=2", "synth.num_instructions=5", "assess.enabled=false", "filter.keep_top=null",
@@ -179,7 +179,7 @@ def test_adapter_mode_loop_serves_adapter_chains_and_exports_the_final_model_mer
     prompts = [[{"role": "user", "content": q}] for q in
                ("Name three fruits.", "What is 12 plus 7?", "Write a haiku about rain.", "Say hello in French.")]
     greedy = [Sampling(max_tokens=48)] * len(prompts)
-    with loop.open_engine(loop.Served(Path(best["gguf"]), (a1, a2)), r) as chain:
+    with serving.open_engine(serving.Served(Path(best["gguf"]), (a1, a2)), r) as chain:
         want = [c.text for c in chain.chat_many(prompts, greedy)]
     with Engine(final, n_ctx=1024) as merged:
         got = [c.text for c in merged.chat_many(prompts, greedy)]

@@ -1,0 +1,30 @@
+"""Stage `final_export` (adapter mode only): the best model written whole — merged, in every
+export.types — once, at the end of the run, instead of once per iteration."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from .. import export as exporter
+from .context import Context, Summary, once
+from .train import TrainSummary
+
+
+@dataclass(frozen=True, kw_only=True)
+class FinalExportSummary(Summary):
+    STAGE = "final_export"
+    FILES = ("model-<type>.gguf",)
+    files: dict[str, str]  # export type → path
+
+
+def run(ctx: Context) -> FinalExportSummary:
+    """Run with `ctx.t` the best iteration."""
+    return once(ctx, FinalExportSummary, _export)
+
+
+def _export(ctx: Context) -> FinalExportSummary:
+    trained = ctx.done(TrainSummary)
+    assert trained is not None
+    ctx.engines.release()
+    d = ctx.dir
+    return FinalExportSummary(files=exporter.export(Path(trained.trained_on), d / "adapter", ctx.given, d, ctx.recipe.export.types))

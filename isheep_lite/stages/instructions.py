@@ -1,0 +1,45 @@
+"""Stage `instructions`: the best model so far writes new instructions — few-shot from seed tasks
+(the paper) or zero-seed (magpie) — and the rule filters drop unusable ones (synth.py, filters.py)."""
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+
+from .. import synth
+from ..progress import progress_bar
+from ..store import read_jsonl, write_jsonl
+from .context import Context, Summary, once
+
+COMPLETIONS, KEPT, REJECTED = "completions.jsonl", "instructions.jsonl", "instructions_rejected.jsonl"
+
+
+@dataclass(frozen=True, kw_only=True)
+class InstructionsSummary(Summary):
+    STAGE = "instructions"
+    FILES = (COMPLETIONS, KEPT, REJECTED)
+    prompts: int  # generation prompts sent
+    instructions: int  # usable instructions kept
+    rejected: int
+    rejected_by_reason: dict[str, int]
+
+
+def run(ctx: Context) -> InstructionsSummary:
+    return once(ctx, InstructionsSummary, _generate)
+
+
+def count_by(rows: list[dict], key: str) -> dict[str, int]:
+    """How many rows have each value of `key`, most frequent first."""
+    return dict(Counter(x[key] for x in rows).most_common())
+
+
+def _generate(ctx: Context) -> InstructionsSummary:
+    r, d = ctx.recipe, ctx.dir
+    assert ctx.current is not None
+    engine = ctx.engines.get(ctx.current)
+    with progress_bar(f"it{ctx.t} instructions", r.synth.num_instructions) as bar:
+        kept, rejected = synth.generate_instructions(engine, ctx.seeds, r.synth, r.filter, r.loop.seed, ctx.t,
+                                                     d / COMPLETIONS, progress=bar)
+    write_jsonl(d / KEPT, kept)
+    write_jsonl(d / REJECTED, rejected)
+    return InstructionsSummary(prompts=len(read_jsonl(d / COMPLETIONS)), instructions=len(kept), rejected=len(rejected),
+                               rejected_by_reason=count_by(rejected, "reason"))

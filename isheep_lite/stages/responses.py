@@ -1,0 +1,37 @@
+"""Stage `responses`: the best model so far answers each kept instruction (sampled; each answer is
+appended as it finishes, so a crash loses only unfinished ones)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .. import synth
+from ..progress import progress_bar
+from ..store import read_jsonl
+from . import instructions
+from .context import Context, Summary, once
+
+RESPONSES = "responses.jsonl"
+
+
+@dataclass(frozen=True, kw_only=True)
+class ResponsesSummary(Summary):
+    STAGE = "responses"
+    FILES = (RESPONSES,)
+    responses: int
+    tokens: int  # generated tokens
+    finished: int  # answers ended by the end-of-turn token (the rest hit synth.response_max_tokens)
+
+
+def run(ctx: Context) -> ResponsesSummary:
+    return once(ctx, ResponsesSummary, _answer)
+
+
+def _answer(ctx: Context) -> ResponsesSummary:
+    r, d = ctx.recipe, ctx.dir
+    assert ctx.current is not None
+    todo = read_jsonl(d / instructions.KEPT)
+    engine = ctx.engines.get(ctx.current)
+    with progress_bar(f"it{ctx.t} responses", len(todo)) as bar:
+        rows = synth.generate_responses(engine, todo, r.synth, r.loop.seed, ctx.t, d / RESPONSES, progress=bar)
+    return ResponsesSummary(responses=len(rows), tokens=sum(x["gen"]["tokens"] for x in rows),
+                            finished=sum(x["gen"]["finish"] == "stop" for x in rows))
