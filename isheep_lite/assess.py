@@ -204,3 +204,12 @@ def assess(
             done[rec["id"]] = row
             progress(1)
     return [done[r["id"]] for r in records]
+
+
+def histogram(xs: list[float], scale: int) -> dict[str, int]:
+    """Counts of scores in unit bins "1-2", …, "(scale-1)-scale" (the last bin holds the top score too)."""
+    counts = {f"{lo}-{lo + 1}": 0 for lo in range(1, scale)}
+    for x in xs:
+        lo = min(max(int(x), 1), scale - 1)
+        counts[f"{lo}-{lo + 1}"] += 1
+    return counts

@@ -10,6 +10,7 @@ Every check returns a reason string or None, so rejected records say why they we
 from __future__ import annotations
 
 import re
+from collections import Counter
 from typing import Any, Iterable, Sequence
 
 from .recipe import FilterConfig
@@ -152,6 +153,11 @@ def split_pairs(responses: list[dict[str, Any]], cfg: FilterConfig) -> tuple[lis
         else:
             candidates.append(x)
     return candidates, rejected
+
+
+def count_by(rows: list[dict[str, Any]], key: str) -> dict[str, int]:
+    """How many rows have each value of `key` (a rejection reason), most frequent first."""
+    return dict(Counter(x[key] for x in rows).most_common())
 
 
 # ---- selection ----------------------------------------------------------------------------------

@@ -71,6 +71,12 @@ def user_message(instruction: str, input_text: str) -> str:
 
 
 # ---- instruction generation ---------------------------------------------------------------------
+def conversation(rec: dict[str, Any]) -> list[dict[str, str]]:
+    """An answered instruction as the chat the model is trained on."""
+    return [{"role": "user", "content": user_message(rec["instruction"], rec["input"])},
+            {"role": "assistant", "content": rec["response"]}]
+
+
 def fewshot_prompt(examples: list[dict[str, str]]) -> str:
     parts = [META_PROMPT]
     for i, ex in enumerate(examples, 1):

@@ -142,6 +142,7 @@ def _agreement(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
     return float((a.argmax(-1) == b.argmax(-1)).mean()), float(np.abs(a - b).max())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", list(BUILDERS))
 def test_trained_model_exports_faithfully(kind: str, tokenizer: Any, smol_gguf: Path, tmp_path: Path) -> None:
     hf, base_gguf = _user_model(kind, tokenizer, smol_gguf, tmp_path)
@@ -172,6 +173,7 @@ def test_trained_model_exports_faithfully(kind: str, tokenizer: Any, smol_gguf: 
     assert top1 >= 0.99, f"{kind}: base + GGUF adapter agrees with transformers on {top1:.1%} of positions"
 
 
+@pytest.mark.slow
 def test_metadata_of_the_users_gguf_survives(smol_gguf: Path, smol_hf: Path, tmp_path: Path) -> None:
     """Tokenizer, chat template, stop tokens and context length of the embedded model survive its export."""
     import gguf
@@ -227,6 +229,7 @@ def test_unsupported_gguf_is_refused_before_any_work(command: str, tmp_path: Pat
     assert not runs.exists(), "nothing may be written for a refused model"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", list(BUILDERS))
 def test_gguf_only_input_keeps_the_model(kind: str, tokenizer: Any, smol_gguf: Path, tmp_path: Path) -> None:
     """A user who gives only a GGUF: the HF weights the toolkit trains on (dequantised by
@@ -247,6 +250,7 @@ def test_gguf_only_input_keeps_the_model(kind: str, tokenizer: Any, smol_gguf: P
     assert top1 >= 0.99, f"{kind}: HF weights made from the GGUF agree with llama.cpp on {top1:.1%} of positions"
 
 
+@pytest.mark.slow
 def test_a_gguf_too_big_to_dequantise_here_is_refused_with_the_ram_it_needs(
         tiny: dict, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("ISHEEP_CACHE", str(tmp_path / "cache"))  # nothing dequantised yet

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from isheep_lite.filters import RougeIndex, instruction_reject_reason, ranks, response_reject_reason, rouge_l, select
-from isheep_lite.stages.assess import histogram
+from isheep_lite.assess import histogram
 from isheep_lite.recipe import FilterConfig
 
 CFG = FilterConfig()

@@ -78,6 +78,7 @@ def test_oom_halves_the_micro_batch_and_loses_nothing(tiny: dict[str, Path], tmp
         _adapter_after_two_steps(tiny, tmp_path / "c", oom_above=0)
 
 
+@pytest.mark.slow
 def test_training_result_records_backend_and_batches(tiny: dict[str, Path], tmp_path: Path) -> None:
     cfg = TrainConfig(batch_size=4, epochs=1, warmup_steps=0, checkpoint_steps=0)
     result = train.train(CONVOS, tiny["hf"], tiny["gguf"], tmp_path, cfg, seed=0)

@@ -31,15 +31,6 @@ def run(ctx: Context) -> AssessSummary:
     return once(ctx, AssessSummary, _grade)
 
 
-def histogram(xs: list[float], scale: int) -> dict[str, int]:
-    """Counts of scores in unit bins "1-2", …, "(scale-1)-scale" (the last bin holds the top score too)."""
-    counts = {f"{lo}-{lo + 1}": 0 for lo in range(1, scale)}
-    for x in xs:
-        lo = min(max(int(x), 1), scale - 1)
-        counts[f"{lo}-{lo + 1}"] += 1
-    return counts
-
-
 def _grade(ctx: Context) -> AssessSummary:
     r, d = ctx.recipe, ctx.dir
     candidates, _ = filters.split_pairs(read_jsonl(d / responses.RESPONSES), r.filter)
@@ -60,4 +51,4 @@ def _grade(ctx: Context) -> AssessSummary:
     sd = (sum((x - mean) ** 2 for x in scores) / len(scores)) ** 0.5
     return AssessSummary(scored=len(rows), assessor=name, score_mean=round(mean, 4), score_sd=round(sd, 4),
                          score_min=round(min(scores), 4), score_max=round(max(scores), 4),
-                         score_hist=histogram(scores, r.assess.scale))
+                         score_hist=grading.histogram(scores, r.assess.scale))

@@ -2,10 +2,9 @@
 (the paper) or zero-seed (magpie) — and the rule filters drop unusable ones (synth.py, filters.py)."""
 from __future__ import annotations
 
-from collections import Counter
 from dataclasses import dataclass
 
-from .. import synth
+from .. import filters, synth
 from ..progress import progress_bar
 from ..store import read_jsonl, write_jsonl
 from .context import Context, Summary, once
@@ -27,11 +26,6 @@ def run(ctx: Context) -> InstructionsSummary:
     return once(ctx, InstructionsSummary, _generate)
 
 
-def count_by(rows: list[dict], key: str) -> dict[str, int]:
-    """How many rows have each value of `key`, most frequent first."""
-    return dict(Counter(x[key] for x in rows).most_common())
-
-
 def _generate(ctx: Context) -> InstructionsSummary:
     r, d = ctx.recipe, ctx.dir
     assert ctx.current is not None
@@ -42,4 +36,4 @@ def _generate(ctx: Context) -> InstructionsSummary:
     write_jsonl(d / KEPT, kept)
     write_jsonl(d / REJECTED, rejected)
     return InstructionsSummary(prompts=len(read_jsonl(d / COMPLETIONS)), instructions=len(kept), rejected=len(rejected),
-                               rejected_by_reason=count_by(rejected, "reason"))
+                               rejected_by_reason=filters.count_by(rejected, "reason"))

@@ -34,6 +34,7 @@ def _recipe(tmp_path: Path, *extra: str) -> recipe.Recipe:
     return recipe.load(None, [f"runs_dir={tmp_path}", *extra])
 
 
+@pytest.mark.slow
 def test_converter_makes_the_generation_gguf_once(tiny: dict, tmp_path: Path) -> None:
     script = tmp_path / "convert_hf_to_gguf.py"
     script.write_text(STAND_IN)

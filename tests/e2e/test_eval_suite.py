@@ -14,7 +14,7 @@ from isheep_lite import export
 
 def _eval(model: str, *args: str) -> dict:
     proc = subprocess.run([sys.executable, "-m", "isheep_lite", "eval", model, *args], capture_output=True, text=True,
-                          env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+                          env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])})
     assert proc.returncode == 0, proc.stderr[-2000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
 

@@ -47,7 +47,7 @@ KILL_POINTS: list[tuple[str, Callable[[Path], bool]]] = [
 
 
 def _start(tmp: Path, name: str) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
     return subprocess.Popen([sys.executable, "-m", "isheep_lite", "run", f"runs_dir={tmp}", f"name={name}", *ARGS],
                             cwd=tmp, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
 

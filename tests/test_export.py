@@ -33,6 +33,7 @@ def test_loss_mask_covers_answer_and_end_of_turn_only(tiny: dict[str, Path], tmp
     assert completion.startswith(ANSWER)
 
 
+@pytest.mark.slow
 def test_learning_is_carried_to_the_exported_gguf(tiny: dict[str, Path], tmp_path: Path) -> None:
     """Teach one distinctive answer; the exported GGUF gives it greedily in llama.cpp, the base does not."""
     convo = [{"role": "user", "content": PROMPT}, {"role": "assistant", "content": ANSWER}]
@@ -109,6 +110,7 @@ def _random_adapter(hf: Path, out: Path, seed: int, **lora: object) -> Path:
     return out
 
 
+@pytest.mark.slow
 def test_gguf_lora_adapters_equal_the_merged_export(tiny: dict[str, Path], tmp_path: Path) -> None:
     """Base GGUF + GGUF adapters in llama.cpp (one, or two stacked as train_from=previous makes them)
     give the merged export's log-probs and greedy text, in the batched context too."""

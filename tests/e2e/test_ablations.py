@@ -11,7 +11,7 @@ from isheep_lite.loop import run
 from isheep_lite.manifest import fork
 from isheep_lite.store import RunStore, read_jsonl
 
-ABLATIONS = sorted((Path(__file__).resolve().parents[1] / "recipes" / "ablations").glob("*.yaml"))
+ABLATIONS = sorted((Path(__file__).resolve().parents[2] / "recipes" / "ablations").glob("*.yaml"))
 # what these tests check is that each recipe's stages run and record what it ablates, not the
 # models' quality, so eval is skipped (its stage still runs) and the pools are small
 SMALL = ["loop.iterations=1", "synth.num_instructions=8", "synth.response_max_tokens=128", "train.epochs=1",

@@ -1,5 +1,4 @@
-"""The transformers backend and the OpenAI-compatible HTTP backend, checked against the llama.cpp
-engine on the tiny random Llama. The HTTP backend is tested against llama-cpp-python's own
+"""http_engine.py: the OpenAI-compatible HTTP backend, tested against llama-cpp-python's own
 OpenAI-compatible server, started on 127.0.0.1 inside the test."""
 from __future__ import annotations
 
@@ -15,6 +14,7 @@ import pytest
 
 from isheep_lite.engine import Engine, Sampling
 
+
 REQUESTS = ["Name three colours.", "Write a haiku about rain.", "What is 2 + 2?", "Give a tip for sleeping well.",
             "Translate 'good morning' into French.", "List two prime numbers.", "Describe a cat in one sentence.",
             "Why is the sky blue?"]
@@ -28,68 +28,6 @@ def _agree(a: list, b: list) -> int:
     return sum(x.text == y.text for x, y in zip(a, b))
 
 
-# ---- transformers -------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def hf_engine(tiny: dict[str, Path]):
-    from isheep_lite.hf_engine import HFEngine
-
-    with HFEngine(tiny["hf"], n_parallel=4, n_threads=2) as e:
-        yield e
-
-
-def test_transformers_greedy_matches_llama_cpp_and_its_own_single_sequence(tiny: dict[str, Path], tiny_engine: Engine, hf_engine) -> None:
-    from isheep_lite.hf_engine import HFEngine
-
-    greedy = [Sampling(max_tokens=24)] * len(REQUESTS)
-    batched = hf_engine.chat_many(_convs(), greedy)
-    with HFEngine(tiny["hf"], n_parallel=1, n_threads=2) as one:
-        single = one.chat_many(_convs(), greedy)
-    llama = tiny_engine.chat_many(_convs(), greedy)
-    assert all(c.n_tokens > 0 for c in batched)
-    assert _agree(batched, single) >= 0.9 * len(REQUESTS), "left padding must not change a sequence's greedy output"
-    assert _agree(batched, llama) >= 0.9 * len(REQUESTS), [(a.text, b.text) for a, b in zip(batched, llama)]
-
-
-def test_transformers_loads_the_gguf_too(tiny: dict[str, Path], hf_engine) -> None:
-    from isheep_lite.hf_engine import HFEngine
-
-    greedy = [Sampling(max_tokens=16)] * 4
-    with HFEngine(tiny["gguf"], n_parallel=4, n_threads=2) as from_gguf:
-        assert from_gguf.info.chat_template == hf_engine.info.chat_template
-        assert [c.text for c in from_gguf.chat_many(_convs()[:4], greedy)] == [c.text for c in hf_engine.chat_many(_convs()[:4], greedy)]
-
-
-def test_transformers_sampling_seeds_limits_and_stops_are_per_sequence(hf_engine) -> None:
-    samplings = [Sampling(temperature=1.0, top_p=0.9, max_tokens=n, seed=s) for s, n in zip(range(8), [3, 9, 5, 12, 1, 7, 4, 10])]
-    first = hf_engine.chat_many(_convs(), samplings)
-    again = hf_engine.chat_many(_convs(), samplings)
-    assert [c.text for c in first] == [c.text for c in again], "a fixed seed reproduces the same samples"
-    assert len({c.text for c in first}) > 1
-    for c, s in zip(first, samplings):
-        assert c.n_tokens <= s.max_tokens and (c.finish_reason == "stop" or c.n_tokens == s.max_tokens)
-    # A stop string taken from a sample ends that sequence there, and only that one.
-    long = hf_engine.chat(_convs()[3], Sampling(temperature=1.0, max_tokens=12, seed=3))
-    cut = long.text[4:6]
-    stopped = hf_engine.chat_many(_convs()[3:5], [Sampling(temperature=1.0, max_tokens=12, seed=3, stop=(cut,)), samplings[4]])
-    assert stopped[0].finish_reason == "stop" and cut not in stopped[0].text and long.text.startswith(stopped[0].text)
-    assert stopped[1].text == first[4].text
-
-
-def test_transformers_scores_agree_with_llama_cpp(tiny_engine: Engine, hf_engine) -> None:
-    prompts = [f"Question {q}\nScore: " for q in REQUESTS]
-    digits = [tiny_engine.token_id(str(d)) for d in range(1, 10)]
-    assert [hf_engine.token_id(str(d)) for d in range(1, 10)] == digits
-    a, b = tiny_engine.score_many(prompts, digits), hf_engine.score_many(prompts, digits)
-    assert max(abs(x - y) for ra, rb in zip(a, b) for x, y in zip(ra, rb)) < 1e-3
-    ca = tiny_engine.completion_logprobs(prompts[:4], ["a short answer", "yes", "no idea at all", "7"])
-    cb = hf_engine.completion_logprobs(prompts[:4], ["a short answer", "yes", "no idea at all", "7"])
-    assert [n for _, n in ca] == [n for _, n in cb]
-    assert max(abs(x - y) for (x, _), (y, _) in zip(ca, cb)) < 1e-2
-    with pytest.raises(ValueError, match="grammar"):
-        hf_engine.complete("Score: ", Sampling(grammar="root ::= [1-9]"))
-
-
-# ---- OpenAI-compatible HTTP ---------------------------------------------------------------------
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -164,6 +102,7 @@ def test_http_scores_read_the_servers_top_logprobs(tiny_engine: Engine, http_eng
         http_engine.completion_logprobs([prompt], ["x"])
 
 
+@pytest.mark.slow
 def test_isheep_eval_runs_on_a_server(server: str, tiny: dict[str, Path]) -> None:
     def run(*extra: str) -> subprocess.CompletedProcess:
         return subprocess.run([sys.executable, "-m", "isheep_lite", "eval", str(tiny["gguf"]), "--stop-prompts", "4",
@@ -184,21 +123,3 @@ def test_the_loop_refuses_the_http_backend(tmp_path: Path) -> None:
                           "model.base_url=http://127.0.0.1:9/v1", f"runs_dir={tmp_path}"], capture_output=True, text=True)
     assert out.returncode == 2 and "isheep eval" in out.stderr and "Traceback" not in out.stderr
     assert not any(tmp_path.iterdir())
-
-
-@pytest.mark.slow
-def test_an_iteration_runs_on_the_transformers_backend(tmp_path: Path, smol_hf: Path) -> None:
-    """Every stage of the loop (instructions, responses, grades, eval, pairwise judge) on PyTorch."""
-    from isheep_lite import recipe
-    from isheep_lite.loop import run
-
-    r = recipe.load(None, [f"runs_dir={tmp_path}", "name=hf", "model.backend=transformers", "model.n_parallel=8",
-                           "loop.iterations=1", "synth.num_instructions=4", "synth.max_tokens=128",
-                           "synth.response_max_tokens=96", "train.epochs=1", "eval.stop_prompts=3", "eval.max_tokens=64",
-                           "eval.suite_prompts=3", "eval.suite_max_tokens=64"])
-    m = run(r).manifest["iterations"]
-    assert m["1"]["instructions"]["instructions"] == 4 and m["1"]["responses"]["responses"] == 4
-    assert m["1"]["assess"]["status"] == "done" and m["1"]["filter"]["kept"] >= 1
-    assert m["1"]["eval"]["pairwise"]["prompts"] == 3 and m["1"]["promote"]["status"] == "done"
-    scored = [json.loads(x) for x in (tmp_path / "hf" / "iter_01" / "scored.jsonl").read_text().splitlines()]
-    assert all(1 <= x["score"] <= 9 for x in scored)

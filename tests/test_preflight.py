@@ -146,6 +146,7 @@ def test_too_little_disk_is_refused_before_any_work(tmp_path: Path, monkeypatch:
     assert preflight.planned_bytes(r, 135_000_000, {0, 1, 2}) == 0
 
 
+@pytest.mark.slow
 def test_second_concurrent_run_is_refused_while_the_first_continues(tiny: dict[str, Path], tmp_path: Path) -> None:
     args = ["run", f"model.gguf={tiny['gguf']}", f"model.hf={tiny['hf']}", "model.serve_base=original", "name=busy",
             f"runs_dir={tmp_path}", "model.n_parallel=2"]

@@ -1,0 +1,78 @@
+"""Two real iterations on the embedded SmolLM2 (small counts), read back through the manifest API."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from isheep_lite import recipe
+from isheep_lite.engine import Engine, Sampling
+from isheep_lite.loop import run
+from isheep_lite.manifest import Manifest
+from isheep_lite.stages import (BaseSummary, EvalSummary, FilterSummary, InstructionsSummary, PromoteSummary, ResponsesSummary,
+                                TrainSummary)
+from isheep_lite.store import read_jsonl
+
+
+STAGES = ["instructions", "responses", "assess", "filter", "train", "export", "eval", "promote"]
+
+
+@pytest.mark.slow
+def test_two_real_iterations(tmp_path: Path, smol_hf: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    r = recipe.load(None, [
+        f"runs_dir={tmp_path}", "name=e2e", "loop.iterations=2",
+        "synth.num_instructions=8", "synth.response_max_tokens=160", "train.epochs=1",
+        "eval.stop_prompts=20", "eval.max_tokens=512", "eval.suite_prompts=20",
+    ])
+    store = run(r)
+    assert [x for x in capsys.readouterr().out.splitlines() if x.startswith("memory plan: training ≈")]
+    m = Manifest.of(store)
+    assert m.memory_plan and m.memory_plan["export_ram_gib"] > 0
+    assert m.iterations() == [1, 2]
+    m0 = m.get(0, EvalSummary)
+    assert m0 and m0.stop_rate is not None
+    for t in (1, 2):
+        assert list(m.seconds(t)) == STAGES and all(sec >= 0 for sec in m.seconds(t).values()), t
+        ins, res, sel, tr = m.get(t, InstructionsSummary), m.get(t, ResponsesSummary), m.get(t, FilterSummary), m.get(t, TrainSummary)
+        assert ins and ins.instructions == 8 and res and res.responses == 8
+        assert sel and sel.kept >= 1 and tr and tr.steps >= 1
+        # Acceptance: each tuned model stops at least as often as the base on the 20 held-out prompts.
+        ev = m.get(t, EvalSummary)
+        assert ev and ev.prompts == 20 and ev.ifeval and ev.stop_rate is not None
+        suite = ev.ifeval
+        assert suite["prompts"] == 20 and 0 <= suite["strict"] <= suite["loose"] <= 1
+        assert suite["strict_ci95"][0] <= suite["strict"] <= suite["strict_ci95"][1]
+        assert ev.stop_rate >= m0.stop_rate, (ev.stop_rate, m0.stop_rate)
+    run_dir = tmp_path / "e2e"
+    kept = read_jsonl(run_dir / "iter_01" / "kept.jsonl")
+    assert kept and all([x["role"] for x in k["messages"]] == ["user", "assistant"] for k in kept)
+    assert all(r["reason"] for r in read_jsonl(run_dir / "iter_01" / "rejected.jsonl"))
+    # Each tuned model was judged against M_0 in both orders and compared with the best before it;
+    # the final model is the best one, and it loads and answers.
+    for t in (1, 2):
+        ev, verdict = m.get(t, EvalSummary), m.get(t, PromoteSummary)
+        assert ev and ev.pairwise and verdict
+        pw = ev.pairwise
+        assert pw["prompts"] == 20 and pw["win"] + pw["tie"] + pw["loss"] == 20
+        assert verdict.compared and verdict.best in (t, verdict.against)
+        assert json.loads((run_dir / f"iter_0{t}" / "eval.json").read_text())["pairwise"] == pw
+    last = m.get(2, PromoteSummary)
+    assert last and m.best and m.best.iteration == last.best
+    best = last.best
+    assert (run_dir / "iter_02" / "completions.jsonl").exists()
+    final = Path(str(m.final_model))
+    base = m.get(0, BaseSummary)
+    assert base and final == (run_dir / f"iter_{best:02d}" / "model-f16.gguf" if best else Path(base.gguf))
+    with Engine(final, n_ctx=512) as e:
+        assert e.chat([{"role": "user", "content": "Name a fruit."}], Sampling(max_tokens=16)).text.strip()
+    # The report has every plot at its documented size.
+    from test_report import assert_report
+
+    from isheep_lite.report import write_report
+
+    assert_report(write_report(run_dir))
+    # A rerun skips every finished stage (nothing is redone; the manifest's timings are unchanged).
+    before = json.loads((run_dir / "manifest.json").read_text())
+    run(r)
+    assert json.loads((run_dir / "manifest.json").read_text())["iterations"] == before["iterations"]
