@@ -11,6 +11,7 @@ Same (instruction, response) pairs, same assessment prompt (assess.py), one aspe
 The pairs are the embedded model's own greedy answers to held-out prompts (made first, not timed).
 Prints a table and writes bench/results/assess-speed.json.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -47,14 +48,22 @@ def main() -> None:
         scored = assess.assess(e, pairs, cfg, "bench", {}, lambda r: None)
         dt = time.perf_counter() - t
         rows.append({"method": "logprob, batched (n_parallel 16)", "pairs_s": len(pairs) / dt, "valid": len(scored)})
-        prompts = [assess.assessment_prompt(e, p["instruction"], p["response"], "quality", cfg.scale)[: -len(assess.PREFILL)]
-                   for p in pairs]
+        prompts = [
+            assess.assessment_prompt(e, p["instruction"], p["response"], "quality", cfg.scale)[: -len(assess.PREFILL)] for p in pairs
+        ]
         t = time.perf_counter()
         outs = e.generate(prompts, [Sampling(temperature=0.0, max_tokens=GEN_TOKENS)] * len(prompts))
         dt = time.perf_counter() - t
         valid = sum(assess.parse_score(c.text, cfg.scale) is not None for c in outs)
-        rows.append({"method": f"generated, batched (≤ {GEN_TOKENS} tokens)", "pairs_s": len(pairs) / dt, "valid": valid,
-                     "mean_tokens": sum(c.n_tokens for c in outs) / len(outs), "example": outs[0].text[:120]})
+        rows.append(
+            {
+                "method": f"generated, batched (≤ {GEN_TOKENS} tokens)",
+                "pairs_s": len(pairs) / dt,
+                "valid": valid,
+                "mean_tokens": sum(c.n_tokens for c in outs) / len(outs),
+                "example": outs[0].text[:120],
+            }
+        )
         t = time.perf_counter()
         valid = 0
         for p in prompts:
@@ -62,14 +71,20 @@ def main() -> None:
             text = e.llm.create_completion(p, max_tokens=GEN_TOKENS, temperature=0.0)["choices"][0]["text"]
             valid += assess.parse_score(text, cfg.scale) is not None
         dt = time.perf_counter() - t
-        rows.append({"method": f"generated, sequential create_completion (≤ {GEN_TOKENS} tokens)", "pairs_s": len(pairs) / dt, "valid": valid})
+        rows.append(
+            {"method": f"generated, sequential create_completion (≤ {GEN_TOKENS} tokens)", "pairs_s": len(pairs) / dt, "valid": valid}
+        )
     with Engine(path, n_ctx=2048, n_parallel=1) as e1:
         t = time.perf_counter()
         assess.assess(e1, pairs, cfg, "bench", {}, lambda r: None)
-        rows.append({"method": "logprob, one at a time (n_parallel 1)", "pairs_s": len(pairs) / (time.perf_counter() - t), "valid": len(pairs)})
+        rows.append(
+            {"method": "logprob, one at a time (n_parallel 1)", "pairs_s": len(pairs) / (time.perf_counter() - t), "valid": len(pairs)}
+        )
     base = rows[0]["pairs_s"]
     base_valid = base * rows[0]["valid"] / len(pairs)
-    print(f"| method ({len(pairs)} pairs, {path.name}) | pairs/s | logprob-batched speed-up | valid scores | valid scores/s | speed-up per valid score |\n|---|---:|---:|---:|---:|---:|")
+    print(
+        f"| method ({len(pairs)} pairs, {path.name}) | pairs/s | logprob-batched speed-up | valid scores | valid scores/s | speed-up per valid score |\n|---|---:|---:|---:|---:|---:|"
+    )
     for r in rows:
         # a pair whose generated reply holds no score must be asked again (or dropped): what a
         # stage gets per second is the valid scores, not the pairs

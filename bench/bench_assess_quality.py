@@ -24,6 +24,7 @@ Prints a table and writes
 bench/results/assess-quality.json (assess-quality-<file stem>.json for another labelled file,
 assess-quality-pooled.json for several).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -67,8 +68,14 @@ def judge_accuracy(e: Engine, rows: list[dict]) -> dict:
     out = evaluate.pairwise(e, qs, [pairs[q]["good"] for q in qs], [pairs[q]["bad"] for q in qs])
     k = len(qs)
     by_odds = sum(x is not None and x > 0 for x in out["log_odds"])  # a forced choice, no tie margin
-    return {"pairs": k, "good_both_orders": out["win"], "bad_both_orders": out["loss"], "ties": out["tie"],
-            "judge_prefers_a": out["judge_prefers_a"], "good_by_log_odds": int(by_odds)}
+    return {
+        "pairs": k,
+        "good_both_orders": out["win"],
+        "bad_both_orders": out["loss"],
+        "ties": out["tie"],
+        "judge_prefers_a": out["judge_prefers_a"],
+        "good_by_log_odds": int(by_odds),
+    }
 
 
 def main() -> None:
@@ -92,8 +99,7 @@ def main() -> None:
             raw = [r["scores_shown"] if cfg.calibrate else r["scores"] for r in out]
             signals[f"quality only ({mode})"] = [x["quality"] for x in raw]
             signals[f"following only ({mode})"] = [x["following"] for x in raw]
-            signals[f"both, mean ({mode})"] = [
-                (x["quality"] + x["following"]) / 2 for x in raw]
+            signals[f"both, mean ({mode})"] = [(x["quality"] + x["following"]) / 2 for x in raw]
             signals[f"verdict ({mode})"] = [x["verdict"] for x in raw]
             if cfg.calibrate:
                 for aspect in ("quality", "following", "verdict"):
@@ -105,16 +111,20 @@ def main() -> None:
         seconds["ifd"] = time.perf_counter() - t
         for name in ("both, mean (logprob)", "verdict (logprob)"):
             signals[f"{name} + IFD, rank mean"] = [
-                (a + b) / 2 for a, b in zip(filters.ranks(signals[name]), filters.ranks(signals["−IFD (judge-free)"]))]
+                (a + b) / 2 for a, b in zip(filters.ranks(signals[name]), filters.ranks(signals["−IFD (judge-free)"]))
+            ]
         t = time.perf_counter()
         judge = judge_accuracy(e, rows)
         seconds["pairwise judge"] = time.perf_counter() - t
     results = {name: {"auroc": round(auroc(s, labels), 3), "ci95": auroc_ci(s, labels)} for name, s in signals.items()}
     if len(files) > 1:  # each file's own AUROC too, from the same scores
         for name, s in signals.items():
-            results[name]["by_file"] = {f.name: round(auroc([x for x, r in zip(s, rows) if r["file"] == f.name],
-                                                             [y for y, r in zip(labels, rows) if r["file"] == f.name]), 3)
-                                        for f in files}
+            results[name]["by_file"] = {
+                f.name: round(
+                    auroc([x for x, r in zip(s, rows) if r["file"] == f.name], [y for y, r in zip(labels, rows) if r["file"] == f.name]), 3
+                )
+                for f in files
+            }
     by_kind = {}
     for name in ("both, mean (logprob)", "verdict, calibrated (logprob) ← default", "−IFD (judge-free)"):
         s = signals[name]
@@ -130,14 +140,28 @@ def main() -> None:
     print("\nAUROC of good vs each kind of bad:")
     for name, kinds in by_kind.items():
         print(f"  {name}: " + ", ".join(f"{k} {v}" for k, v in kinds.items()))
-    print(f"\nPairwise judge on {judge['pairs']} (good, bad) answers to one instruction: prefers good in both orders "
-          f"{judge['good_both_orders']}, bad in both {judge['bad_both_orders']}, ties {judge['ties']}; "
-          f"position A chosen {judge['judge_prefers_a']:.0%}; summed log-odds favour good in {judge['good_by_log_odds']}")
-    out = {"model": path.name, "labelled": [f.name for f in files], "pairs": len(rows), "results": results, "by_kind": by_kind, "pairwise_judge": judge,
-           "seconds": {k: round(v, 1) for k, v in seconds.items()}}
+    print(
+        f"\nPairwise judge on {judge['pairs']} (good, bad) answers to one instruction: prefers good in both orders "
+        f"{judge['good_both_orders']}, bad in both {judge['bad_both_orders']}, ties {judge['ties']}; "
+        f"position A chosen {judge['judge_prefers_a']:.0%}; summed log-odds favour good in {judge['good_by_log_odds']}"
+    )
+    out = {
+        "model": path.name,
+        "labelled": [f.name for f in files],
+        "pairs": len(rows),
+        "results": results,
+        "by_kind": by_kind,
+        "pairwise_judge": judge,
+        "seconds": {k: round(v, 1) for k, v in seconds.items()},
+    }
     (ROOT / "results").mkdir(exist_ok=True)
-    name = ("assess-quality.json" if [f.resolve() for f in files] == [LABELLED.resolve()]
-            else f"assess-quality-{files[0].stem}.json" if len(files) == 1 else "assess-quality-pooled.json")
+    name = (
+        "assess-quality.json"
+        if [f.resolve() for f in files] == [LABELLED.resolve()]
+        else f"assess-quality-{files[0].stem}.json"
+        if len(files) == 1
+        else "assess-quality-pooled.json"
+    )
     (ROOT / "results" / name).write_text(json.dumps(out, indent=2, ensure_ascii=False))
 
 

@@ -32,6 +32,7 @@ b from c: the same 1.2 B weights in ~1 GB shards and in one 2.25 GB shard, and a
 Everything is written under one temporary directory in /tmp, removed at exit. Prints a table and
 writes bench/results/export-ram.json.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -53,13 +54,12 @@ GiB = 2**30
 TEMPLATE = "embedded:smollm2-135m-instruct"
 # name: (hidden, intermediate, layers, heads, kv heads); head_dim 128 in both, vocab 49152
 SIZES = {
-    "1b": (2048, 8192, 16, 16, 8),     # 1.208e9 parameters
-    "0.5b": (1536, 6144, 12, 12, 4),   # 0.566e9 parameters
-    "tiny": (256, 512, 2, 4, 2),       # for a quick check of the script itself
+    "1b": (2048, 8192, 16, 16, 8),  # 1.208e9 parameters
+    "0.5b": (1536, 6144, 12, 12, 4),  # 0.566e9 parameters
+    "tiny": (256, 512, 2, 4, 2),  # for a quick check of the script itself
 }
 PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-LLAMA_31_8B = {"parameters": 8.03e9, "bf16_on_disk_gb": 16.1, "largest_shard_gb": 5.0,
-               "largest_tensor_gb_bf16": 128256 * 4096 * 2 / 1e9}
+LLAMA_31_8B = {"parameters": 8.03e9, "bf16_on_disk_gb": 16.1, "largest_shard_gb": 5.0, "largest_tensor_gb_bf16": 128256 * 4096 * 2 / 1e9}
 
 
 # ---- children -----------------------------------------------------------------------------------
@@ -73,10 +73,21 @@ def child_build(size: str, shards: list[str], out: Path, seed: int) -> dict:
     p = models.resolve_gguf(TEMPLATE)
     tok = AutoTokenizer.from_pretrained(str(p.parent), gguf_file=p.name)
     hidden, inter, layers, heads, kv = SIZES[size]
-    cfg = LlamaConfig(vocab_size=49152, hidden_size=hidden, intermediate_size=inter, num_hidden_layers=layers,
-                      num_attention_heads=heads, num_key_value_heads=kv, max_position_embeddings=8192,
-                      rope_theta=100000.0, rms_norm_eps=1e-5, tie_word_embeddings=False,
-                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    cfg = LlamaConfig(
+        vocab_size=49152,
+        hidden_size=hidden,
+        intermediate_size=inter,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=kv,
+        max_position_embeddings=8192,
+        rope_theta=100000.0,
+        rms_norm_eps=1e-5,
+        tie_word_embeddings=False,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+    )
     torch.manual_seed(seed)
     torch.set_default_dtype(torch.bfloat16)  # parameters are created and initialised in bf16: no float32 copy
     model = LlamaForCausalLM(cfg).eval()
@@ -97,8 +108,7 @@ def child_adapter(hf: Path, out: Path, seed: int) -> dict:
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(str(hf), dtype=torch.bfloat16)
-    model = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules=PROJECTIONS,
-                                             task_type="CAUSAL_LM"))
+    model = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules=PROJECTIONS, task_type="CAUSAL_LM"))
     g = torch.Generator().manual_seed(seed)
     n = 0
     with torch.no_grad():
@@ -173,9 +183,12 @@ def run_child(args: list[str]) -> dict:
     th.join()
     p.returncode = os.waitstatus_to_exitcode(status)
     wall = time.perf_counter() - t0
-    r: dict = {"wall_s": round(wall, 1), "peak_rss_gib": round(ru.ru_maxrss * 1024 / GiB, 3),
-               "sampled_peak_anon_gib": round(peaks["RssAnon"] / GiB, 3),
-               "sampled_peak_file_mapped_gib": round(peaks["RssFile"] / GiB, 3)}
+    r: dict = {
+        "wall_s": round(wall, 1),
+        "peak_rss_gib": round(ru.ru_maxrss * 1024 / GiB, 3),
+        "sampled_peak_anon_gib": round(peaks["RssAnon"] / GiB, 3),
+        "sampled_peak_file_mapped_gib": round(peaks["RssFile"] / GiB, 3),
+    }
     if p.returncode != 0:
         err.seek(0)
         r["error"] = err.read().decode(errors="replace")[-4000:]
@@ -191,8 +204,7 @@ def disk_bytes(d: Path) -> int:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--cases", default="1b:1GB,1b:5GB,0.5b:1GB",
-                    help="size:max_shard_size,... (sizes: %s)" % ", ".join(SIZES))
+    ap.add_argument("--cases", default="1b:1GB,1b:5GB,0.5b:1GB", help="size:max_shard_size,... (sizes: %s)" % ", ".join(SIZES))
     ap.add_argument("--steps", default="merge,convert,export")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=str(RESULTS / "export-ram.json"))
@@ -228,10 +240,19 @@ def main() -> None:
             a = run_child(["adapter", str(mdir / f"hf-{shards[0]}"), str(mdir / "adapter")])
             if "error" in a:
                 raise SystemExit(f"building the {size} adapter failed:\n{a['error']}")
-            built[size] = {"parameters": b["parameters"], "dtypes": b["dtypes"], "build_s": b["wall_s"],
-                           "adapter_build_s": a["wall_s"], "adapter_mb": a["adapter_mb"], "lora_B_set": a["lora_B_set"]}
-            print(f"built {size}: {b['parameters'] / 1e9:.3f} B parameters {b['dtypes']} in {b['wall_s']} s, "
-                  f"adapter {a['adapter_mb']} MB in {a['wall_s']} s", flush=True)
+            built[size] = {
+                "parameters": b["parameters"],
+                "dtypes": b["dtypes"],
+                "build_s": b["wall_s"],
+                "adapter_build_s": a["wall_s"],
+                "adapter_mb": a["adapter_mb"],
+                "lora_B_set": a["lora_B_set"],
+            }
+            print(
+                f"built {size}: {b['parameters'] / 1e9:.3f} B parameters {b['dtypes']} in {b['wall_s']} s, "
+                f"adapter {a['adapter_mb']} MB in {a['wall_s']} s",
+                flush=True,
+            )
             if size == "1b" and b["parameters"] < 1.0e9:
                 raise SystemExit(f"{size}: only {b['parameters']} parameters (needs >= 1.0e9)")
         for size, shard in cases:
@@ -249,11 +270,16 @@ def main() -> None:
                         for d in sl.get_shape():
                             n *= d
                         largest_tensor = max(largest_tensor, n * 2)
-            info = {"size": size, "max_shard_size": shard, "parameters": built[size]["parameters"],
-                    "weights_on_disk_gib": round(disk_bytes(hf) / GiB, 3), "shards": len(files),
-                    "largest_shard_gib": round(max(f.stat().st_size for f in files) / GiB, 3),
-                    "largest_tensor_gib_bf16": round(largest_tensor / GiB, 3),
-                    "formula_old_fp32_plus_fp16_gib": round(6 * built[size]["parameters"] / GiB, 2)}
+            info = {
+                "size": size,
+                "max_shard_size": shard,
+                "parameters": built[size]["parameters"],
+                "weights_on_disk_gib": round(disk_bytes(hf) / GiB, 3),
+                "shards": len(files),
+                "largest_shard_gib": round(max(f.stat().st_size for f in files) / GiB, 3),
+                "largest_tensor_gib_bf16": round(largest_tensor / GiB, 3),
+                "formula_old_fp32_plus_fp16_gib": round(6 * built[size]["parameters"] / GiB, 2),
+            }
             for step in steps:
                 out = tmp / "out"
                 shutil.rmtree(out, ignore_errors=True)
@@ -265,26 +291,39 @@ def main() -> None:
                 if "output_bytes" in r:
                     row["output_gib"] = round(row.pop("output_bytes") / GiB, 3)
                 rows.append(row)
-                print(f"{size} {shard} {step}: " + (f"FAILED\n{r['error']}" if "error" in r else
-                      f"{r['wall_s']} s, peak RSS {r['peak_rss_gib']} GiB (anon {r['sampled_peak_anon_gib']}, "
-                      f"file-mapped {r['sampled_peak_file_mapped_gib']})"), flush=True)
+                print(
+                    f"{size} {shard} {step}: "
+                    + (
+                        f"FAILED\n{r['error']}"
+                        if "error" in r
+                        else f"{r['wall_s']} s, peak RSS {r['peak_rss_gib']} GiB (anon {r['sampled_peak_anon_gib']}, "
+                        f"file-mapped {r['sampled_peak_file_mapped_gib']})"
+                    ),
+                    flush=True,
+                )
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
     ok = [r for r in rows if "error" not in r]
     print()
-    print("| model | params | shards (largest) | bf16 on disk GiB | step | wall s | peak RSS GiB | anon / file-mapped GiB "
-          "| peak − baseline GiB | peak / disk | output GiB | formula: old fp32+fp16 GiB |")
+    print(
+        "| model | params | shards (largest) | bf16 on disk GiB | step | wall s | peak RSS GiB | anon / file-mapped GiB "
+        "| peak − baseline GiB | peak / disk | output GiB | formula: old fp32+fp16 GiB |"
+    )
     print("|---|---:|---|---:|---|---:|---:|---|---:|---:|---:|---:|")
     for r in rows:
         if "error" in r:
-            print(f"| {r['size']} | {r['parameters'] / 1e9:.3f} B | {r['shards']} ({r['largest_shard_gib']}) | "
-                  f"{r['weights_on_disk_gib']} | {r['step']} | FAILED: {r['error'].strip().splitlines()[-1]} |")
+            print(
+                f"| {r['size']} | {r['parameters'] / 1e9:.3f} B | {r['shards']} ({r['largest_shard_gib']}) | "
+                f"{r['weights_on_disk_gib']} | {r['step']} | FAILED: {r['error'].strip().splitlines()[-1]} |"
+            )
             continue
-        print(f"| {r['size']} | {r['parameters'] / 1e9:.3f} B | {r['shards']} ({r['largest_shard_gib']}) | "
-              f"{r['weights_on_disk_gib']} | {r['step']} | {r['wall_s']} | {r['peak_rss_gib']} | "
-              f"{r['sampled_peak_anon_gib']} / {r['sampled_peak_file_mapped_gib']} | {r['peak_above_baseline_gib']} | "
-              f"{r['ratio_peak_to_disk']} | {r.get('output_gib', '—')} | {r['formula_old_fp32_plus_fp16_gib']} |")
+        print(
+            f"| {r['size']} | {r['parameters'] / 1e9:.3f} B | {r['shards']} ({r['largest_shard_gib']}) | "
+            f"{r['weights_on_disk_gib']} | {r['step']} | {r['wall_s']} | {r['peak_rss_gib']} | "
+            f"{r['sampled_peak_anon_gib']} / {r['sampled_peak_file_mapped_gib']} | {r['peak_above_baseline_gib']} | "
+            f"{r['ratio_peak_to_disk']} | {r.get('output_gib', '—')} | {r['formula_old_fp32_plus_fp16_gib']} |"
+        )
     print(f"baseline (interpreter + torch + converter imported, nothing run): {base['peak_rss_gib']} GiB")
 
     # extrapolation to Llama-3.1-8B from the largest measured export
@@ -312,45 +351,81 @@ def main() -> None:
             (a, b, c), *_ = np.linalg.lstsq(X, y, rcond=None)
             extra["disk_and_shard_fit"] = {
                 "model": "peak_rss_gib = a + b * weights_on_disk_gib + c * largest_shard_gib",
-                "a": round(float(a), 3), "b": round(float(b), 3), "c": round(float(c), 3),
+                "a": round(float(a), 3),
+                "b": round(float(b), 3),
+                "c": round(float(c), 3),
                 "points": [f"{r['size']}:{r['max_shard_size']}" for r in exports],
-                "extrapolation_gib": round(float(a + b * disk8 + c * shard8), 2)}
+                "extrapolation_gib": round(float(a + b * disk8 + c * shard8), 2),
+            }
         same_shard = [r for r in exports if r["max_shard_size"] == ref["max_shard_size"] and r is not ref]
         if same_shard:  # two model sizes, same shard size: a line through both, extended to 16.1 GB
             lo = min(same_shard, key=lambda r: r["parameters"])
             slope = (ref["peak_rss_gib"] - lo["peak_rss_gib"]) / (ref["weights_on_disk_gib"] - lo["weights_on_disk_gib"])
-            extra["two_point_fit"] = {"between": [f"{lo['size']}:{lo['max_shard_size']}", f"{ref['size']}:{ref['max_shard_size']}"],
-                                      "slope_gib_ram_per_gib_disk": round(slope, 3),
-                                      "extrapolation_gib": round(ref["peak_rss_gib"] + slope * (disk8 - ref["weights_on_disk_gib"]), 2)}
-        extra["export_peaks"] = {f"{s}:{sh}": {"peak_rss_gib": r["peak_rss_gib"], "weights_on_disk_gib": r["weights_on_disk_gib"],
-                                                "largest_shard_gib": r["largest_shard_gib"]} for (s, sh), r in by.items()}
+            extra["two_point_fit"] = {
+                "between": [f"{lo['size']}:{lo['max_shard_size']}", f"{ref['size']}:{ref['max_shard_size']}"],
+                "slope_gib_ram_per_gib_disk": round(slope, 3),
+                "extrapolation_gib": round(ref["peak_rss_gib"] + slope * (disk8 - ref["weights_on_disk_gib"]), 2),
+            }
+        extra["export_peaks"] = {
+            f"{s}:{sh}": {
+                "peak_rss_gib": r["peak_rss_gib"],
+                "weights_on_disk_gib": r["weights_on_disk_gib"],
+                "largest_shard_gib": r["largest_shard_gib"],
+            }
+            for (s, sh), r in by.items()
+        }
         print()
-        print(f"EXTRAPOLATION (not measured) to Llama-3.1-8B (8.03e9 parameters, 16.1 GB bf16 on disk, 5 GB shards), "
-              f"from the measured {extra['from']}:")
-        print(f"  whole-model scaling, measured peak/disk ratio {ref['ratio_peak_to_disk']} x 16.1 GB: "
-              f"{extra['ratio_extrapolation_gib']} GiB")
+        print(
+            f"EXTRAPOLATION (not measured) to Llama-3.1-8B (8.03e9 parameters, 16.1 GB bf16 on disk, 5 GB shards), "
+            f"from the measured {extra['from']}:"
+        )
+        print(
+            f"  whole-model scaling, measured peak/disk ratio {ref['ratio_peak_to_disk']} x 16.1 GB: {extra['ratio_extrapolation_gib']} GiB"
+        )
         if "two_point_fit" in extra:
             f = extra["two_point_fit"]
-            print(f"  line through the measured {' and '.join(f['between'])} exports, i.e. an 8 B checkpoint kept in the same shard size (slope {f['slope_gib_ram_per_gib_disk']} "
-                  f"GiB RAM per GiB of weights): {f['extrapolation_gib']} GiB")
+            print(
+                f"  line through the measured {' and '.join(f['between'])} exports, i.e. an 8 B checkpoint kept in the same shard size (slope {f['slope_gib_ram_per_gib_disk']} "
+                f"GiB RAM per GiB of weights): {f['extrapolation_gib']} GiB"
+            )
         if "disk_and_shard_fit" in extra:
             f = extra["disk_and_shard_fit"]
-            print(f"  fit to all measured exports, peak = {f['a']} + {f['b']} x weights GiB + {f['c']} x largest shard GiB "
-                  f"(16.1 GB weights, 5 GB shards): {f['extrapolation_gib']} GiB")
+            print(
+                f"  fit to all measured exports, peak = {f['a']} + {f['b']} x weights GiB + {f['c']} x largest shard GiB "
+                f"(16.1 GB weights, 5 GB shards): {f['extrapolation_gib']} GiB"
+            )
         print(f"  FORMULA (not measured), old approach, whole model fp32 + fp16 = 6 B/param: {extra['formula_old_fp32_plus_fp16_gib']} GiB")
 
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = Path(args.out)
     import torch
 
-    path.write_text(json.dumps({
-        "command": "python bench/bench_export.py " + " ".join(sys.argv[1:]), "date": time.strftime("%Y-%m-%d %H:%M"),
-        "machine": {"platform": platform.platform(), "machine": platform.machine(), "cpus": os.cpu_count(),
+    path.write_text(
+        json.dumps(
+            {
+                "command": "python bench/bench_export.py " + " ".join(sys.argv[1:]),
+                "date": time.strftime("%Y-%m-%d %H:%M"),
+                "machine": {
+                    "platform": platform.platform(),
+                    "machine": platform.machine(),
+                    "cpus": os.cpu_count(),
                     "ram_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / GiB, 1),
-                    "python": sys.version.split()[0], "torch": torch.__version__},
-        "template_gguf": TEMPLATE, "outtype": "f16", "peak_rss_source": "os.wait4 rusage ru_maxrss of the child (anon + mapped file pages); "
-        "anon / file-mapped split sampled from /proc/<pid>/status every 20 ms",
-        "baseline": base, "models": built, "rows": rows, "llama_3_1_8b_extrapolation": extra}, indent=1) + "\n")
+                    "python": sys.version.split()[0],
+                    "torch": torch.__version__,
+                },
+                "template_gguf": TEMPLATE,
+                "outtype": "f16",
+                "peak_rss_source": "os.wait4 rusage ru_maxrss of the child (anon + mapped file pages); "
+                "anon / file-mapped split sampled from /proc/<pid>/status every 20 ms",
+                "baseline": base,
+                "models": built,
+                "rows": rows,
+                "llama_3_1_8b_extrapolation": extra,
+            },
+            indent=1,
+        )
+        + "\n"
+    )
     print(f"wrote {path}")
 
 

@@ -14,6 +14,7 @@ evaluate prompts (the first fill and every refill), and time outside llama_decod
 Python: batch filling, sampling, stop strings). Prompt tokens are counted as evaluated, after the
 prefix every prompt shares.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -62,11 +63,18 @@ def timed_decode(p: int) -> tuple[dict, Callable[[], None]]:
 
 
 def breakdown(parts: dict, wall: float) -> list[dict]:
-    rows = [{"part": {"full": "full steps", "drain": "draining steps", "prompt": "calls with prompts"}[k],
-             "calls": v["calls"], "seconds": round(v["seconds"], 2), "share": round(v["seconds"] / wall, 3),
-             "tokens": v["generated"] + v["prompt"], "prompt_tokens": v["prompt"],
-             "ms_per_token": round(1000 * v["seconds"] / max(1, v["generated"] + v["prompt"]), 2)}
-            for k, v in parts.items()]
+    rows = [
+        {
+            "part": {"full": "full steps", "drain": "draining steps", "prompt": "calls with prompts"}[k],
+            "calls": v["calls"],
+            "seconds": round(v["seconds"], 2),
+            "share": round(v["seconds"] / wall, 3),
+            "tokens": v["generated"] + v["prompt"],
+            "prompt_tokens": v["prompt"],
+            "ms_per_token": round(1000 * v["seconds"] / max(1, v["generated"] + v["prompt"]), 2),
+        }
+        for k, v in parts.items()
+    ]
     outside = wall - sum(v["seconds"] for v in parts.values())
     rows.append({"part": "outside llama_decode", "seconds": round(outside, 2), "share": round(outside / wall, 3)})
     return rows
@@ -94,7 +102,9 @@ def bench_llama(path: Path, qs: list[str], tokens: int, parallels: list[int]) ->
     for p in parallels:
         with Engine(path, n_ctx=1024, n_parallel=p) as e:
             chats = [[{"role": "user", "content": q}] for q in qs]
-            e.chat_many([[{"role": "user", "content": "Hi"}]], [Sampling(max_tokens=1)])  # builds the batched context, as `Llama` built its own above
+            e.chat_many(
+                [[{"role": "user", "content": "Hi"}]], [Sampling(max_tokens=1)]
+            )  # builds the batched context, as `Llama` built its own above
             parts, restore = timed_decode(p) if p == max(parallels) else (None, lambda: None)
             try:
                 t = time.perf_counter()
@@ -119,12 +129,13 @@ def bench_transformers(hf_dir: Path, qs: list[str], tokens: int, batch: int = 8)
     n = 0
     t = time.perf_counter()
     for i in range(0, len(qs), batch):
-        texts = [tok.apply_chat_template([{"role": "user", "content": q}], tokenize=False, add_generation_prompt=True)
-                 for q in qs[i : i + batch]]
+        texts = [
+            tok.apply_chat_template([{"role": "user", "content": q}], tokenize=False, add_generation_prompt=True) for q in qs[i : i + batch]
+        ]
         enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False)
         with torch.no_grad():
             out = model.generate(**enc, max_new_tokens=tokens, do_sample=False, pad_token_id=tok.pad_token_id or tok.eos_token_id)
-        for row in out[:, enc["input_ids"].shape[1]:]:
+        for row in out[:, enc["input_ids"].shape[1] :]:
             ids = row.tolist()
             n += ids.index(tok.eos_token_id) if tok.eos_token_id in ids else len(ids)
     return {"method": f"transformers generate (batch {batch}, float32)", "tok_s": round(n / (time.perf_counter() - t), 1), "tokens": n}
@@ -164,11 +175,20 @@ def main() -> None:
         print(f"{'part':<24}{'calls':>7}{'seconds':>9}{'share':>8}{'tokens':>8}{'of them prompt':>16}{'ms/token':>10}")
         for r in split:
             if "calls" in r:
-                print(f"{r['part']:<24}{r['calls']:>7}{r['seconds']:>9.2f}{r['share']:>8.1%}{r['tokens']:>8}{r['prompt_tokens']:>16}{r['ms_per_token']:>10.2f}")
+                print(
+                    f"{r['part']:<24}{r['calls']:>7}{r['seconds']:>9.2f}{r['share']:>8.1%}{r['tokens']:>8}{r['prompt_tokens']:>16}{r['ms_per_token']:>10.2f}"
+                )
             else:
                 print(f"{r['part']:<24}{'':>7}{r['seconds']:>9.2f}{r['share']:>8.1%}")
-        out = {"model": name, "prompts": len(qs), "max_tokens": args.tokens, "cpu_threads": os.cpu_count(),
-               "machine": platform.machine(), "rows": rows, "engine_time_split": split}
+        out = {
+            "model": name,
+            "prompts": len(qs),
+            "max_tokens": args.tokens,
+            "cpu_threads": os.cpu_count(),
+            "machine": platform.machine(),
+            "rows": rows,
+            "engine_time_split": split,
+        }
         (RESULTS / f"generate-{name}.json").write_text(json.dumps(out, indent=2))
     (RESULTS / "_smollm2-f16.gguf").unlink(missing_ok=True)
 

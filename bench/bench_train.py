@@ -10,6 +10,7 @@ hf in this interpreter's venv, Unsloth in the venv with the gpu extra (tests/tes
 tokens per second, the child's peak RSS and, on CUDA, peak VRAM. Prints a table and writes
 bench/results/train-backends-<device>.json.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,8 +30,10 @@ RESULTS = ROOT / "bench" / "results"
 def conversations(n: int) -> list[list[dict[str, str]]]:
     rows = [json.loads(x) for x in (ROOT / "tests" / "data" / "assess_labelled.jsonl").read_text().splitlines()]
     good = [r for r in rows if r["label"] == "good"]
-    return [[{"role": "user", "content": r["instruction"]}, {"role": "assistant", "content": r["response"]}]
-            for r in (good * (n // len(good) + 1))[:n]]
+    return [
+        [{"role": "user", "content": r["instruction"]}, {"role": "assistant", "content": r["response"]}]
+        for r in (good * (n // len(good) + 1))[:n]
+    ]
 
 
 def one(backend: str, steps: int, python: str) -> dict:
@@ -45,11 +48,19 @@ def one(backend: str, steps: int, python: str) -> dict:
         t0 = time.perf_counter()
         r = train.train(conversations(4 * steps), hf, gguf, Path(out), cfg, seed=0, python=python)
         wall = time.perf_counter() - t0
-    return {"backend": r["backend"], "device": r["device"], "steps": r["steps"], "wall_s": round(wall, 1),
-            "s_per_step": r["seconds_per_step"], "tokens": r["tokens"],
-            "tokens_per_s": round(r["tokens"] / (r["seconds_per_step"] * r["steps"]), 1),
-            "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20, 2),
-            "peak_vram_gb": r["peak_vram_gb"], "loss_first": r["loss_first"], "loss_last": r["loss_last"]}
+    return {
+        "backend": r["backend"],
+        "device": r["device"],
+        "steps": r["steps"],
+        "wall_s": round(wall, 1),
+        "s_per_step": r["seconds_per_step"],
+        "tokens": r["tokens"],
+        "tokens_per_s": round(r["tokens"] / (r["seconds_per_step"] * r["steps"]), 1),
+        "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20, 2),
+        "peak_vram_gb": r["peak_vram_gb"],
+        "loss_first": r["loss_first"],
+        "loss_last": r["loss_last"],
+    }
 
 
 def main() -> None:
@@ -67,19 +78,34 @@ def main() -> None:
         if not Path(python).exists():
             print(f"skip {backend}: {python} not found (run tests/test_unsloth.py once to make it)", file=sys.stderr)
             continue
-        out = subprocess.run([sys.executable, __file__, "--one", backend, "--python", python, "--steps", str(args.steps)],
-                             capture_output=True, text=True, check=True)
+        out = subprocess.run(
+            [sys.executable, __file__, "--one", backend, "--python", python, "--steps", str(args.steps)],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
     print("| backend | device | steps | s/step | tokens/s | peak RSS GB | peak VRAM GB | loss first → last |")
     print("|---|---|---:|---:|---:|---:|---:|---|")
     for r in rows:
-        print(f"| {r['backend']} | {r['device']} | {r['steps']} | {r['s_per_step']} | {r['tokens_per_s']} | "
-              f"{r['peak_rss_gb']} | {r['peak_vram_gb'] or '—'} | {r['loss_first']} → {r['loss_last']} |")
+        print(
+            f"| {r['backend']} | {r['device']} | {r['steps']} | {r['s_per_step']} | {r['tokens_per_s']} | "
+            f"{r['peak_rss_gb']} | {r['peak_vram_gb'] or '—'} | {r['loss_first']} → {r['loss_last']} |"
+        )
     device = rows[0]["device"].replace(" ", "-").lower() if rows else "none"
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"train-backends-{device}.json"
-    path.write_text(json.dumps({"command": "python bench/bench_train.py " + " ".join(sys.argv[1:]),
-                                "machine": f"{platform.machine()}, {platform.processor() or '?'}", "rows": rows}, indent=2) + "\n")
+    path.write_text(
+        json.dumps(
+            {
+                "command": "python bench/bench_train.py " + " ".join(sys.argv[1:]),
+                "machine": f"{platform.machine()}, {platform.processor() or '?'}",
+                "rows": rows,
+            },
+            indent=2,
+        )
+        + "\n"
+    )
     print(f"wrote {path}")
 
 

@@ -13,6 +13,7 @@ GGUF as given (`from_pretrained(gguf_file=)`), token for token. Writes
 bench/results/real-checkpoints.json. Base models (no chat template) are checked here but refused
 by `isheep run`, which needs a chat model.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -24,8 +25,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-PROMPTS = ["The capital of France is", "def fibonacci(n):", "Once upon a time, in a small village,",
-           "Water boils at a temperature of"]
+PROMPTS = ["The capital of France is", "def fibonacci(n):", "Once upon a time, in a small village,", "Water boils at a temperature of"]
 N_TOKENS = 32
 
 
@@ -88,11 +88,22 @@ def check(name: str, gguf: Path, work: Path) -> dict:
         rows = []
         for prompt in PROMPTS:
             ids, ours = llama_greedy(exported, prompt)
-            ref = hf_greedy(given, ids)[len(ids):]
-            rows.append({"prompt": prompt, "identical": ours == ref[: len(ours)],
-                         "first_difference": first_difference(ours, ref), "llama_cpp_export": ours, "transformers_given": ref})
-        result[outtype] = {"export_seconds": round(time.time() - t0, 1), "identical": sum(r["identical"] for r in rows),
-                           "prompts": len(rows), "rows": rows}
+            ref = hf_greedy(given, ids)[len(ids) :]
+            rows.append(
+                {
+                    "prompt": prompt,
+                    "identical": ours == ref[: len(ours)],
+                    "first_difference": first_difference(ours, ref),
+                    "llama_cpp_export": ours,
+                    "transformers_given": ref,
+                }
+            )
+        result[outtype] = {
+            "export_seconds": round(time.time() - t0, 1),
+            "identical": sum(r["identical"] for r in rows),
+            "prompts": len(rows),
+            "rows": rows,
+        }
     return result
 
 
@@ -104,12 +115,24 @@ def main() -> None:
             for outtype in ("f16", "f32"):
                 r = results[-1][outtype]
                 where = [x["first_difference"] for x in r["rows"] if not x["identical"]]
-                print(f"| {name} | {outtype} export | {r['identical']}/{r['prompts']} greedy {N_TOKENS}-token continuations "
-                      f"identical{f' (first difference at token {where})' if where else ''} | {r['export_seconds']} s |")
+                print(
+                    f"| {name} | {outtype} export | {r['identical']}/{r['prompts']} greedy {N_TOKENS}-token continuations "
+                    f"identical{f' (first difference at token {where})' if where else ''} | {r['export_seconds']} s |"
+                )
     out = ROOT / "bench" / "results" / "real-checkpoints.json"
-    out.write_text(json.dumps({"command": "python bench/check_real_checkpoints.py", "date": time.strftime("%Y-%m-%d"),
-                               "machine": f"{platform.machine()}, {sys.version.split()[0]}", "tokens": N_TOKENS,
-                               "results": results}, indent=1) + "\n")
+    out.write_text(
+        json.dumps(
+            {
+                "command": "python bench/check_real_checkpoints.py",
+                "date": time.strftime("%Y-%m-%d"),
+                "machine": f"{platform.machine()}, {sys.version.split()[0]}",
+                "tokens": N_TOKENS,
+                "results": results,
+            },
+            indent=1,
+        )
+        + "\n"
+    )
     print(f"wrote {out}")
 
 

@@ -1,7 +1,8 @@
 """Print a run's manifest as markdown tables (per-stage counts and seconds; evaluation per model).
 
-    python bench/manifest_table.py runs/smollm2-135m-cpu [--save bench/results/default-run.json]
+python bench/manifest_table.py runs/smollm2-135m-cpu [--save bench/results/default-run.json]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -9,8 +10,17 @@ import shutil
 from pathlib import Path
 
 from isheep_lite.manifest import Manifest
-from isheep_lite.stages import (SUMMARIES, AssessSummary, EvalSummary, ExportSummary, FilterSummary, InstructionsSummary,
-                                ResponsesSummary, Summary, TrainSummary)
+from isheep_lite.stages import (
+    SUMMARIES,
+    AssessSummary,
+    EvalSummary,
+    ExportSummary,
+    FilterSummary,
+    InstructionsSummary,
+    ResponsesSummary,
+    Summary,
+    TrainSummary,
+)
 
 STAGES = ("base", "instructions", "responses", "assess", "filter", "train", "export", "eval")
 
@@ -46,7 +56,9 @@ def main() -> None:
                 print(f"| {t} | {stage} | {e.seconds:.0f} | {counts(e)} |")
     total = sum(sum(m.seconds(t).values()) for t in m.iterations(with_base=True))
     print(f"| | **total** | **{total:.0f}** | |")
-    print("\n| model | stop rate (20 prompts, ≤512 tokens) | mean answer tokens | suite strict (95 % CI) | suite loose |\n|---|---:|---:|---:|---:|")
+    print(
+        "\n| model | stop rate (20 prompts, ≤512 tokens) | mean answer tokens | suite strict (95 % CI) | suite loose |\n|---|---:|---:|---:|---:|"
+    )
     for t in m.iterations(with_base=True):
         if ev := m.get(t, EvalSummary):
             s = ev.ifeval or {}

@@ -10,6 +10,7 @@ sample), so the interval narrows as replicates are added without treating one pr
 under three seeds as three independent prompts.
 Prints one line per replicate and the pooled line; writes nothing.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,13 +31,17 @@ def main() -> None:
         v = json.loads(f.read_text())["variants"]
         a, b = v[args.a]["strict_pass"], v[args.b]["strict_pass"]
         d = evaluate.paired_bootstrap(a, b)
-        print(f"{f.name}: {args.a} {sum(a) / len(a):.3f}, {args.b} {sum(b) / len(b):.3f}, "
-              f"Δ {d['delta']:+} ({d['ci95'][0]:+}–{d['ci95'][1]:+}), P(worse) {d['p_worse']}")
+        print(
+            f"{f.name}: {args.a} {sum(a) / len(a):.3f}, {args.b} {sum(b) / len(b):.3f}, "
+            f"Δ {d['delta']:+} ({d['ci95'][0]:+}–{d['ci95'][1]:+}), P(worse) {d['p_worse']}"
+        )
         diffs.append([y - x for x, y in zip(a, b)])
     per_prompt = [sum(col) / len(col) for col in zip(*diffs)]
     d = evaluate.paired_bootstrap([0.0] * len(per_prompt), per_prompt)
-    print(f"pooled over {len(diffs)} replicates × {len(per_prompt)} prompts: Δ {d['delta']:+} "
-          f"({d['ci95'][0]:+}–{d['ci95'][1]:+}), P(worse) {d['p_worse']}")
+    print(
+        f"pooled over {len(diffs)} replicates × {len(per_prompt)} prompts: Δ {d['delta']:+} "
+        f"({d['ci95'][0]:+}–{d['ci95'][1]:+}), P(worse) {d['p_worse']}"
+    )
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ llama.cpp's, and what the attention settings cost. A second table times single l
 of fixed shapes with no engine at all (`ceiling`), the most any engine on this llama.cpp build could
 reach per call shape.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -51,9 +52,15 @@ def run(path: Path, qs: list[str], tokens: int, n_ctx: int, flash: int | None) -
     finally:
         lc.llama_decode, lc.llama_init_from_model = decode, init
     n = sum(c.n_tokens for c in outs)
-    return {"flash_attn": {None: "auto (default)", 0: "off", 1: "on"}[flash], "n_ctx_per_seq": n_ctx, "tokens": n,
-            "tok_s": round(n / wall, 1), "decode_share": round(spent["decode"] / wall, 3),
-            "ms_per_token": round(1000 * wall / n, 2), "decode_calls": spent["calls"]}
+    return {
+        "flash_attn": {None: "auto (default)", 0: "off", 1: "on"}[flash],
+        "n_ctx_per_seq": n_ctx,
+        "tokens": n,
+        "tok_s": round(n / wall, 1),
+        "decode_share": round(spent["decode"] / wall, 3),
+        "ms_per_token": round(1000 * wall / n, 2),
+        "decode_calls": spent["calls"],
+    }
 
 
 def ceiling(path: Path, prefix: int = 128, reps: int = 8) -> list[dict]:
@@ -63,9 +70,13 @@ def ceiling(path: Path, prefix: int = 128, reps: int = 8) -> list[dict]:
     512-token prompt (last logit only) is what bench_generate.py calls prompt evaluation."""
     from isheep_lite.engine import add_token
 
-    shapes = [("1 sequence × 1 token", 1, 1, True), ("16 sequences × 1 token, every logit", 16, 1, True),
-              ("1 sequence × 16 tokens, every logit", 1, 16, True), ("1 sequence × 16 tokens, last logit", 1, 16, False),
-              ("1 sequence × 512 tokens, last logit (prompt evaluation)", 1, 512, False)]
+    shapes = [
+        ("1 sequence × 1 token", 1, 1, True),
+        ("16 sequences × 1 token, every logit", 16, 1, True),
+        ("1 sequence × 16 tokens, every logit", 1, 16, True),
+        ("1 sequence × 16 tokens, last logit", 1, 16, False),
+        ("1 sequence × 512 tokens, last logit (prompt evaluation)", 1, 512, False),
+    ]
     rows = []
     with Engine(path, n_ctx=1024, n_parallel=16) as e:
         ctx = e.batched_context()
@@ -113,17 +124,29 @@ def main() -> None:
         (RESULTS / "decode-profile.json").write_text(json.dumps(out, indent=2))
         print(json.dumps(out["llama_decode_alone"][path.name], indent=1))
         return
-    rows = [run(path, qs, args.tokens, n_ctx, flash)
-            for n_ctx, flash in [(1024, None), (1024, 0), (1024, 1), (256, None), (4096, None)]]
-    print("| flash attention | n_ctx / sequence | tok/s | ms / token | share in llama_decode | decode calls |\n|---|---:|---:|---:|---:|---:|")
+    rows = [run(path, qs, args.tokens, n_ctx, flash) for n_ctx, flash in [(1024, None), (1024, 0), (1024, 1), (256, None), (4096, None)]]
+    print(
+        "| flash attention | n_ctx / sequence | tok/s | ms / token | share in llama_decode | decode calls |\n|---|---:|---:|---:|---:|---:|"
+    )
     for r in rows:
-        print(f"| {r['flash_attn']} | {r['n_ctx_per_seq']} | {r['tok_s']} | {r['ms_per_token']} | {r['decode_share']:.1%} | {r['decode_calls']} |")
+        print(
+            f"| {r['flash_attn']} | {r['n_ctx_per_seq']} | {r['tok_s']} | {r['ms_per_token']} | {r['decode_share']:.1%} | {r['decode_calls']} |"
+        )
     ceil = ceiling(path)
-    print("\n| llama_decode alone (128 tokens already in each sequence's cache) | tokens / call | ms / token | tok/s |\n|---|---:|---:|---:|")
+    print(
+        "\n| llama_decode alone (128 tokens already in each sequence's cache) | tokens / call | ms / token | tok/s |\n|---|---:|---:|---:|"
+    )
     for r in ceil:
         print(f"| {r['shape']} | {r['tokens_per_call']} | {r['ms_per_token']} | {r['tok_s']} |")
     RESULTS.mkdir(exist_ok=True)
-    out = {"model": path.name, "prompts": len(qs), "max_tokens": args.tokens, "n_parallel": 16, "rows": rows, "llama_decode_alone": {path.name: ceil}}
+    out = {
+        "model": path.name,
+        "prompts": len(qs),
+        "max_tokens": args.tokens,
+        "n_parallel": 16,
+        "rows": rows,
+        "llama_decode_alone": {path.name: ceil},
+    }
     (RESULTS / "decode-profile.json").write_text(json.dumps(out, indent=2))
 
 

@@ -12,6 +12,7 @@ Each M_1 is compared with M_0 by a paired bootstrap over the same suite prompts.
 Prints a markdown table and writes bench/results/lever-sweep.json (updated after every variant, so a
 killed sweep keeps what it measured).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -86,16 +87,23 @@ def main() -> None:
     names = [n for n in VARIANTS if not args.only or n in args.only.split(",")]
     results = json.loads(args.json.read_text()) if args.json.exists() else {"variants": {}}
     default_assess = asdict(recipe.load(None).assess)
-    results.update(source=str(args.source), suite_prompts=args.suite, stop_prompts=20, extra_overrides=args.set,
-                   default_assess=default_assess)
+    results.update(
+        source=str(args.source), suite_prompts=args.suite, stop_prompts=20, extra_overrides=args.set, default_assess=default_assess
+    )
     m0_eval = results.get("m0_eval")
     # "default" reuses the source's self-scores only if the source was graded the way the default grades
     stale = yaml.safe_load((args.source / "recipe.yaml").read_text())["assess"] != default_assess
     for name in names:
         dest = args.out / name
-        prepare(args.source, dest, m0_eval, strict=name == "strict_instr",
-                reassess=name in REASSESS or (name == "default" and stale))
-        overrides = [f"name={name}", f"runs_dir={args.out}", "loop.iterations=1", f"eval.suite_prompts={args.suite}", *VARIANTS[name], *args.set]
+        prepare(args.source, dest, m0_eval, strict=name == "strict_instr", reassess=name in REASSESS or (name == "default" and stale))
+        overrides = [
+            f"name={name}",
+            f"runs_dir={args.out}",
+            "loop.iterations=1",
+            f"eval.suite_prompts={args.suite}",
+            *VARIANTS[name],
+            *args.set,
+        ]
         start = time.time()
         m = Manifest.of(loop.run(recipe.load(None, overrides), force=True))
         m0_eval = m0_eval or m.data["iterations"]["0"]["eval"]  # the raw entry: the next variant's manifest reuses it
@@ -104,8 +112,13 @@ def main() -> None:
         assert e1 and e1.ifeval and tr and fl
         results["variants"][name] = {
             "overrides": VARIANTS[name] or (["instructions: min_words 8, ROUGE-L < 0.5"] if name == "strict_instr" else []),
-            "kept": fl.kept, "train_steps": tr.steps, "train_loss": tr.train_loss,
-            "stop_rate": e1.stop_rate, "strict": e1.ifeval["strict"], "loose": e1.ifeval["loose"], "strict_ci95": e1.ifeval["strict_ci95"],
+            "kept": fl.kept,
+            "train_steps": tr.steps,
+            "train_loss": tr.train_loss,
+            "stop_rate": e1.stop_rate,
+            "strict": e1.ifeval["strict"],
+            "loose": e1.ifeval["loose"],
+            "strict_ci95": e1.ifeval["strict_ci95"],
             "vs_m0": evaluate.paired_bootstrap(m0_eval["ifeval"]["strict_pass"], e1.ifeval["strict_pass"]),
             "strict_pass": e1.ifeval["strict_pass"],  # per suite prompt: replicates pool by prompt (bench/pool_replicates.py)
             "seconds": round(time.time() - start, 1),
@@ -116,14 +129,18 @@ def main() -> None:
 
 def table(results: dict) -> str:
     m0 = results["m0_eval"]
-    lines = ["| model | kept pairs | steps | stop rate | suite strict (95 % CI) | loose | Δ strict vs M_0 (95 % CI) | P(worse) |",
-             "|---|---:|---:|---:|---|---:|---|---:|",
-             f"| M_0 | – | – | {m0['stop_rate']} | {m0['ifeval']['strict']} ({m0['ifeval']['strict_ci95'][0]}–{m0['ifeval']['strict_ci95'][1]}) "
-             f"| {m0['ifeval']['loose']} | – | – |"]
+    lines = [
+        "| model | kept pairs | steps | stop rate | suite strict (95 % CI) | loose | Δ strict vs M_0 (95 % CI) | P(worse) |",
+        "|---|---:|---:|---:|---|---:|---|---:|",
+        f"| M_0 | – | – | {m0['stop_rate']} | {m0['ifeval']['strict']} ({m0['ifeval']['strict_ci95'][0]}–{m0['ifeval']['strict_ci95'][1]}) "
+        f"| {m0['ifeval']['loose']} | – | – |",
+    ]
     for name, v in results["variants"].items():
         d = v["vs_m0"]
-        lines.append(f"| M_1 {name} | {v['kept']} | {v['train_steps']} | {v['stop_rate']} | {v['strict']} ({v['strict_ci95'][0]}–{v['strict_ci95'][1]}) "
-                     f"| {v['loose']} | {d['delta']:+} ({d['ci95'][0]:+}–{d['ci95'][1]:+}) | {d['p_worse']} |")
+        lines.append(
+            f"| M_1 {name} | {v['kept']} | {v['train_steps']} | {v['stop_rate']} | {v['strict']} ({v['strict_ci95'][0]}–{v['strict_ci95'][1]}) "
+            f"| {v['loose']} | {d['delta']:+} ({d['ci95'][0]:+}–{d['ci95'][1]:+}) | {d['p_worse']} |"
+        )
     return "\n".join(lines)
 
 

@@ -3,6 +3,7 @@
 Heavy libraries (torch, transformers, trl, peft, llama_cpp, unsloth) are imported only inside the
 functions that use them, so `import isheep_lite` and the CLI start fast.
 """
+
 from .recipe import Recipe, UserError, load
 
 

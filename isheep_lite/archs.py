@@ -14,6 +14,7 @@ What is uniform across the table, so it has no column:
 - metadata: the tokenizer, chat template and general.* keys of the user's GGUF are carried into
   every export, the architecture's hyper-parameters are written by the converter from the HF config.
 """
+
 from __future__ import annotations
 
 import json
@@ -32,13 +33,16 @@ class Arch:
     permute_qk: bool  # llama.cpp keeps Q/K rows in its own rotary order: a LoRA B's rows are permuted too
 
 
-MATRIX: dict[str, Arch] = {a.gguf_arch: a for a in (
-    Arch("llama", ("LlamaForCausalLM", "MistralForCausalLM"), ("llama", "mistral"), "Llama 2/3.x, SmolLM2, Mistral", True),
-    Arch("qwen2", ("Qwen2ForCausalLM",), ("qwen2",), "Qwen2/2.5", False),
-    Arch("gemma2", ("Gemma2ForCausalLM",), ("gemma2",), "Gemma 2", False),
-    Arch("gemma3", ("Gemma3ForCausalLM",), ("gemma3_text",), "Gemma 3 text (270M, 1B)", False),
-    Arch("phi3", ("Phi3ForCausalLM",), ("phi3",), "Phi-3/3.5 mini", False),
-)}
+MATRIX: dict[str, Arch] = {
+    a.gguf_arch: a
+    for a in (
+        Arch("llama", ("LlamaForCausalLM", "MistralForCausalLM"), ("llama", "mistral"), "Llama 2/3.x, SmolLM2, Mistral", True),
+        Arch("qwen2", ("Qwen2ForCausalLM",), ("qwen2",), "Qwen2/2.5", False),
+        Arch("gemma2", ("Gemma2ForCausalLM",), ("gemma2",), "Gemma 2", False),
+        Arch("gemma3", ("Gemma3ForCausalLM",), ("gemma3_text",), "Gemma 3 text (270M, 1B)", False),
+        Arch("phi3", ("Phi3ForCausalLM",), ("phi3",), "Phi-3/3.5 mini", False),
+    )
+}
 
 
 def supported() -> str:
@@ -49,8 +53,9 @@ def supported() -> str:
 def for_gguf(arch: str, where: str) -> Arch:
     """The matrix row for a GGUF's general.architecture, or a one-line refusal."""
     if arch not in MATRIX:
-        raise UserError(f"{where}: architecture '{arch}' is not supported (a trained model could not be exported "
-                        f"faithfully); supported: {supported()}")
+        raise UserError(
+            f"{where}: architecture '{arch}' is not supported (a trained model could not be exported faithfully); supported: {supported()}"
+        )
     return MATRIX[arch]
 
 
@@ -62,5 +67,4 @@ def for_hf(hf_dir: Path) -> Arch:
         if any(n in arch.hf_architectures for n in names) or (not names and config.get("model_type") in arch.model_types):
             return arch
     shown = ", ".join(names) or f"model_type {config.get('model_type')!r}"
-    raise UserError(f"{hf_dir}: {shown} is not supported (a trained model could not be exported faithfully); "
-                    f"supported: {supported()}")
+    raise UserError(f"{hf_dir}: {shown} is not supported (a trained model could not be exported faithfully); supported: {supported()}")

@@ -11,6 +11,7 @@ prompt's last-position logits. `assess.calibrate` asks every question a second t
 instruction withheld and keeps the difference. The default — the calibrated verdict — is the only
 form of the grade that a 135M judge gets above chance on the labelled sets (docs/measurements.md).
 """
+
 from __future__ import annotations
 
 import math
@@ -23,10 +24,7 @@ from .recipe import AssessConfig
 from .synth import user_message
 
 CRITERIA = {
-    "quality": (
-        "How good is the response? A good response is correct, clear and to the point, "
-        "with no repetition and nothing off-topic."
-    ),
+    "quality": ("How good is the response? A good response is correct, clear and to the point, with no repetition and nothing off-topic."),
     "following": (
         "How well does the response follow the instruction? It should do exactly what the instruction "
         "asks (answer it, not continue or repeat it) and respect any format it requires."
@@ -66,8 +64,11 @@ def calibrated(aspect: str, scale: int, shown: tuple, withheld: tuple) -> float 
 
 
 def assessment_prompt(engine: EngineBase, instruction: str, response: str, aspect: str, scale: int) -> str:
-    question = VERDICT_QUESTION if aspect == "verdict" else (
-        f"{CRITERIA[aspect]} Rate it from 1 (very poor) to {scale} (excellent). Reply with the number only.")
+    question = (
+        VERDICT_QUESTION
+        if aspect == "verdict"
+        else (f"{CRITERIA[aspect]} Rate it from 1 (very poor) to {scale} (excellent). Reply with the number only.")
+    )
     content = (
         "Read the instruction and the response below.\n\n"
         f"### Instruction\n{instruction}\n\n### Response\n{response}\n\n### Question\n{question}"
@@ -94,7 +95,9 @@ def parse_score(text: str, scale: int) -> int | None:
     return None
 
 
-def score_prompts(engine: EngineBase, prompts: list[str], cfg: AssessConfig, aspect: str) -> list[tuple[float | None, list[float] | None, float | None]]:
+def score_prompts(
+    engine: EngineBase, prompts: list[str], cfg: AssessConfig, aspect: str
+) -> list[tuple[float | None, list[float] | None, float | None]]:
     """(score, distribution over the answers, their probability mass) per pre-filled prompt, by `cfg.mode`.
 
     logprob: one forward pass, expected value of the next-token distribution (never fails);
@@ -117,8 +120,9 @@ def score_prompts(engine: EngineBase, prompts: list[str], cfg: AssessConfig, asp
     if cfg.mode == "grammar":
         rule = '" Yes" | " No"' if verdict else f"[1-{cfg.scale}]"
         s = Sampling(temperature=0.0, max_tokens=3, grammar=f"root ::= {rule}")
-        return [(values[[a.strip() for a in answers].index(c.text.strip())], None, None)
-                for c in engine.generate(prompts, [s] * len(prompts))]
+        return [
+            (values[[a.strip() for a in answers].index(c.text.strip())], None, None) for c in engine.generate(prompts, [s] * len(prompts))
+        ]
     s = Sampling(temperature=0.0, max_tokens=48)
     outs = engine.generate([p[: -len(prefill)] for p in prompts], [s] * len(prompts))
     parse = parse_verdict if verdict else parse_score
@@ -138,6 +142,7 @@ def ifd(engine: EngineBase, records: list[dict[str, Any]]) -> list[float]:
     ratio measures only how much the instruction helps predict the response. Near or above 1: the
     response ignores its instruction (off-topic, generic); well below 1: it answers it.
     """
+
     def prompt(user: str) -> str:
         return models.render_chat(engine.info, [{"role": "user", "content": user}], add_generation_prompt=True)
 
@@ -165,9 +170,12 @@ def assess(
         part = records[start : start + chunk]
         if all(r["id"] in done for r in part):
             continue
+
         def scored(instruction: Callable[[dict[str, Any]], str]) -> Any:
-            per_aspect = [score_prompts(engine, [assessment_prompt(engine, instruction(r), r["response"], a, cfg.scale)
-                                                 for r in part], cfg, a) for a in cfg.aspects]
+            per_aspect = [
+                score_prompts(engine, [assessment_prompt(engine, instruction(r), r["response"], a, cfg.scale) for r in part], cfg, a)
+                for a in cfg.aspects
+            ]
             return iter(x for row in zip(*per_aspect) for x in row)
 
         results = scored(lambda r: user_message(r["instruction"], r["input"]))

@@ -5,6 +5,7 @@ under $ISHEEP_STATUS): llama.cpp can die by a signal (SIGSEGV decoding some quan
 CPUs), which no Python code survives, so the parent waits and turns such a death into one line
 naming the signal, the stage and the model, with what to change — exit code 1.
 """
+
 from __future__ import annotations
 
 import os
@@ -19,8 +20,12 @@ from .recipe import UserError
 from .store import STATUS_ENV, note_status, read_status
 from .train import TrainingKilled
 
-app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_is_help=False,
-                  help="Iterative self-alignment (I-SHEEP) of small LLMs, on a CPU or one GPU.")
+app = typer.Typer(
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    no_args_is_help=False,
+    help="Iterative self-alignment (I-SHEEP) of small LLMs, on a CPU or one GPU.",
+)
 
 
 def _split_args(args: list[str]) -> tuple[Optional[str], list[str]]:
@@ -55,11 +60,15 @@ def eval_cmd(
     against: Optional[str] = typer.Option(None, help="a second GGUF: judge MODEL's answers against its answers, both orders"),
     judge: Optional[str] = typer.Option(None, help="the judge GGUF for --against (default: MODEL itself)"),
     backend: str = typer.Option("llama_cpp", help="llama_cpp | transformers (MODEL dequantised by transformers)"),
-    server: Optional[str] = typer.Option(None, help="an OpenAI-compatible server serving MODEL, e.g. http://127.0.0.1:8080/v1: "
-                                                   "MODEL's answers are generated there (its chat template is read from MODEL)"),
+    server: Optional[str] = typer.Option(
+        None,
+        help="an OpenAI-compatible server serving MODEL, e.g. http://127.0.0.1:8080/v1: "
+        "MODEL's answers are generated there (its chat template is read from MODEL)",
+    ),
     parallel: int = typer.Option(16, help="sequences (or, with --server, requests) in flight at a time"),
-    lora: Optional[List[str]] = typer.Option(None, "--lora", help="a GGUF LoRA adapter to apply to MODEL (repeatable, in order), "
-                                                                  "e.g. runs/NAME/iter_01/adapter-f16.gguf"),
+    lora: Optional[List[str]] = typer.Option(
+        None, "--lora", help="a GGUF LoRA adapter to apply to MODEL (repeatable, in order), e.g. runs/NAME/iter_01/adapter-f16.gguf"
+    ),
 ) -> None:
     """Evaluate a GGUF: stop rate, instruction-following accuracy, optionally a pairwise verdict (greedy, held-out prompts)."""
     import json
@@ -174,8 +183,7 @@ def _note_engines() -> None:
 
     @contextlib.contextmanager
     def noting(model: Any, r: Any, backend: Optional[str] = None) -> Any:
-        note_status(model=str(model.gguf), adapters=[str(a) for a in model.adapters],
-                    backend=backend or r.model.backend, loading=True)
+        note_status(model=str(model.gguf), adapters=[str(a) for a in model.adapters], backend=backend or r.model.backend, loading=True)
         try:
             with opener(model, r, backend) as engine:
                 note_status(loading=False)
@@ -208,7 +216,7 @@ def _die_with_parent() -> Any:
 def _child_argv() -> list[str]:
     """This very command line (interpreter flags, `-m isheep_lite` or the `isheep` script) again."""
     orig = list(getattr(sys, "orig_argv", []))
-    if orig and orig[len(orig) - len(sys.argv) + 1:] == sys.argv[1:]:
+    if orig and orig[len(orig) - len(sys.argv) + 1 :] == sys.argv[1:]:
         return [sys.executable, *orig[1:]]
     return [sys.executable, "-m", "isheep_lite", *sys.argv[1:]]
 
@@ -249,11 +257,14 @@ def death_report(signum: int, status: dict[str, Any], command: str, who: str = "
     resume = "rerun the same command to resume" if command == "run" else "rerun the command"
     if signum in CRASHES:
         if llama and _quantised(model) is not False:  # unknown: the likeliest cause still
-            fix = ("serve an F16 conversion instead (model.serve_base=export serves M_0 re-exported to F16; "
-                   "model.converter=/path/to/llama.cpp/convert_hf_to_gguf.py with model.hf makes an F16 GGUF to generate with; "
-                   "an F16 eval.judge), or set model.backend=transformers" if command == "run" else
-                   "evaluate an F16 conversion of it (llama.cpp's convert_hf_to_gguf.py --outtype f16, or a run's "
-                   "iter_00/model-f16.gguf), or add --backend transformers")
+            fix = (
+                "serve an F16 conversion instead (model.serve_base=export serves M_0 re-exported to F16; "
+                "model.converter=/path/to/llama.cpp/convert_hf_to_gguf.py with model.hf makes an F16 GGUF to generate with; "
+                "an F16 eval.judge), or set model.backend=transformers"
+                if command == "run"
+                else "evaluate an F16 conversion of it (llama.cpp's convert_hf_to_gguf.py --outtype f16, or a run's "
+                "iter_00/model-f16.gguf), or add --backend transformers"
+            )
             hint = f"a quantised GGUF can crash llama.cpp on some CPUs: {fix}; then {resume}"
         elif llama:
             alt = "model.backend=transformers" if command == "run" else "--backend transformers"
@@ -263,8 +274,10 @@ def death_report(signum: int, status: dict[str, Any], command: str, who: str = "
         what = "llama.cpp crashed" if llama else f"{who} crashed"
         return f"error: {what} ({name}){where}; {hint}", 1
     if signum == signal.SIGKILL:
-        hint = ("if it ran out of memory (the kernel's OOM killer sends SIGKILL; see `dmesg`), lower model.n_parallel, "
-                f"model.n_ctx or train.batch_size, then {resume}")
+        hint = (
+            "if it ran out of memory (the kernel's OOM killer sends SIGKILL; see `dmesg`), lower model.n_parallel, "
+            f"model.n_ctx or train.batch_size, then {resume}"
+        )
         return f"error: {who} was killed ({name}){where}; {hint}", 1
     return f"error: {who} was stopped ({name}){where}; {resume}", 128 + signum
 

@@ -15,6 +15,7 @@ cells are cleared and its slot is refilled from the queue. One sequence decoding
 every weight once per token; sixteen read them once per sixteen tokens, which is where the
 speed-up on a CPU (and a GPU) comes from. The high-level API has no batched generation.
 """
+
 from __future__ import annotations
 
 import math
@@ -128,8 +129,9 @@ class EngineBase:
             raise ValueError(f"{text!r} is {len(ids)} tokens for this model, not one")
         return ids[0]
 
-    def generate(self, prompts: Sequence[str], samplings: Sequence[Sampling],
-                 on_result: Callable[[int, Completion], None] = lambda i, c: None) -> list[Completion]:
+    def generate(
+        self, prompts: Sequence[str], samplings: Sequence[Sampling], on_result: Callable[[int, Completion], None] = lambda i, c: None
+    ) -> list[Completion]:
         raise NotImplementedError
 
     def score_many(self, prompts: Sequence[str], token_ids: Sequence[int]) -> list[list[float]]:
@@ -155,7 +157,9 @@ class EngineBase:
         return self.chat_many([messages], [s])[0]
 
     def chat_many(
-        self, conversations: Sequence[list[dict[str, str]]], samplings: Sequence[Sampling],
+        self,
+        conversations: Sequence[list[dict[str, str]]],
+        samplings: Sequence[Sampling],
         on_result: Callable[[int, Completion], None] = lambda i, c: None,
     ) -> list[Completion]:
         prompts = [models.render_chat(self.info, m, add_generation_prompt=True) for m in conversations]
@@ -169,8 +173,16 @@ class EngineBase:
 class Engine(EngineBase):
     """A GGUF loaded in llama.cpp (CPU, or GPU where llama-cpp-python was built with CUDA)."""
 
-    def __init__(self, gguf_path: Path, n_ctx: int = 2048, n_threads: int = 0, n_parallel: int = 16, kv_budget_gb: float = 4.0,
-                 adapters: Sequence[Path] = (), n_gpu_layers: int = -1):
+    def __init__(
+        self,
+        gguf_path: Path,
+        n_ctx: int = 2048,
+        n_threads: int = 0,
+        n_parallel: int = 16,
+        kv_budget_gb: float = 4.0,
+        adapters: Sequence[Path] = (),
+        n_gpu_layers: int = -1,
+    ):
         """`adapters`: GGUF LoRA adapters (export.write_lora_gguf) applied on top of the weights at
         load time, in order, each at scale 1 — M_t = base + Δ_1 + … (one per iteration trained on
         top of the previous one), with no merged copy of the model on disk."""
@@ -218,9 +230,15 @@ class Engine(EngineBase):
             return -1
         weights = self.path.stat().st_size + sum(Path(a).stat().st_size for a in adapters)
         self.gpu_plan = planner.plan_llama(
-            weights_bytes=weights, n_layers=self.info.n_layers, kv_bytes_per_cell=self.info.kv_bytes_per_cell,
-            n_vocab=self.info.n_vocab, free_bytes=free, n_ctx=self.n_ctx, n_parallel=self.n_parallel,
-            n_ctx_train=self.info.n_ctx_train)
+            weights_bytes=weights,
+            n_layers=self.info.n_layers,
+            kv_bytes_per_cell=self.info.kv_bytes_per_cell,
+            n_vocab=self.info.n_vocab,
+            free_bytes=free,
+            n_ctx=self.n_ctx,
+            n_parallel=self.n_parallel,
+            n_ctx_train=self.info.n_ctx_train,
+        )
         self.n_ctx, self.n_parallel = self.gpu_plan["n_ctx"], self.gpu_plan["n_parallel"]
         return int(self.gpu_plan["n_gpu_layers"])
 
@@ -436,8 +454,9 @@ class Engine(EngineBase):
         The completion is tokenized on its own (no BOS) and appended to the prompt's tokens, as in
         training. Used for IFD (assess.ifd). Pairs are packed into one decode per batch.
         """
-        pairs = [(self.tokenize(p), self.llm.tokenize(c.encode("utf-8"), add_bos=False, special=True))
-                 for p, c in zip(prompts, completions)]
+        pairs = [
+            (self.tokenize(p), self.llm.tokenize(c.encode("utf-8"), add_bos=False, special=True)) for p, c in zip(prompts, completions)
+        ]
         if any(not p or not c for p, c in pairs):
             raise ValueError("completion_logprobs needs a non-empty prompt and completion")
 
@@ -447,8 +466,9 @@ class Engine(EngineBase):
 
         return self._decode_packed([p + c for p, c in pairs], [len(p) - 1 for p, _ in pairs], read)
 
-    def _decode_packed(self, seqs: list[list[int]], first_read: list[int],
-                       read: Callable[[int, Callable[[int, Sequence[int]], list[float]]], Any]) -> list[Any]:
+    def _decode_packed(
+        self, seqs: list[list[int]], first_read: list[int], read: Callable[[int, Callable[[int, Sequence[int]], list[float]]], Any]
+    ) -> list[Any]:
         """Evaluate token sequences packed up to `n_parallel` per llama_decode (their cells cleared
         between packs; a prefix common to all is evaluated once and kept).
 

@@ -6,6 +6,7 @@ suite (ifeval.py) checks answers by rule.
 The pairwise judge compares M_t's and M_0's answers to the stop-rate prompts (no extra generation).
 Prompts are held out: they are not seeds and not generation prompts.
 """
+
 from __future__ import annotations
 
 import json
@@ -24,28 +25,29 @@ def stop_prompts(n: int) -> list[dict[str, str]]:
     return [json.loads(line) for line in text.splitlines() if line.strip()][:n]
 
 
-def greedy_answers(
-    engine: EngineBase, prompts: list[str], max_tokens: int, progress: Callable[[int], None]
-) -> list[Completion]:
+def greedy_answers(engine: EngineBase, prompts: list[str], max_tokens: int, progress: Callable[[int], None]) -> list[Completion]:
     """One greedy single-turn chat answer per prompt, batched."""
     greedy = Sampling(temperature=0.0, max_tokens=max_tokens)
-    return engine.chat_many([[{"role": "user", "content": p}] for p in prompts], [greedy] * len(prompts),
-                            lambda i, c: progress(1))
+    return engine.chat_many([[{"role": "user", "content": p}] for p in prompts], [greedy] * len(prompts), lambda i, c: progress(1))
 
 
-def stop_rate(
-    engine: EngineBase, n_prompts: int, max_tokens: int, progress: Callable[[int], None] = lambda n: None
-) -> dict[str, Any]:
+def stop_rate(engine: EngineBase, n_prompts: int, max_tokens: int, progress: Callable[[int], None] = lambda n: None) -> dict[str, Any]:
     """Fraction of greedy answers that end with the end-of-turn token within `max_tokens`."""
     prompts = stop_prompts(n_prompts)
     outs = greedy_answers(engine, [p["prompt"] for p in prompts], max_tokens, progress)
     stopped = sum(c.finish_reason == "stop" for c in outs)
     tokens = sum(c.n_tokens for c in outs)
-    samples = [{"id": p["id"], "prompt": p["prompt"], "finish": c.finish_reason, "tokens": c.n_tokens, "text": c.text}
-               for p, c in zip(prompts, outs)]
+    samples = [
+        {"id": p["id"], "prompt": p["prompt"], "finish": c.finish_reason, "tokens": c.n_tokens, "text": c.text}
+        for p, c in zip(prompts, outs)
+    ]
     n = len(prompts)
-    return {"prompts": n, "stop_rate": round(stopped / n, 4) if n else None,
-            "mean_tokens": round(tokens / n, 1) if n else None, "samples": samples}
+    return {
+        "prompts": n,
+        "stop_rate": round(stopped / n, 4) if n else None,
+        "mean_tokens": round(tokens / n, 1) if n else None,
+        "samples": samples,
+    }
 
 
 def instruction_following(
@@ -112,9 +114,18 @@ def pairwise(
         log_odds[i] = round((lps[j][0] - lps[j][1]) + (lps[m + j][1] - lps[m + j][0]), 4)
     wins, losses = verdicts.count(1.0), verdicts.count(0.0)
     a_first = sum(lp[0] > lp[1] for lp in lps)
-    return {"prompts": k, "win": wins, "tie": k - wins - losses, "loss": losses, "judged": m,
-            "score": round(sum(verdicts) / k, 4) if k else None, "score_ci95": bootstrap_ci(verdicts),
-            "judge_prefers_a": round(a_first / (2 * m), 4) if m else None, "verdicts": verdicts, "log_odds": log_odds}
+    return {
+        "prompts": k,
+        "win": wins,
+        "tie": k - wins - losses,
+        "loss": losses,
+        "judged": m,
+        "score": round(sum(verdicts) / k, 4) if k else None,
+        "score_ci95": bootstrap_ci(verdicts),
+        "judge_prefers_a": round(a_first / (2 * m), 4) if m else None,
+        "verdicts": verdicts,
+        "log_odds": log_odds,
+    }
 
 
 # ---- comparing two models on the same prompts ---------------------------------------------------
@@ -134,9 +145,11 @@ def paired_bootstrap(old: list[float], new: list[float], n_boot: int = 2000, see
     diffs = [b - a for a, b in zip(old, new)]
     rng, n = random.Random(seed), len(diffs)
     means = sorted(sum(rng.choices(diffs, k=n)) / n for _ in range(n_boot))
-    return {"delta": round(sum(diffs) / n, 4),
-            "ci95": [round(means[int(0.025 * n_boot)], 4), round(means[int(0.975 * n_boot) - 1], 4)],
-            "p_worse": round(sum(m < 0 for m in means) / n_boot, 4)}
+    return {
+        "delta": round(sum(diffs) / n, 4),
+        "ci95": [round(means[int(0.025 * n_boot)], 4), round(means[int(0.975 * n_boot) - 1], 4)],
+        "p_worse": round(sum(m < 0 for m in means) / n_boot, 4),
+    }
 
 
 def bootstrap_ci(passes: Sequence[float], n_boot: int = 2000, seed: int = 0) -> list[float]:
@@ -152,8 +165,9 @@ def bootstrap_ci(passes: Sequence[float], n_boot: int = 2000, seed: int = 0) -> 
 
 
 # ---- every check of one model -------------------------------------------------------------------
-def checks(model: Served, r: Recipe, engines: Engines, reference: dict[str, Any] | None = None,
-           judge: Served | None = None) -> dict[str, Any]:
+def checks(
+    model: Served, r: Recipe, engines: Engines, reference: dict[str, Any] | None = None, judge: Served | None = None
+) -> dict[str, Any]:
     """Stop rate, instruction-following accuracy and (given M_0's eval entry) the pairwise verdict
     of one model: greedy answers to held-out prompts (`isheep eval`, and the loop's eval stage).
 

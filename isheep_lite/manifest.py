@@ -4,6 +4,7 @@
 `seconds`, and holds the run's `memory_plan`, `best` model, `final_model` and `stopped_early`.
 Only stages marked done are returned: a stage that was running when the process died is absent.
 """
+
 from __future__ import annotations
 
 import json

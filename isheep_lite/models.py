@@ -8,6 +8,7 @@ The chat template comes from the GGUF metadata and is rendered by one function, 
 both generation prompts and training examples, so the model is trained on exactly the text it is
 prompted with.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -68,6 +69,7 @@ def header_ints(path: Path, keys: tuple[str, ...]) -> dict[str, int]:
     out: dict[str, int] = {}
     try:
         with open(path, "rb", buffering=1 << 20) as f:
+
             def u(fmt: str) -> Any:
                 return struct.unpack("<" + fmt, f.read(struct.calcsize(fmt)))[0]
 
@@ -115,15 +117,19 @@ def gguf_shards(path: Path) -> list[Path]:
         return [path]
     m = re.match(SPLIT_NAME, path.name)
     if not m or int(m["count"]) != count:
-        raise UserError(f"{path} is shard {no + 1} of a {count}-file split GGUF but not named like one "
-                        f"(<name>-{no + 1:05d}-of-{count:05d}.gguf), which llama.cpp needs to find the other shards")
+        raise UserError(
+            f"{path} is shard {no + 1} of a {count}-file split GGUF but not named like one "
+            f"(<name>-{no + 1:05d}-of-{count:05d}.gguf), which llama.cpp needs to find the other shards"
+        )
     shards = [path.with_name(f"{m['prefix']}-{i:05d}-of-{count:05d}.gguf") for i in range(1, count + 1)]
     if no != 0:
         raise UserError(f"{path.name} is shard {no + 1} of {count} of a split GGUF: give its first shard, {shards[0]}")
     missing = [s.name for s in shards if not s.is_file()]
     if missing:
-        raise UserError(f"{path.name} is the first of {count} shards, but {', '.join(missing)} "
-                        f"{'is' if len(missing) == 1 else 'are'} missing from {path.parent}")
+        raise UserError(
+            f"{path.name} is the first of {count} shards, but {', '.join(missing)} "
+            f"{'is' if len(missing) == 1 else 'are'} missing from {path.parent}"
+        )
     return shards
 
 
@@ -181,8 +187,10 @@ def gguf_info(path: Path) -> GgufInfo:
     if len(shards) > 1:
         want, have = _field_value(reader, gguf.Keys.Split.LLM_KV_SPLIT_TENSORS_COUNT), sum(len(r.tensors) for r in readers)
         if want is not None and int(want) != have:
-            raise UserError(f"{path.name}: its {len(shards)} shards hold {have} tensors but the split says "
-                            f"{want}; are they all shards of the same model?")
+            raise UserError(
+                f"{path.name}: its {len(shards)} shards hold {have} tensors but the split says "
+                f"{want}; are they all shards of the same model?"
+            )
     arch = str(_field_value(reader, "general.architecture"))
     meta = {k: _field_value(reader, k) for k in reader.fields if k.startswith(f"{arch}.")}
 
@@ -218,8 +226,10 @@ def check_arch(path: Path) -> GgufInfo:
     info = gguf_info(path)
     archs.for_gguf(info.arch, str(path))
     if not info.chat_template:
-        raise UserError(f"{path}: no chat template (tokenizer.chat_template): the loop prompts, answers and grades in the "
-                        "model's chat format, so it needs a chat/instruct model")
+        raise UserError(
+            f"{path}: no chat template (tokenizer.chat_template): the loop prompts, answers and grades in the "
+            "model's chat format, so it needs a chat/instruct model"
+        )
     return info
 
 
@@ -229,6 +239,7 @@ def kv_bytes_per_cell(meta: dict[str, Any], arch: str) -> int:
     Read from the GGUF's `<arch>.*` keys; head size is `attention.key_length` where given, else
     embedding_length / head_count. SmolLM2-135M: 2 × 30 × 3 × 64 × 2 = 23 040 bytes (22.5 KiB).
     """
+
     def get(key: str, default: Any = None) -> Any:
         return meta.get(f"{arch}.{key}", default)
 
@@ -286,7 +297,7 @@ def split_prompt_completion(info: GgufInfo, messages: list[dict[str, str]]) -> t
     full = render_chat(info, messages, add_generation_prompt=False)
     if not full.startswith(prompt):
         raise UserError("chat template renders the prompt differently with and without the answer; cannot split it")
-    return prompt, full[len(prompt):]
+    return prompt, full[len(prompt) :]
 
 
 # ---- HF weights for training --------------------------------------------------------------------
@@ -402,9 +413,11 @@ def check_same_model(info: GgufInfo, gguf_path: Path, hf_dir: Path) -> None:
     except (KeyError, TypeError, ValueError):
         return
     if shape.params() and not 0.9 <= info.n_params / shape.params() <= 1.1:
-        raise UserError(f"model.gguf ({gguf_path.name}, {info.n_params / 1e6:,.0f}M parameters) and model.hf "
-                        f"({hf_dir.name}, {shape.params() / 1e6:,.0f}M) are not the same model; give the GGUF of the "
-                        "HF model, or set model.converter to llama.cpp's convert_hf_to_gguf.py to make one from model.hf")
+        raise UserError(
+            f"model.gguf ({gguf_path.name}, {info.n_params / 1e6:,.0f}M parameters) and model.hf "
+            f"({hf_dir.name}, {shape.params() / 1e6:,.0f}M) are not the same model; give the GGUF of the "
+            "HF model, or set model.converter to llama.cpp's convert_hf_to_gguf.py to make one from model.hf"
+        )
 
 
 def converted_gguf(hf_dir: Path, converter: str) -> Path:
@@ -454,9 +467,10 @@ def _run_with_status(cmd: list[str], title: str) -> tuple[int, str]:
 
     last = ""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    with Console(stderr=True).status(title) as status, subprocess.Popen(
-        cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, errors="replace", env=env
-    ) as proc:
+    with (
+        Console(stderr=True).status(title) as status,
+        subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, errors="replace", env=env) as proc,
+    ):
         assert proc.stderr is not None
         for line in proc.stderr:
             if line.strip():
@@ -494,9 +508,11 @@ def check_dequantisable(gguf_path: Path) -> None:
     need = int(DEQUANTISE_BYTES_PER_PARAM * gguf_info(gguf_path).n_params + 0.5e9)
     free = available_ram()
     if free is not None and need > free:
-        raise UserError(f"{gguf_path.name}: making HF weights from this GGUF needs about {need / 1e9:.0f} GB of RAM, "
-                        f"{free / 1e9:.0f} GB is available; give the model's HF weights as model.hf (a local "
-                        "directory or an HF-cache id), which training starts from directly")
+        raise UserError(
+            f"{gguf_path.name}: making HF weights from this GGUF needs about {need / 1e9:.0f} GB of RAM, "
+            f"{free / 1e9:.0f} GB is available; give the model's HF weights as model.hf (a local "
+            "directory or an HF-cache id), which training starts from directly"
+        )
 
 
 def resolve_hf(hf: str | None, gguf_path: Path) -> Path:
@@ -526,18 +542,25 @@ def gguf_rope(path: Path) -> dict[str, Any]:
 
     reader = gguf.GGUFReader(str(path))
     arch = str(_field_value(reader, "general.architecture"))
-    meta = {k[len(arch) + 1:]: _field_value(reader, k) for k in reader.fields if k.startswith(f"{arch}.")}
-    tensors = {t.name: np.array(gguf.quants.dequantize(t.data, t.tensor_type), dtype=np.float64).reshape(-1)
-               for t in reader.tensors if t.name.startswith("rope_")}
+    meta = {k[len(arch) + 1 :]: _field_value(reader, k) for k in reader.fields if k.startswith(f"{arch}.")}
+    tensors = {
+        t.name: np.array(gguf.quants.dequantize(t.data, t.tensor_type), dtype=np.float64).reshape(-1)
+        for t in reader.tensors
+        if t.name.startswith("rope_")
+    }
     rope: dict[str, Any] = {"rope_type": "default", "rope_theta": float(meta.get("rope.freq_base") or 10000.0)}
     scaling = meta.get("rope.scaling.type")
     if "rope_factors_long.weight" in tensors:
         orig = int(meta.get("rope.scaling.original_context_length") or 0)
         if not orig:
             raise UserError(f"{path}: long/short RoPE factors without rope.scaling.original_context_length; give model.hf")
-        return {**rope, "rope_type": "longrope", "original_max_position_embeddings": orig,
-                "long_factor": tensors["rope_factors_long.weight"].tolist(),
-                "short_factor": tensors["rope_factors_short.weight"].tolist()}
+        return {
+            **rope,
+            "rope_type": "longrope",
+            "original_max_position_embeddings": orig,
+            "long_factor": tensors["rope_factors_long.weight"].tolist(),
+            "short_factor": tensors["rope_factors_short.weight"].tolist(),
+        }
     if "rope_freqs.weight" in tensors:
         stored = tensors["rope_freqs.weight"]
         dim = int(meta.get("rope.dimension_count") or 2 * len(stored))
@@ -546,12 +569,19 @@ def gguf_rope(path: Path) -> dict[str, Any]:
         smooth = [(w, (1 / f - 1 / factor) / (1 - 1 / factor)) for w, f in zip(wavelen, stored) if 1 < f < factor]
         orig_candidates = [round(w * (low + s * (high - low))) for w, s in smooth] or [8192]
         for orig in orig_candidates:
-            params = {**rope, "rope_type": "llama3", "factor": factor, "low_freq_factor": low,
-                      "high_freq_factor": high, "original_max_position_embeddings": int(orig)}
+            params = {
+                **rope,
+                "rope_type": "llama3",
+                "factor": factor,
+                "low_freq_factor": low,
+                "high_freq_factor": high,
+                "original_max_position_embeddings": int(orig),
+            }
             if np.allclose(_llama3_factors(params, wavelen), stored, rtol=1e-4):
                 return params
-        raise UserError(f"{path}: its rope_freqs are not Llama 3's scaling with low/high frequency factors 1 and 4; "
-                        "give the HF weights as model.hf")
+        raise UserError(
+            f"{path}: its rope_freqs are not Llama 3's scaling with low/high frequency factors 1 and 4; give the HF weights as model.hf"
+        )
     if scaling not in (None, "none"):
         raise UserError(f"{path}: RoPE scaling '{scaling}' cannot be read back from a GGUF; give the HF weights as model.hf")
     return rope
@@ -581,7 +611,7 @@ def restore_config(config: Any, gguf_path: Path) -> None:
 
     info = gguf_info(gguf_path)
     reader = gguf.GGUFReader(str(gguf_path))
-    meta = {k[len(info.arch) + 1:]: _field_value(reader, k) for k in reader.fields if k.startswith(f"{info.arch}.")}
+    meta = {k[len(info.arch) + 1 :]: _field_value(reader, k) for k in reader.fields if k.startswith(f"{info.arch}.")}
     if info.arch in ("gemma2", "gemma3"):
         big = info.n_layers == {"gemma2": 46, "gemma3": 62}[info.arch]
         heads = int(meta["attention.head_count"])

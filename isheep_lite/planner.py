@@ -19,6 +19,7 @@ Checked against published figures in tests/test_planner.py. `plan_llama` sizes l
 the same way: the GGUF's weights (its file size, adapters included), the KV cache
 ((n_parallel + 2) × n_ctx cells × models.kv_bytes_per_cell) and a compute buffer must fit the free VRAM.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -27,8 +28,13 @@ from typing import Any
 GB = 1e9
 OVERHEAD = 0.75 * GB
 TARGET_SHAPES = {  # target module → (d_in, d_out) in units of (hidden, kv_dim, intermediate)
-    "q_proj": ("h", "q"), "k_proj": ("h", "kv"), "v_proj": ("h", "kv"), "o_proj": ("q", "h"),
-    "gate_proj": ("h", "i"), "up_proj": ("h", "i"), "down_proj": ("i", "h"),
+    "q_proj": ("h", "q"),
+    "k_proj": ("h", "kv"),
+    "v_proj": ("h", "kv"),
+    "o_proj": ("q", "h"),
+    "gate_proj": ("h", "i"),
+    "up_proj": ("h", "i"),
+    "down_proj": ("i", "h"),
 }
 
 
@@ -46,18 +52,32 @@ class Shape:
     @classmethod
     def from_gguf(cls, info: Any) -> "Shape":
         """From a GGUF header (models.GgufInfo): what preflight knows before any HF weights exist."""
-        return cls(layers=info.n_layers, hidden=info.n_embd, intermediate=info.n_ff, heads=info.n_head,
-                   kv_heads=info.n_head_kv, head_dim=info.head_dim, vocab=info.n_vocab, tied=info.tied)
+        return cls(
+            layers=info.n_layers,
+            hidden=info.n_embd,
+            intermediate=info.n_ff,
+            heads=info.n_head,
+            kv_heads=info.n_head_kv,
+            head_dim=info.head_dim,
+            vocab=info.n_vocab,
+            tied=info.tied,
+        )
 
     @classmethod
     def from_config(cls, c: dict[str, Any]) -> "Shape":
         """From an HF config.json (text config of multimodal models)."""
         c = c.get("text_config", c)
         heads = c["num_attention_heads"]
-        return cls(layers=c["num_hidden_layers"], hidden=c["hidden_size"], intermediate=c["intermediate_size"],
-                   heads=heads, kv_heads=c.get("num_key_value_heads") or heads,
-                   head_dim=c.get("head_dim") or c["hidden_size"] // heads, vocab=c["vocab_size"],
-                   tied=bool(c.get("tie_word_embeddings", False)))
+        return cls(
+            layers=c["num_hidden_layers"],
+            hidden=c["hidden_size"],
+            intermediate=c["intermediate_size"],
+            heads=heads,
+            kv_heads=c.get("num_key_value_heads") or heads,
+            head_dim=c.get("head_dim") or c["hidden_size"] // heads,
+            vocab=c["vocab_size"],
+            tied=bool(c.get("tie_word_embeddings", False)),
+        )
 
     def dims(self) -> dict[str, int]:
         return {"h": self.hidden, "q": self.heads * self.head_dim, "kv": self.kv_heads * self.head_dim, "i": self.intermediate}
@@ -80,8 +100,9 @@ def lora_params(s: Shape, r: int, targets: list[str]) -> int:
     return s.layers * sum(r * (d[TARGET_SHAPES[t][0]] + d[TARGET_SHAPES[t][1]]) for t in targets if t in TARGET_SHAPES)
 
 
-def estimate(s: Shape, *, bits: int, r: int, targets: list[str], batch: int, seq_len: int,
-             backend: str = "hf", gradient_checkpointing: bool = True) -> dict[str, float]:
+def estimate(
+    s: Shape, *, bits: int, r: int, targets: list[str], batch: int, seq_len: int, backend: str = "hf", gradient_checkpointing: bool = True
+) -> dict[str, float]:
     """Peak training memory in bytes, by part (see the module docstring), and its total."""
     per_linear = 0.5 + 1 / 64 if bits == 4 else 2.0
     tokens = batch * seq_len
@@ -101,28 +122,52 @@ def estimate(s: Shape, *, bits: int, r: int, targets: list[str], batch: int, seq
     return parts
 
 
-def plan_batches(s: Shape, free_bytes: float, *, bits: int, r: int, targets: list[str], seq_len: int,
-                 effective_batch: int, backend: str = "hf", headroom: float = 0.9,
-                 gradient_checkpointing: bool = True) -> dict[str, Any]:
+def plan_batches(
+    s: Shape,
+    free_bytes: float,
+    *,
+    bits: int,
+    r: int,
+    targets: list[str],
+    seq_len: int,
+    effective_batch: int,
+    backend: str = "hf",
+    headroom: float = 0.9,
+    gradient_checkpointing: bool = True,
+) -> dict[str, Any]:
     """The largest power-of-two micro-batch ≤ effective_batch whose estimate fits headroom × free
     memory, and the gradient accumulation that keeps the effective batch. Raises when even a
     micro-batch of 1 does not fit."""
     micro = 1 << max(0, effective_batch.bit_length() - 1)
     while micro >= 1:
-        est = estimate(s, bits=bits, r=r, targets=targets, batch=micro, seq_len=seq_len, backend=backend,
-                       gradient_checkpointing=gradient_checkpointing)
+        est = estimate(
+            s, bits=bits, r=r, targets=targets, batch=micro, seq_len=seq_len, backend=backend, gradient_checkpointing=gradient_checkpointing
+        )
         if est["total"] <= headroom * free_bytes:
             return {"micro_batch": micro, "grad_accum": -(-effective_batch // micro), "estimate_gb": round(est["total"] / GB, 2)}
         micro //= 2
-    need = estimate(s, bits=bits, r=r, targets=targets, batch=1, seq_len=seq_len, backend=backend,
-                    gradient_checkpointing=gradient_checkpointing)
-    raise MemoryError(f"even one sequence of {seq_len} tokens needs ~{need['total'] / GB:.1f} GB; "
-                      f"{free_bytes / GB:.1f} GB free (try 4-bit, a lower train.max_seq_len or a smaller model)")
+    need = estimate(
+        s, bits=bits, r=r, targets=targets, batch=1, seq_len=seq_len, backend=backend, gradient_checkpointing=gradient_checkpointing
+    )
+    raise MemoryError(
+        f"even one sequence of {seq_len} tokens needs ~{need['total'] / GB:.1f} GB; "
+        f"{free_bytes / GB:.1f} GB free (try 4-bit, a lower train.max_seq_len or a smaller model)"
+    )
 
 
-def plan_llama(*, weights_bytes: int, n_layers: int, kv_bytes_per_cell: int, n_vocab: int, free_bytes: float,
-               n_ctx: int, n_parallel: int, n_ctx_train: int = 0, headroom: float = 0.9,
-               min_parallel: int = 4) -> dict[str, Any]:
+def plan_llama(
+    *,
+    weights_bytes: int,
+    n_layers: int,
+    kv_bytes_per_cell: int,
+    n_vocab: int,
+    free_bytes: float,
+    n_ctx: int,
+    n_parallel: int,
+    n_ctx_train: int = 0,
+    headroom: float = 0.9,
+    min_parallel: int = 4,
+) -> dict[str, Any]:
     """n_gpu_layers, n_ctx and n_parallel for llama.cpp on a GPU with `free_bytes` of VRAM.
 
     VRAM = weights + KV + compute buffer must stay under headroom × free, where KV is
@@ -142,15 +187,18 @@ def plan_llama(*, weights_bytes: int, n_layers: int, kv_bytes_per_cell: int, n_v
     while True:
         kv = (parallel + 2) * n_ctx * kv_bytes_per_cell
         if weights_bytes + kv <= budget:
-            return {"n_gpu_layers": -1, "n_ctx": n_ctx, "n_parallel": parallel,
-                    "vram_gb": round((weights_bytes + kv + fixed) / GB, 2)}
+            return {"n_gpu_layers": -1, "n_ctx": n_ctx, "n_parallel": parallel, "vram_gb": round((weights_bytes + kv + fixed) / GB, 2)}
         if parallel <= min_parallel:
             break
         parallel = max(min_parallel, parallel // 2)
     per_layer = weights_bytes / (n_layers + 1) + kv / max(n_layers, 1)  # + 1: embeddings and output stay on the CPU
     layers = max(0, min(n_layers, int(budget // per_layer))) if budget > 0 else 0
-    return {"n_gpu_layers": layers, "n_ctx": n_ctx, "n_parallel": parallel,
-            "vram_gb": round((layers * per_layer + fixed) / GB, 2) if layers else 0.0}
+    return {
+        "n_gpu_layers": layers,
+        "n_ctx": n_ctx,
+        "n_parallel": parallel,
+        "vram_gb": round((layers * per_layer + fixed) / GB, 2) if layers else 0.0,
+    }
 
 
 # Peak RSS of a merged export (merge, then llama.cpp's converter), fitted over bench/bench_export.py's
@@ -168,27 +216,54 @@ def export_ram_bytes(weights_bytes: float, largest_shard_bytes: float) -> float:
     return (a + b * weights_bytes / GIB + c * largest_shard_bytes / GIB) * GIB
 
 
-def run_plan(shape: Shape, *, gguf_bytes: int, kv_bytes_per_cell: int, n_ctx: int, n_parallel: int, n_ctx_train: int,
-             bits: int, r: int, targets: list[str], batch: int, seq_len: int, backend: str,
-             hf_bytes: float, hf_largest_shard: float, disk_bytes: float) -> dict[str, float]:
+def run_plan(
+    shape: Shape,
+    *,
+    gguf_bytes: int,
+    kv_bytes_per_cell: int,
+    n_ctx: int,
+    n_parallel: int,
+    n_ctx_train: int,
+    bits: int,
+    r: int,
+    targets: list[str],
+    batch: int,
+    seq_len: int,
+    backend: str,
+    hf_bytes: float,
+    hf_largest_shard: float,
+    disk_bytes: float,
+) -> dict[str, float]:
     """What a run will need, by phase, in GB (RAM in GiB): printed when it starts and kept in its
     manifest. One model is resident at a time (training runs in a child after generation closed
     its model; the pairwise judge and the M_0 assessor open after the generator closes), so the
     peak is the largest phase, not their sum. On a CPU the two GPU figures are host RAM instead."""
     train = estimate(shape, bits=bits, r=r, targets=targets, batch=batch, seq_len=seq_len, backend=backend)["total"]
-    gen = plan_llama(weights_bytes=gguf_bytes, n_layers=shape.layers, kv_bytes_per_cell=kv_bytes_per_cell,
-                     n_vocab=shape.vocab, free_bytes=float("inf"), n_ctx=n_ctx, n_parallel=n_parallel,
-                     n_ctx_train=n_ctx_train)["vram_gb"]
-    return {"training_gb": round(train / GB, 1), "generation_gb": round(gen, 1),
-            "export_ram_gib": round(export_ram_bytes(hf_bytes, hf_largest_shard) / GIB, 1),
-            "disk_gb": round(disk_bytes / GB, 1)}
+    gen = plan_llama(
+        weights_bytes=gguf_bytes,
+        n_layers=shape.layers,
+        kv_bytes_per_cell=kv_bytes_per_cell,
+        n_vocab=shape.vocab,
+        free_bytes=float("inf"),
+        n_ctx=n_ctx,
+        n_parallel=n_parallel,
+        n_ctx_train=n_ctx_train,
+    )["vram_gb"]
+    return {
+        "training_gb": round(train / GB, 1),
+        "generation_gb": round(gen, 1),
+        "export_ram_gib": round(export_ram_bytes(hf_bytes, hf_largest_shard) / GIB, 1),
+        "disk_gb": round(disk_bytes / GB, 1),
+    }
 
 
 def describe_plan(plan: dict[str, float]) -> str:
     """The one line `isheep run` prints before its first stage."""
-    return (f"memory plan: training ≈ {plan['training_gb']} GB, generation ≈ {plan['generation_gb']} GB "
-            f"(GPU memory on CUDA, else RAM) · export ≈ {plan['export_ram_gib']} GiB of RAM · "
-            f"≈ {plan['disk_gb']} GB of disk for this run's files")
+    return (
+        f"memory plan: training ≈ {plan['training_gb']} GB, generation ≈ {plan['generation_gb']} GB "
+        f"(GPU memory on CUDA, else RAM) · export ≈ {plan['export_ram_gib']} GiB of RAM · "
+        f"≈ {plan['disk_gb']} GB of disk for this run's files"
+    )
 
 
 def gpu_free_bytes() -> float | None:
@@ -200,8 +275,9 @@ def gpu_free_bytes() -> float | None:
     if smi is None:
         return None
     try:
-        out = subprocess.run([smi, "--query-gpu=memory.free", "--format=csv,noheader,nounits"],
-                             capture_output=True, text=True, timeout=10, check=True).stdout
+        out = subprocess.run(
+            [smi, "--query-gpu=memory.free", "--format=csv,noheader,nounits"], capture_output=True, text=True, timeout=10, check=True
+        ).stdout
         return float(out.split()[0]) * 2**20
     except (OSError, subprocess.SubprocessError, ValueError, IndexError):
         return None

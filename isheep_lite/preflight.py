@@ -3,6 +3,7 @@ model files and converter (`check_recipe`, shared by `isheep recipe` and `isheep
 accept and refuse the same recipes with the same line), then the free disk and the memory plan
 (`preflight`).
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -82,11 +83,15 @@ def check_recipe(r: Recipe) -> list[dict[str, str]]:
     run` both call it, so they accept and refuse the same recipes (with the same line). Returns the
     seeds it read."""
     if r.model.backend == "openai":
-        raise UserError("model.backend=openai sends work to a server that serves one fixed model, but the loop serves "
-                        "a new model each iteration; use it with `isheep eval MODEL.gguf --server URL`")
+        raise UserError(
+            "model.backend=openai sends work to a server that serves one fixed model, but the loop serves "
+            "a new model each iteration; use it with `isheep eval MODEL.gguf --server URL`"
+        )
     if r.export.mode == "adapter" and r.model.backend != "llama_cpp":
-        raise UserError("export.mode=adapter serves GGUF LoRA adapters, which only llama.cpp applies: "
-                        f"set export.mode=merged for model.backend={r.model.backend}")
+        raise UserError(
+            "export.mode=adapter serves GGUF LoRA adapters, which only llama.cpp applies: "
+            f"set export.mode=merged for model.backend={r.model.backend}"
+        )
     train.resolve_backend(r.train.backend, False, importlib.util.find_spec("unsloth") is not None)
     seeds = synth.load_seeds(r.synth.seeds)
     check_model(r)
@@ -141,13 +146,27 @@ def memory_plan(r: Recipe, given: Path, disk_bytes: float) -> dict[str, float]:
     else:  # models.gguf_to_hf writes float32 in shards of DEQUANTISED_SHARD_BYTES
         hf_bytes = 4 * info.n_params
         largest = min(hf_bytes, models.DEQUANTISED_SHARD_BYTES)
-    targets = (list(planner.TARGET_SHAPES)  # auto: every projection of the blocks, as the planner names them
-               if train.auto_targets(r.train.target_modules) else train.planner_targets(list(r.train.target_modules)))
+    targets = (
+        list(planner.TARGET_SHAPES)  # auto: every projection of the blocks, as the planner names them
+        if train.auto_targets(r.train.target_modules)
+        else train.planner_targets(list(r.train.target_modules))
+    )
     gpu = planner.gpu_free_bytes() is not None
     backend = train.resolve_backend(r.train.backend, gpu, importlib.util.find_spec("unsloth") is not None)
     return planner.run_plan(
-        planner.Shape.from_gguf(info), gguf_bytes=sum(p.stat().st_size for p in models.gguf_shards(given)),
-        kv_bytes_per_cell=info.kv_bytes_per_cell, n_ctx=r.model.n_ctx, n_parallel=r.model.n_parallel,
-        n_ctx_train=info.n_ctx_train, bits=4 if gpu and r.train.load_in_4bit else 16, r=r.train.lora_r, targets=targets,
-        batch=r.train.batch_size, seq_len=r.train.max_seq_len, backend=backend,
-        hf_bytes=hf_bytes, hf_largest_shard=largest, disk_bytes=disk_bytes)
+        planner.Shape.from_gguf(info),
+        gguf_bytes=sum(p.stat().st_size for p in models.gguf_shards(given)),
+        kv_bytes_per_cell=info.kv_bytes_per_cell,
+        n_ctx=r.model.n_ctx,
+        n_parallel=r.model.n_parallel,
+        n_ctx_train=info.n_ctx_train,
+        bits=4 if gpu and r.train.load_in_4bit else 16,
+        r=r.train.lora_r,
+        targets=targets,
+        batch=r.train.batch_size,
+        seq_len=r.train.max_seq_len,
+        backend=backend,
+        hf_bytes=hf_bytes,
+        hf_largest_shard=largest,
+        disk_bytes=disk_bytes,
+    )

@@ -1,4 +1,5 @@
 """Progress bars with an ETA for every long piece of work (generation, grading, evaluation)."""
+
 from __future__ import annotations
 
 import contextlib

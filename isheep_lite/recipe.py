@@ -5,6 +5,7 @@ The dataclass defaults *are* the default recipe (what `isheep run` with no argum
 documentation. Recipes load from YAML and take dotted `section.key=value` overrides; every
 problem is raised as a `UserError` with one line that names it, before any work starts.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -21,8 +22,9 @@ class UserError(Exception):
     """Bad input from the user: the CLI prints the message as one line and exits with code 2."""
 
 
-def knob(default: Any, doc: str, *, gt: float | None = None, ge: float | None = None,
-         lt: float | None = None, le: float | None = None) -> Any:
+def knob(
+    default: Any, doc: str, *, gt: float | None = None, ge: float | None = None, lt: float | None = None, le: float | None = None
+) -> Any:
     """A recipe field: its default, its one-line documentation (the commented YAML is generated from
     it: `commented_yaml`), and its range, checked by `validate`."""
     meta = {"doc": doc, "gt": gt, "ge": ge, "lt": lt, "le": le}
@@ -39,39 +41,46 @@ NONNEG = {"ge": 0}  # ≥ 0
 class ModelConfig:
     gguf: str = knob("embedded:smollm2-135m-instruct", "GGUF for generation: embedded:<name> or a local path")
     hf: str | None = knob(None, "HF weights for training (a local dir or an offline HF-cache id); null = dequantise the GGUF once, cached")
-    converter: str | None = knob(None, "llama.cpp's convert_hf_to_gguf.py: make the generation GGUF from model.hf (F16, once, cached) "
-                                       "instead of model.gguf")
+    converter: str | None = knob(
+        None, "llama.cpp's convert_hf_to_gguf.py: make the generation GGUF from model.hf (F16, once, cached) instead of model.gguf"
+    )
     backend: Literal["llama_cpp", "transformers", "openai"] = knob(
-        "llama_cpp", "llama_cpp: the batched llama.cpp engine | transformers: PyTorch (models llama.cpp cannot run) | "
-                     "openai: a server (isheep eval --server only)")
+        "llama_cpp",
+        "llama_cpp: the batched llama.cpp engine | transformers: PyTorch (models llama.cpp cannot run) | "
+        "openai: a server (isheep eval --server only)",
+    )
     base_url: str | None = knob(None, "openai backend: the server's OpenAI-compatible root, e.g. http://127.0.0.1:8080/v1")
     serve_base: Literal["export", "original"] = knob(
-        "export", "export: serve M_0 as F16 like every M_t (the shipped Q4_1 answers worse) | original: the GGUF as given")
+        "export", "export: serve M_0 as F16 like every M_t (the shipped Q4_1 answers worse) | original: the GGUF as given"
+    )
     n_ctx: int = knob(2048, "llama.cpp context window per sequence", **POS)
     n_threads: int = knob(0, "CPU threads for llama.cpp; 0 = all cores", **NONNEG)
     n_parallel: int = knob(16, "sequences decoded together; KV memory grows with n_parallel × n_ctx", **POS)
-    kv_budget_gb: float = knob(4.0, "KV cache the batched context may take; n_parallel is lowered until it fits "
-                                     "(bytes per cell from the GGUF)", **POS)
+    kv_budget_gb: float = knob(
+        4.0, "KV cache the batched context may take; n_parallel is lowered until it fits (bytes per cell from the GGUF)", **POS
+    )
 
 
 @dataclass
 class LoopConfig:
     iterations: int = knob(2, "self-alignment iterations (small models peak around iteration 2 in the I-SHEEP paper)", **POS)
-    train_from: Literal["base", "previous"] = knob(
-        "base", "base: M_t+1 = SFT(M_0, D_t), the paper's One_base | previous: SFT(M_t, D_t)")
+    train_from: Literal["base", "previous"] = knob("base", "base: M_t+1 = SFT(M_0, D_t), the paper's One_base | previous: SFT(M_t, D_t)")
     data: Literal["latest", "cumulative"] = knob("latest", "latest: train on D_t only | cumulative: D_1 ∪ … ∪ D_t")
     seed: int = knob(0, "every random stream of the run derives from this")
     promote: Literal["best", "latest"] = knob(
-        "best", "best: the next iteration starts from the best model so far (a worse M_t is not promoted) | latest")
+        "best", "best: the next iteration starts from the best model so far (a worse M_t is not promoted) | latest"
+    )
     stop_when_worse: bool = knob(False, "end the run at the first iteration flagged worse than the best")
 
 
 @dataclass
 class SynthConfig:
-    num_instructions: int = knob(128, "usable instructions to collect per iteration, after the instruction filters "
-                                      "(paper: 10 000; ~3 s each on a laptop CPU)", **POS)
+    num_instructions: int = knob(
+        128, "usable instructions to collect per iteration, after the instruction filters (paper: 10 000; ~3 s each on a laptop CPU)", **POS
+    )
     source: Literal["seeds", "magpie"] = knob(
-        "seeds", "seeds: few-shot from seed tasks (the paper) | magpie: zero-seed, the model writes the user turn")
+        "seeds", "seeds: few-shot from seed tasks (the paper) | magpie: zero-seed, the model writes the user turn"
+    )
     seeds: str = knob("builtin", "builtin (115 tasks, 13 categories) | a path to a JSONL of {instruction, input?, output?}")
     few_shot: int = knob(5, "seed tasks shown per generation prompt, drawn uniformly (paper: 5)", **POS)
     temperature: float = knob(1.0, "instruction sampling temperature (paper: 1.0)", **NONNEG)
@@ -87,30 +96,39 @@ class SynthConfig:
 @dataclass
 class AssessConfig:
     aspects: list[str] = knob(
-        ["verdict"], "graded separately: verdict (yes/no \"answers the instruction correctly?\", calibrated: the only "
-                     "self-grade of the embedded model whose AUROC on the labelled sets excludes chance) | quality, "
-                     "following (the paper's pair, at chance here); docs/measurements.md: assessment")
+        ["verdict"],
+        'graded separately: verdict (yes/no "answers the instruction correctly?", calibrated: the only '
+        "self-grade of the embedded model whose AUROC on the labelled sets excludes chance) | quality, "
+        "following (the paper's pair, at chance here); docs/measurements.md: assessment",
+    )
     scale: int = knob(9, "scores 1..scale; ≤ 9 keeps every score one token, read from log-probs in one step")
     mode: Literal["logprob", "grammar", "generate"] = knob(
-        "logprob", "logprob: expected score from next-token probabilities | grammar: GBNF-constrained digit | "
-                   "generate: parse a free reply")
-    assessor: Literal["current", "base"] = knob("current", "current: M_t grades its own pairs | base: M_0 grades every "
-                                                           "iteration (the paper's scripts)")
+        "logprob", "logprob: expected score from next-token probabilities | grammar: GBNF-constrained digit | generate: parse a free reply"
+    )
+    assessor: Literal["current", "base"] = knob(
+        "current", "current: M_t grades its own pairs | base: M_0 grades every iteration (the paper's scripts)"
+    )
     enabled: bool = knob(True, "false: no self-assessment, the rule filters alone select (recipes/ablations/no_assessment.yaml)")
     ifd: bool = knob(False, "also record IFD = PPL(answer | instruction) / PPL(answer | empty request) per pair")
-    calibrate: bool = knob(True, "score = what the judge says minus what it says with the instruction withheld "
-                                 "(contextual calibration)")
+    calibrate: bool = knob(True, "score = what the judge says minus what it says with the instruction withheld (contextual calibration)")
 
 
 @dataclass
 class FilterConfig:
     min_score: float | None = knob(None, "keep pairs whose every aspect score ≥ this (paper: > 8 of 10); null = no threshold")
-    keep_top: float | None = knob(0.5, "then keep this top fraction, ranked by rank_by (a rank cut keeps that share however "
-                                       "the judge spreads its scale); null = no rank cut", gt=0, le=1)
+    keep_top: float | None = knob(
+        0.5,
+        "then keep this top fraction, ranked by rank_by (a rank cut keeps that share however "
+        "the judge spreads its scale); null = no rank cut",
+        gt=0,
+        le=1,
+    )
     rank_by: Literal["score", "ifd", "score+ifd"] = knob(
-        "score", "score: mean self-score | ifd: lowest IFD (judge-free) | score+ifd: mean of both ranks; ifd needs assess.ifd")
-    max_ifd: float | None = knob(None, "drop pairs with IFD ≥ this (1.0: the instruction does not help predict the answer); "
-                                       "needs assess.ifd", gt=0)
+        "score", "score: mean self-score | ifd: lowest IFD (judge-free) | score+ifd: mean of both ranks; ifd needs assess.ifd"
+    )
+    max_ifd: float | None = knob(
+        None, "drop pairs with IFD ≥ this (1.0: the instruction does not help predict the answer); needs assess.ifd", gt=0
+    )
     min_words: int = knob(4, "instruction length bounds in words (paper: more than 3 …", **NONNEG)
     max_words: int = knob(150, "… and at most 150)", **POS)
     dedup_rouge_l: float = knob(0.7, "drop an instruction whose ROUGE-L F1 to a kept one or a seed is ≥ this", gt=0, le=1)
@@ -120,16 +138,18 @@ class FilterConfig:
 @dataclass
 class TrainConfig:
     backend: Literal["hf", "unsloth", "auto"] = knob(
-        "hf", "hf: transformers + peft + trl | unsloth: Unsloth (the gpu extra) | auto: unsloth where installed, else hf")
+        "hf", "hf: transformers + peft + trl | unsloth: Unsloth (the gpu extra) | auto: unsloth where installed, else hf"
+    )
     load_in_4bit: bool = knob(True, "CUDA only: QLoRA on an NF4 base (a CPU trains a 16/32-bit base)")
     auto_batch: bool = knob(True, "CUDA only: micro-batch from the memory planner and the free VRAM, same effective batch")
     lora_r: int = knob(16, "paper: 8; 16 measured best here (bench/results/lever-sweep.json)", **POS)
     lora_alpha: int = knob(32, "paper: 16 (alpha/r = 2 kept)", **POS)
-    lora_dropout: float = knob(0.0, "0 keeps Unsloth on its fast path (it patches its LoRA kernels in only with dropout 0)",
-                               ge=0, lt=1)
+    lora_dropout: float = knob(0.0, "0 keeps Unsloth on its fast path (it patches its LoRA kernels in only with dropout 0)", ge=0, lt=1)
     target_modules: list[str] = knob(
-        ["auto"], "auto: every linear layer of the decoder blocks, read from the model (q/k/v/o and gate/up/down; Phi-3: "
-                  "qkv_proj, gate_up_proj; never lm_head, embeddings or a vision tower) | a list, e.g. [q_proj, v_proj]")
+        ["auto"],
+        "auto: every linear layer of the decoder blocks, read from the model (q/k/v/o and gate/up/down; Phi-3: "
+        "qkv_proj, gate_up_proj; never lm_head, embeddings or a vision tower) | a list, e.g. [q_proj, v_proj]",
+    )
     epochs: float = knob(2.0, "paper: 2", **POS)
     lr: float = knob(1.0e-4, "learning rate", **POS)
     batch_size: int = knob(4, "micro-batch", **POS)
@@ -144,14 +164,16 @@ class TrainConfig:
 class ExportConfig:
     types: list[str] = knob(["f16"], "first = master (f16 | f32); add q8_0, q4_k_m … to also quantise")
     mode: Literal["auto", "adapter", "merged"] = knob(
-        "auto", "merged: a whole GGUF per iteration | adapter: a GGUF LoRA adapter applied to the served base, the merged "
-                "model only for the final one | auto: adapter from 3B parameters")
+        "auto",
+        "merged: a whole GGUF per iteration | adapter: a GGUF LoRA adapter applied to the served base, the merged "
+        "model only for the final one | auto: adapter from 3B parameters",
+    )
 
 
 @dataclass
 class EvalConfig:
     stop_prompts: int = knob(20, "held-out prompts for the stop-rate check (0 = skip)", **NONNEG)
-    max_tokens: int = knob(512, "an answer still going at this length counts as \"never stops\"", **POS)
+    max_tokens: int = knob(512, 'an answer still going at this length counts as "never stops"', **POS)
     suite_prompts: int = knob(40, "instruction-following suite prompts, balanced over 20 constraint kinds (0 = skip; max 160)", **NONNEG)
     suite_max_tokens: int = knob(384, "tokens per suite answer", **POS)
     pairwise: bool = knob(True, "judge M_t's answers to the stop-rate prompts against M_0's, in both orders")
@@ -341,8 +363,10 @@ def validate(r: Recipe) -> None:
     free disk) are preflight.check_recipe's, which `isheep recipe` and `isheep run` both call."""
     _check_fields(r)
     targets = r.train.target_modules
-    if not (targets in ("auto", ["auto"]) or (isinstance(targets, list) and targets
-                                              and all(isinstance(t, str) and t and t != "auto" for t in targets))):
+    if not (
+        targets in ("auto", ["auto"])
+        or (isinstance(targets, list) and targets and all(isinstance(t, str) and t and t != "auto" for t in targets))
+    ):
         raise UserError(f"recipe: train.target_modules must be auto or a non-empty list of module names, got {targets!r}")
     if not 2 <= r.assess.scale <= 9:
         raise UserError(f"recipe: assess.scale must be 2..9 (one token per score), got {r.assess.scale}")
@@ -356,8 +380,10 @@ def validate(r: Recipe) -> None:
         raise UserError(f"recipe: filter.rank_by={r.filter.rank_by} needs assess.ifd: true")
     # (assess.calibrate only changes how grades are made: with no grades it has nothing to do)
     if not r.assess.enabled and (r.filter.keep_top is not None or r.filter.min_score is not None or r.assess.ifd):
-        raise UserError("recipe: assess.enabled: false selects by rule filters alone; set filter.keep_top: null, "
-                        "filter.min_score: null and assess.ifd: false")
+        raise UserError(
+            "recipe: assess.enabled: false selects by rule filters alone; set filter.keep_top: null, "
+            "filter.min_score: null and assess.ifd: false"
+        )
     if r.model.backend == "openai" and not r.model.base_url:
         raise UserError("recipe: model.backend=openai needs model.base_url (e.g. http://127.0.0.1:8080/v1)")
     if r.model.backend == "openai" and r.assess.ifd:

@@ -5,6 +5,7 @@ iterations with noisy measurements; a plot with intervals shows it at a glance w
 numbers does not. Everything is read back from the run directory, so a report can be made of a
 finished, a stopped or a running run (only finished stages are shown). Matplotlib runs headless (Agg).
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -98,8 +99,13 @@ def plot_scores(m: Manifest, path: Path) -> None:
     for t in m.iterations():
         scores = [x["score"] for x in read_jsonl(m.root / f"iter_{t:02d}" / assess.SCORED) if x["score"] is not None]
         if scores:
-            ax.hist(scores, bins=[1 + i * 0.25 for i in range(4 * (scale - 1) + 1)], histtype="step", linewidth=2,
-                    label=f"iteration {t} (n={len(scores)}, mean {sum(scores) / len(scores):.2f})")
+            ax.hist(
+                scores,
+                bins=[1 + i * 0.25 for i in range(4 * (scale - 1) + 1)],
+                histtype="step",
+                linewidth=2,
+                label=f"iteration {t} (n={len(scores)}, mean {sum(scores) / len(scores):.2f})",
+            )
     ax.set(title="Self-assessment scores (expected score, mean of aspects)", xlabel="score", ylabel="pairs", xlim=(1, scale))
     _save(plt, fig, path, legend_ax=ax)
 
@@ -118,8 +124,14 @@ def plot_selection(m: Manifest, path: Path) -> None:
     colours = [c for i, c in enumerate(plt.get_cmap("tab10").colors) if i != 2]  # green is "kept"
     for k, reason in enumerate(reasons):
         counts = [sel[t].rejected_by_reason.get(reason, 0) for t in its]
-        ax.bar([str(t) for t in its], counts, bottom=bottom, label=reason, color=colours[k % len(colours)],
-               hatch="//" if k >= len(colours) else None)
+        ax.bar(
+            [str(t) for t in its],
+            counts,
+            bottom=bottom,
+            label=reason,
+            color=colours[k % len(colours)],
+            hatch="//" if k >= len(colours) else None,
+        )
         bottom = [b + c for b, c in zip(bottom, counts)]
     for i, t in enumerate(its):
         ax.annotate(f"kept {100 * sel[t].kept_ratio:.0f} %", (i, bottom[i]), ha="center", va="bottom")
@@ -146,8 +158,9 @@ def plot_eval(m: Manifest, path: Path) -> None:
     plt, fig = _figure()
     ax = fig.add_subplot(1, 1, 1)
     rows = eval_rows(m)
-    for k, (metric, label) in enumerate((("strict", "suite strict accuracy"), ("stop_rate", "stop rate"),
-                                         ("pairwise", "pairwise score vs M_0 (0.5 = same)"))):
+    for k, (metric, label) in enumerate(
+        (("strict", "suite strict accuracy"), ("stop_rate", "stop rate"), ("pairwise", "pairwise score vs M_0 (0.5 = same)"))
+    ):
         pts = [(r["t"] + 0.06 * (k - 1), *r[metric]) for r in rows if metric in r]
         if not pts:
             continue
@@ -199,20 +212,33 @@ def markdown(m: Manifest) -> str:
         final = f" Final model: `{m.final_model}`." if m.final_model else ""
         stopped = f" Stopped early: {m.stopped_early}." if m.stopped_early else ""
         lines += [f"Best model: **M_{m.best.iteration}** (`{served}`).{final}{stopped}", ""]
-    lines += ["## Held-out checks per model", "",
-              "| model | suite strict (95 % CI) | suite loose | stop rate (95 % CI) | pairwise vs M_0 (95 % CI) | win/tie/loss | verdict |",
-              "|---|---|---:|---|---|---|---|"]
+    lines += [
+        "## Held-out checks per model",
+        "",
+        "| model | suite strict (95 % CI) | suite loose | stop rate (95 % CI) | pairwise vs M_0 (95 % CI) | win/tie/loss | verdict |",
+        "|---|---|---:|---|---|---|---|",
+    ]
     for r in eval_rows(m):
         p = r["promote"]
-        verdict = "" if r["t"] == 0 or not p else ("flagged worse, not promoted" if p.worse else
-                                                   "promoted" if p.best == r["t"] else "not promoted (lower mean)")
+        verdict = (
+            ""
+            if r["t"] == 0 or not p
+            else ("flagged worse, not promoted" if p.worse else "promoted" if p.best == r["t"] else "not promoted (lower mean)")
+        )
         if p and p.compared and p.ci95:
             verdict += f"; Δ strict vs M_{p.against} {p.delta:+.3f} ({p.ci95[0]:+.3f}–{p.ci95[1]:+.3f}), P(worse) {p.p_worse:.2f}"
         wtl = "/".join(map(str, r["wtl"])) if "wtl" in r else "–"
-        lines.append(f"| M_{r['t']} | {_fmt(r.get('strict'))} | {_fmt(r.get('loose'))} | {_fmt(r.get('stop_rate'))} | "
-                     f"{_fmt(r.get('pairwise'))} | {wtl} | {verdict} |")
-    lines += ["", "## Stages", "", "| iteration | kept / answered | score mean (sd) | train loss first → last | seconds per stage |",
-              "|---|---|---|---|---|"]
+        lines.append(
+            f"| M_{r['t']} | {_fmt(r.get('strict'))} | {_fmt(r.get('loose'))} | {_fmt(r.get('stop_rate'))} | "
+            f"{_fmt(r.get('pairwise'))} | {wtl} | {verdict} |"
+        )
+    lines += [
+        "",
+        "## Stages",
+        "",
+        "| iteration | kept / answered | score mean (sd) | train loss first → last | seconds per stage |",
+        "|---|---|---|---|---|",
+    ]
     for t in m.iterations():
         f, a, tr, res = m.get(t, FilterSummary), m.get(t, AssessSummary), m.get(t, TrainSummary), m.get(t, ResponsesSummary)
         secs = ", ".join(f"{s} {sec:.0f}" for s, sec in m.seconds(t).items())

@@ -7,6 +7,7 @@ trains, evaluates M_t and judges it with M_0. Two 8B models at the planned conte
 `Engines` keeps at most one engine loaded, reuses it while consecutive stages serve the same model,
 and releases it before a stage that needs the memory.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -49,8 +50,10 @@ def open_engine(model: Served, r: Recipe, backend: str | None = None) -> EngineB
     so a crash inside llama.cpp is reported with its file)."""
     m, backend, gguf = r.model, backend or r.model.backend, model.gguf
     if model.adapters and backend != "llama_cpp":
-        raise UserError(f"GGUF LoRA adapters (export.mode=adapter) are applied by llama.cpp: use model.backend=llama_cpp, "
-                        f"or export.mode=merged with model.backend={backend}")
+        raise UserError(
+            f"GGUF LoRA adapters (export.mode=adapter) are applied by llama.cpp: use model.backend=llama_cpp, "
+            f"or export.mode=merged with model.backend={backend}"
+        )
     if backend == "transformers":
         from .hf_engine import HFEngine
 

@@ -5,6 +5,7 @@ appended with flush+fsync, so a crash leaves at most one torn *last* line, which
 manifest is written to a temporary file and renamed, so it is always the old or the new version;
 a stage counts as done only once the manifest says so, so a rerun redoes exactly the unfinished work.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -288,8 +289,11 @@ def reclaim_before_run(run_dir: Path, cache: Path) -> None:
     removed = reclaim_cache(cache) + (reclaim_run_dir(run_dir) or [])
     if removed:
         total = sum(n for _, n in removed)
-        print(f"reclaimed {human_bytes(total)} of temporaries left by killed runs "
-              f"({', '.join(p.name for p, _ in removed[:3])}{', …' if len(removed) > 3 else ''})", file=sys.stderr)
+        print(
+            f"reclaimed {human_bytes(total)} of temporaries left by killed runs "
+            f"({', '.join(p.name for p, _ in removed[:3])}{', …' if len(removed) > 3 else ''})",
+            file=sys.stderr,
+        )
 
 
 # ---- what the child of a supervised `isheep run`/`isheep eval` is doing -------------------------
@@ -345,9 +349,7 @@ class RunStore:
         recipe_path = self.root / "recipe.yaml"
         if recipe_path.exists() and recipe_path.read_text(encoding="utf-8") != recipe_yaml and not force:
             self.close()
-            raise UserError(
-                f"{self.root} was made by a different recipe; use another name, or --force to continue it with this one"
-            )
+            raise UserError(f"{self.root} was made by a different recipe; use another name, or --force to continue it with this one")
         atomic_write_text(recipe_path, recipe_yaml)
         if self.manifest_path.exists():
             self.manifest = json.loads(self.manifest_path.read_text(encoding="utf-8"))

@@ -5,6 +5,7 @@ meta-prompt, `few_shot` seed tasks drawn uniformly, and the model continues the 
 raw completion is logged (`completions.jsonl`) before it is parsed, so a resumed run re-parses what
 it has instead of paying the model again; parsing and filtering are deterministic.
 """
+
 from __future__ import annotations
 
 import json
@@ -24,8 +25,8 @@ META_PROMPT = (
     "self-contained instruction, written as a command or a question, that can be answered in text alone "
     "(no images, files, audio or web browsing). The tasks cover many kinds of work: questions, "
     "brainstorming, rewriting, classification, extraction, summaries, code, maths word problems, planning, "
-    "creative writing and advice. When a task needs a text to work on, it is given after \"Input:\"; "
-    "otherwise the input is \"<noinput>\".\n\n"
+    'creative writing and advice. When a task needs a text to work on, it is given after "Input:"; '
+    'otherwise the input is "<noinput>".\n\n'
 )
 NO_INPUT = "<noinput>"
 
@@ -57,9 +58,9 @@ def load_seeds(spec: str) -> list[dict[str, str]]:
         except json.JSONDecodeError:
             raise UserError(f"{origin}:{n}: not valid JSON") from None
         if not isinstance(rec, dict) or not isinstance(rec.get("instruction"), str) or not rec["instruction"].strip():
-            raise UserError(f"{origin}:{n}: each line needs a non-empty string \"instruction\"")
+            raise UserError(f'{origin}:{n}: each line needs a non-empty string "instruction"')
         if not isinstance(rec.get("input", ""), str):
-            raise UserError(f"{origin}:{n}: \"input\" must be a string")
+            raise UserError(f'{origin}:{n}: "input" must be a string')
         seeds.append({"instruction": rec["instruction"].strip(), "input": (rec.get("input") or "").strip()})
     if not seeds:
         raise UserError(f"{origin} has no seed tasks")
@@ -73,8 +74,7 @@ def user_message(instruction: str, input_text: str) -> str:
 # ---- instruction generation ---------------------------------------------------------------------
 def conversation(rec: dict[str, Any]) -> list[dict[str, str]]:
     """An answered instruction as the chat the model is trained on."""
-    return [{"role": "user", "content": user_message(rec["instruction"], rec["input"])},
-            {"role": "assistant", "content": rec["response"]}]
+    return [{"role": "user", "content": user_message(rec["instruction"], rec["input"])}, {"role": "assistant", "content": rec["response"]}]
 
 
 def fewshot_prompt(examples: list[dict[str, str]]) -> str:
@@ -164,8 +164,12 @@ def generate_instructions(
                 break
             ids = range(start, min(start + wave, cfg.max_prompts))
             todo = [p for p in ids if p not in done]
-            parents = {p: [] if magpie else random.Random(derive_seed(run_seed, iteration, "fewshot", p)).sample(
-                range(len(seeds)), min(cfg.few_shot, len(seeds))) for p in todo}
+            parents = {
+                p: []
+                if magpie
+                else random.Random(derive_seed(run_seed, iteration, "fewshot", p)).sample(range(len(seeds)), min(cfg.few_shot, len(seeds)))
+                for p in todo
+            }
             outs = engine.generate(
                 [prefix if magpie else fewshot_prompt([seeds[i] for i in parents[p]]) for p in todo],
                 [Sampling(seed=derive_seed(run_seed, iteration, "instr", p), **sampling) for p in todo],
@@ -222,8 +226,12 @@ def generate_responses(
             if all(r["id"] in have for r in part):
                 continue
             samplings = [
-                Sampling(temperature=cfg.response_temperature, top_p=cfg.response_top_p, max_tokens=cfg.response_max_tokens,
-                         seed=derive_seed(run_seed, iteration, "resp", r["id"]))
+                Sampling(
+                    temperature=cfg.response_temperature,
+                    top_p=cfg.response_top_p,
+                    max_tokens=cfg.response_max_tokens,
+                    seed=derive_seed(run_seed, iteration, "resp", r["id"]),
+                )
                 for r in part
             ]
 
@@ -231,8 +239,11 @@ def generate_responses(
                 rec, s = part[i], samplings[i]
                 if rec["id"] in have:
                     return
-                row = {**rec, "response": c.text.strip(),
-                       "gen": {"finish": c.finish_reason, "tokens": c.n_tokens, "temperature": s.temperature, "top_p": s.top_p}}
+                row = {
+                    **rec,
+                    "response": c.text.strip(),
+                    "gen": {"finish": c.finish_reason, "tokens": c.n_tokens, "temperature": s.temperature, "top_p": s.top_p},
+                }
                 out.write(row)
                 have[rec["id"]] = row
                 progress(1)

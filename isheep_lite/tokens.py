@@ -8,6 +8,7 @@ template decides: the model's own rule adds a BOS only where the text does not s
 every path (llama.cpp engine, HTTP backend, transformers backend, training) gets the same ids, with
 exactly one BOS where the model uses one and none where it uses none (ChatML models such as Qwen).
 """
+
 from __future__ import annotations
 
 from typing import Any

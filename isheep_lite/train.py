@@ -20,6 +20,7 @@ cover the whole assistant turn *including its end-of-turn token*: a model that n
 that token learns never to stop. Examples longer than `max_seq_len` are dropped, never cut, for the
 same reason.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -38,9 +39,7 @@ from .recipe import TrainConfig, UserError
 from .store import replace_dir
 
 
-def build_examples(
-    conversations: list[list[dict[str, str]]], gguf_path: Path, max_seq_len: int
-) -> tuple[list[dict[str, list[int]]], int]:
+def build_examples(conversations: list[list[dict[str, str]]], gguf_path: Path, max_seq_len: int) -> tuple[list[dict[str, list[int]]], int]:
     """Conversations → [{"input_ids", "labels"}], plus the number dropped for length."""
     from llama_cpp import Llama
 
@@ -74,8 +73,10 @@ def resolve_backend(name: str, cuda: bool, has_unsloth: bool, has_triton: bool =
         raise UserError("train.backend=unsloth needs Unsloth: pip install 'isheep-lite[gpu]'")
     backend = ("unsloth" if has_unsloth else "hf") if name == "auto" else name
     if backend == "hf" and not cuda and has_triton:
-        raise UserError("train.backend=hf cannot train on a CPU where Triton is installed (TRL runs a GPU-only kernel); "
-                        "use train.backend=unsloth or auto")
+        raise UserError(
+            "train.backend=hf cannot train on a CPU where Triton is installed (TRL runs a GPU-only kernel); "
+            "use train.backend=unsloth or auto"
+        )
     return backend
 
 
@@ -205,8 +206,9 @@ def planner_targets(targets: list[str]) -> list[str]:
     return out
 
 
-def choose_batches(cfg: TrainConfig, hf_dir: Path, examples: list[dict[str, list[int]]], backend: str,
-                   free_bytes: float | None) -> tuple[int, int, dict[str, Any] | None]:
+def choose_batches(
+    cfg: TrainConfig, hf_dir: Path, examples: list[dict[str, list[int]]], backend: str, free_bytes: float | None
+) -> tuple[int, int, dict[str, Any] | None]:
     """(micro-batch, grad accumulation, plan): from the planner when the free memory is known (CUDA),
     keeping the effective batch batch_size × grad_accum; the recipe's values otherwise."""
     if free_bytes is None or not cfg.auto_batch:
@@ -216,9 +218,16 @@ def choose_batches(cfg: TrainConfig, hf_dir: Path, examples: list[dict[str, list
     shape = planner.Shape.from_config(json.loads((hf_dir / "config.json").read_text(encoding="utf-8")))
     seq = max(len(e["input_ids"]) for e in examples)
     try:
-        plan = planner.plan_batches(shape, free_bytes, bits=4 if cfg.load_in_4bit else 16, r=cfg.lora_r,
-                                    targets=planner_targets(resolve_targets(cfg, hf_dir)), seq_len=seq, backend=backend,
-                                    effective_batch=cfg.batch_size * cfg.grad_accum)
+        plan = planner.plan_batches(
+            shape,
+            free_bytes,
+            bits=4 if cfg.load_in_4bit else 16,
+            r=cfg.lora_r,
+            targets=planner_targets(resolve_targets(cfg, hf_dir)),
+            seq_len=seq,
+            backend=backend,
+            effective_batch=cfg.batch_size * cfg.grad_accum,
+        )
     except MemoryError as e:
         raise UserError(str(e)) from None
     return plan["micro_batch"], plan["grad_accum"], {**plan, "free_gb": round(free_bytes / planner.GB, 2), "seq_len": seq}
@@ -267,8 +276,7 @@ def with_oom_backoff(trainer_cls: Any) -> Any:
     return OomBackoff
 
 
-def load_model(hf_dir: Path, cfg: TrainConfig, backend: str, cuda: bool, seed: int,
-               precision: Precision | None = None) -> tuple[Any, Any]:
+def load_model(hf_dir: Path, cfg: TrainConfig, backend: str, cuda: bool, seed: int, precision: Precision | None = None) -> tuple[Any, Any]:
     """(LoRA-wrapped model, tokenizer) for the backend: 4-bit base on CUDA when train.load_in_4bit;
     every dtype from `precision` (default: this machine's, `device_precision`)."""
     precision = precision or device_precision()
@@ -277,12 +285,18 @@ def load_model(hf_dir: Path, cfg: TrainConfig, backend: str, cuda: bool, seed: i
     if backend == "unsloth":
         from unsloth import FastLanguageModel
 
-        model, tokenizer = FastLanguageModel.from_pretrained(str(hf_dir), max_seq_length=cfg.max_seq_len, load_in_4bit=four_bit,
-                                                             dtype=dtypes["dtype"], local_files_only=True)
+        model, tokenizer = FastLanguageModel.from_pretrained(
+            str(hf_dir), max_seq_length=cfg.max_seq_len, load_in_4bit=four_bit, dtype=dtypes["dtype"], local_files_only=True
+        )
         model = FastLanguageModel.get_peft_model(
-            model, r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-            use_gradient_checkpointing="unsloth" if cuda else False, random_state=seed,
-            **lora_target_kwargs(cfg, hf_dir, model))
+            model,
+            r=cfg.lora_r,
+            lora_alpha=cfg.lora_alpha,
+            lora_dropout=cfg.lora_dropout,
+            use_gradient_checkpointing="unsloth" if cuda else False,
+            random_state=seed,
+            **lora_target_kwargs(cfg, hf_dir, model),
+        )
         return model, tokenizer
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -292,19 +306,29 @@ def load_model(hf_dir: Path, cfg: TrainConfig, backend: str, cuda: bool, seed: i
         from peft import prepare_model_for_kbit_training
         from transformers import BitsAndBytesConfig
 
-        q = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                               bnb_4bit_compute_dtype=dtypes["bnb_4bit_compute_dtype"])
+        q = BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=dtypes["bnb_4bit_compute_dtype"],
+        )
         model = AutoModelForCausalLM.from_pretrained(str(hf_dir), quantization_config=q, dtype=dtypes["dtype"], device_map={"": 0})
         model = prepare_model_for_kbit_training(model)
     else:
         model = AutoModelForCausalLM.from_pretrained(str(hf_dir), dtype=dtypes["dtype"])
-    lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout, task_type="CAUSAL_LM",
-                      **lora_target_kwargs(cfg, hf_dir, model))
+    lora = LoraConfig(
+        r=cfg.lora_r,
+        lora_alpha=cfg.lora_alpha,
+        lora_dropout=cfg.lora_dropout,
+        task_type="CAUSAL_LM",
+        **lora_target_kwargs(cfg, hf_dir, model),
+    )
     return get_peft_model(model, lora), tokenizer
 
 
-def make_trainer(hf_dir: Path, examples: list[dict[str, list[int]]], cfg: TrainConfig, out_dir: Path, seed: int,
-                 backend: str = "hf") -> Any:
+def make_trainer(
+    hf_dir: Path, examples: list[dict[str, list[int]]], cfg: TrainConfig, out_dir: Path, seed: int, backend: str = "hf"
+) -> Any:
     """A TRL SFTTrainer (with the OOM back-off) over a LoRA-wrapped model; kept separate so tests can inspect its batches."""
     import torch
     from datasets import Dataset
@@ -355,8 +379,7 @@ def run_training(job: dict[str, Any]) -> dict[str, Any]:
     examples, dropped = build_examples(job["conversations"], Path(job["gguf"]), cfg.max_seq_len)
     if not examples:
         raise UserError("no training example fits train.max_seq_len")
-    micro, accum, plan = choose_batches(cfg, Path(job["hf_dir"]), examples, backend,
-                                        torch.cuda.mem_get_info()[0] if cuda else None)
+    micro, accum, plan = choose_batches(cfg, Path(job["hf_dir"]), examples, backend, torch.cuda.mem_get_info()[0] if cuda else None)
     cfg = replace(cfg, batch_size=micro, grad_accum=accum)
     resume = last_checkpoint(out_dir / "checkpoints", job_key(job))
     trainer = make_trainer(Path(job["hf_dir"]), examples, cfg, out_dir, job["seed"], backend)
@@ -425,7 +448,12 @@ class TrainingKilled(RuntimeError):
 
 
 def train(
-    conversations: list[list[dict[str, str]]], hf_dir: Path, gguf_path: Path, out_dir: Path, cfg: TrainConfig, seed: int,
+    conversations: list[list[dict[str, str]]],
+    hf_dir: Path,
+    gguf_path: Path,
+    out_dir: Path,
+    cfg: TrainConfig,
+    seed: int,
     python: str = sys.executable,
 ) -> dict[str, Any]:
     """Run `run_training` in a fresh Python process (`python`: e.g. a venv with the gpu extra) and return its summary."""
@@ -433,8 +461,14 @@ def train(
     job_path = out_dir / "train_job.json"
     result_path = out_dir / "train_result.json"
     result_path.unlink(missing_ok=True)
-    job = {"conversations": conversations, "hf_dir": str(hf_dir), "gguf": str(gguf_path), "out_dir": str(out_dir),
-           "cfg": asdict(cfg), "seed": seed}
+    job = {
+        "conversations": conversations,
+        "hf_dir": str(hf_dir),
+        "gguf": str(gguf_path),
+        "out_dir": str(out_dir),
+        "cfg": asdict(cfg),
+        "seed": seed,
+    }
     job_path.write_text(json.dumps(job))
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     proc = subprocess.run([python, "-m", "isheep_lite.train", str(job_path)], env=env, preexec_fn=_die_with_parent)

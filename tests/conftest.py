@@ -4,6 +4,7 @@ Fast tests use a tiny randomly initialised Llama built here (SmolLM2's tokenizer
 2 layers, hidden size 64: ~13 MB), saved both as HF weights and as GGUF, so every stage runs for
 real in seconds. The few end-to-end tests (marked slow) use the real embedded SmolLM2.
 """
+
 from __future__ import annotations
 
 import os
@@ -51,10 +52,18 @@ def tiny(tmp_path_factory: pytest.TempPathFactory, smol_gguf: Path) -> dict[str,
     tokenizer = AutoTokenizer.from_pretrained(str(smol_gguf.parent), gguf_file=smol_gguf.name)
     torch.manual_seed(0)
     config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
-        rms_norm_eps=1e-5, rope_theta=10000.0, tie_word_embeddings=True,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=1024,
+        rms_norm_eps=1e-5,
+        rope_theta=10000.0,
+        tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
     )
     model = LlamaForCausalLM(config)
     hf = root / "hf"

@@ -9,6 +9,7 @@ where it has one. Each of the bugs a hand-written exporter makes (RoPE factors d
 norm stored without its +1, soft-capping or sliding window lost) drops top-1 agreement far below
 the 99 % asked here.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -21,15 +22,28 @@ from isheep_lite import archs, export, models, train
 from isheep_lite.recipe import TrainConfig, UserError
 
 N_POSITIONS = 600
-COMMON = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-              num_key_value_heads=2, max_position_embeddings=1024, tie_word_embeddings=True)
+COMMON = dict(
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=1024,
+    tie_word_embeddings=True,
+)
 
 
 def _llama3(vocab: int, **ids: Any) -> Any:
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    rope = {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0, "low_freq_factor": 1.0,
-            "high_freq_factor": 4.0, "original_max_position_embeddings": 256}
+    rope = {
+        "rope_type": "llama3",
+        "rope_theta": 500000.0,
+        "factor": 8.0,
+        "low_freq_factor": 1.0,
+        "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 256,
+    }
     return LlamaForCausalLM(LlamaConfig(vocab_size=vocab, rope_parameters=rope, **COMMON, **ids))
 
 
@@ -48,8 +62,16 @@ def _qwen2(vocab: int, **ids: Any) -> Any:
 def _gemma2(vocab: int, **ids: Any) -> Any:
     from transformers import Gemma2Config, Gemma2ForCausalLM
 
-    cfg = Gemma2Config(vocab_size=vocab, head_dim=16, sliding_window=128, query_pre_attn_scalar=16,
-                       attn_logit_softcapping=50.0, final_logit_softcapping=30.0, **COMMON, **ids)
+    cfg = Gemma2Config(
+        vocab_size=vocab,
+        head_dim=16,
+        sliding_window=128,
+        query_pre_attn_scalar=16,
+        attn_logit_softcapping=50.0,
+        final_logit_softcapping=30.0,
+        **COMMON,
+        **ids,
+    )
     return Gemma2ForCausalLM(cfg)
 
 
@@ -57,8 +79,9 @@ def _gemma3(vocab: int, **ids: Any) -> Any:
     from transformers import Gemma3ForCausalLM, Gemma3TextConfig
 
     # six layers: Gemma 3's pattern (five sliding, one full), as llama.cpp assumes for the family
-    cfg = Gemma3TextConfig(vocab_size=vocab, head_dim=16, sliding_window=128, query_pre_attn_scalar=16,
-                           **{**COMMON, "num_hidden_layers": 6}, **ids)
+    cfg = Gemma3TextConfig(
+        vocab_size=vocab, head_dim=16, sliding_window=128, query_pre_attn_scalar=16, **{**COMMON, "num_hidden_layers": 6}, **ids
+    )
     return Gemma3ForCausalLM(cfg)
 
 
@@ -66,15 +89,31 @@ def _phi3(vocab: int, **ids: Any) -> Any:
     from transformers import Phi3Config, Phi3ForCausalLM
 
     half = 64 // 4 // 2
-    rope = {"rope_type": "longrope", "rope_theta": 10000.0, "original_max_position_embeddings": 256,
-            "short_factor": [1.0 + 0.1 * i for i in range(half)], "long_factor": [1.0 + 0.5 * i for i in range(half)]}
-    cfg = Phi3Config(vocab_size=vocab, rope_parameters=rope, original_max_position_embeddings=256,
-                     pad_token_id=None, **{**COMMON, "tie_word_embeddings": False}, **ids)
+    rope = {
+        "rope_type": "longrope",
+        "rope_theta": 10000.0,
+        "original_max_position_embeddings": 256,
+        "short_factor": [1.0 + 0.1 * i for i in range(half)],
+        "long_factor": [1.0 + 0.5 * i for i in range(half)],
+    }
+    cfg = Phi3Config(
+        vocab_size=vocab,
+        rope_parameters=rope,
+        original_max_position_embeddings=256,
+        pad_token_id=None,
+        **{**COMMON, "tie_word_embeddings": False},
+        **ids,
+    )
     return Phi3ForCausalLM(cfg)
 
 
 BUILDERS: dict[str, Callable[..., Any]] = {
-    "llama3": _llama3, "mistral": _mistral, "qwen2": _qwen2, "gemma2": _gemma2, "gemma3": _gemma3, "phi3": _phi3,
+    "llama3": _llama3,
+    "mistral": _mistral,
+    "qwen2": _qwen2,
+    "gemma2": _gemma2,
+    "gemma3": _gemma3,
+    "phi3": _phi3,
 }
 
 
@@ -110,16 +149,16 @@ def _train_here(convos: list, hf: Path, gguf: Path, out: Path, cfg: TrainConfig)
     from dataclasses import asdict
 
     out.mkdir(parents=True, exist_ok=True)
-    return train.run_training({"conversations": convos, "hf_dir": str(hf), "gguf": str(gguf), "out_dir": str(out),
-                               "cfg": asdict(cfg), "seed": 0})
+    return train.run_training(
+        {"conversations": convos, "hf_dir": str(hf), "gguf": str(gguf), "out_dir": str(out), "cfg": asdict(cfg), "seed": 0}
+    )
 
 
 def _llama_logits(gguf: Path, ids: list[int], lora: Path | None = None) -> np.ndarray:
     from llama_cpp import Llama
 
     kw = {"lora_path": str(lora)} if lora else {}
-    llm = Llama(model_path=str(gguf), n_ctx=1024, n_batch=1024, n_ubatch=1024, logits_all=True, n_threads=2,
-                verbose=False, **kw)
+    llm = Llama(model_path=str(gguf), n_ctx=1024, n_batch=1024, n_ubatch=1024, logits_all=True, n_threads=2, verbose=False, **kw)
     try:
         llm.eval(ids)
         return np.array(llm.scores[: len(ids)], dtype=np.float32)
@@ -221,8 +260,12 @@ def test_unsupported_gguf_is_refused_before_any_work(command: str, tmp_path: Pat
 
     model = _gpt2_gguf(tmp_path / "gpt2.gguf")
     runs = tmp_path / "runs"
-    proc = subprocess.run([sys.executable, "-m", "isheep_lite", command, f"model.gguf={model}", f"runs_dir={runs}"],
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "isheep_lite", command, f"model.gguf={model}", f"runs_dir={runs}"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "architecture 'gpt2' is not supported" in lines[0] and "qwen2" in lines[0], proc.stderr
@@ -252,7 +295,8 @@ def test_gguf_only_input_keeps_the_model(kind: str, tokenizer: Any, smol_gguf: P
 
 @pytest.mark.slow
 def test_a_gguf_too_big_to_dequantise_here_is_refused_with_the_ram_it_needs(
-        tiny: dict, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    tiny: dict, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     monkeypatch.setenv("ISHEEP_CACHE", str(tmp_path / "cache"))  # nothing dequantised yet
     monkeypatch.setattr(models, "available_ram", lambda: 10_000_000)
     with pytest.raises(UserError, match=r"needs about 1 GB of RAM, 0 GB is available; give the model's HF weights as model.hf"):

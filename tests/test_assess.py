@@ -1,4 +1,5 @@
 """assess.py: the self-assessment — expected scores, the calibrated verdict, grammar and free-text modes, resume."""
+
 from __future__ import annotations
 
 import math
@@ -43,8 +44,10 @@ def test_verdict_is_the_probability_of_yes_on_the_score_scale(tiny_engine: Engin
 
 
 def test_calibrated_verdict_divides_out_the_judges_prior_for_the_response(tiny_engine: Engine) -> None:
-    recs = [{"id": f"r{i}", "instruction": q, "input": "", "response": "Apple, pear."}
-            for i, q in enumerate(["Name two fruits.", "Name two rivers."])]
+    recs = [
+        {"id": f"r{i}", "instruction": q, "input": "", "response": "Apple, pear."}
+        for i, q in enumerate(["Name two fruits.", "Name two rivers."])
+    ]
     cfg = AssessConfig(aspects=["verdict", "quality"], calibrate=True)
     out = assess.assess(tiny_engine, recs, cfg, "M_0", {}, lambda r: None)
     plain = assess.assess(tiny_engine, recs, AssessConfig(aspects=["verdict", "quality"], calibrate=False), "M_0", {}, lambda r: None)

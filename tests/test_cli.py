@@ -1,4 +1,5 @@
 """cli.py: one-line errors with exit 2, light imports, `isheep recipe`, and the README's test command."""
+
 from __future__ import annotations
 
 import os
@@ -12,8 +13,13 @@ from isheep_lite import recipe
 
 
 def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "isheep_lite", *args], cwd=cwd, capture_output=True, text=True,
-                          env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+    return subprocess.run(
+        [sys.executable, "-m", "isheep_lite", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+    )
 
 
 @pytest.mark.parametrize(

@@ -5,6 +5,7 @@ a run cleanly, and the child never outlives its supervisor.
 The crash is real: a `sitecustomize.py` on PYTHONPATH makes the child (only: it has $ISHEEP_STATUS)
 kill itself with SIGSEGV where llama.cpp would, or sleep there so the test can signal it.
 """
+
 from __future__ import annotations
 
 import os
@@ -20,7 +21,7 @@ from isheep_lite import cli, models
 
 REPO = Path(__file__).resolve().parents[1]
 
-SITECUSTOMIZE = '''
+SITECUSTOMIZE = """
 import os, signal, time
 from pathlib import Path
 
@@ -37,20 +38,29 @@ if os.environ.get("ISHEEP_STATUS") and os.environ.get("CRASH_AT"):
     else:
         import isheep_lite.engine
         isheep_lite.engine.Engine.__init__ = _hit
-'''
+"""
 
 
 def _env(tmp: Path, at: str, how: str) -> dict[str, str]:
     site = tmp / "site"
     site.mkdir(exist_ok=True)
     (site / "sitecustomize.py").write_text(SITECUSTOMIZE)
-    return {**os.environ, "PYTHONPATH": f"{site}{os.pathsep}{REPO}", "CRASH_AT": at, "CRASH_HOW": how,
-            "CRASH_MARK": str(tmp / "mark")}
+    return {**os.environ, "PYTHONPATH": f"{site}{os.pathsep}{REPO}", "CRASH_AT": at, "CRASH_HOW": how, "CRASH_MARK": str(tmp / "mark")}
 
 
 def _tiny_run(tiny: dict[str, Path], tmp: Path) -> list[str]:
-    return ["run", f"model.gguf={tiny['gguf']}", f"model.hf={tiny['hf']}", "model.serve_base=original", "name=crash",
-            f"runs_dir={tmp / 'runs'}", "model.n_parallel=2", "model.n_ctx=1024", "eval.stop_prompts=0", "eval.suite_prompts=0"]
+    return [
+        "run",
+        f"model.gguf={tiny['gguf']}",
+        f"model.hf={tiny['hf']}",
+        "model.serve_base=original",
+        "name=crash",
+        f"runs_dir={tmp / 'runs'}",
+        "model.n_parallel=2",
+        "model.n_ctx=1024",
+        "eval.stop_prompts=0",
+        "eval.suite_prompts=0",
+    ]
 
 
 def _eval(gguf: Path) -> list[str]:
@@ -66,8 +76,14 @@ def _one_line(stderr: str) -> str:
 def test_run_crash_in_a_llama_stage_is_one_line(tiny: dict[str, Path], tmp_path: Path) -> None:
     (tmp_path / "tmpdir").mkdir()
     env = {**_env(tmp_path, "instructions", "segv"), "TMPDIR": str(tmp_path / "tmpdir")}
-    p = subprocess.run([sys.executable, "-m", "isheep_lite", *_tiny_run(tiny, tmp_path)], cwd=tmp_path,
-                       env=env, capture_output=True, text=True, timeout=300)
+    p = subprocess.run(
+        [sys.executable, "-m", "isheep_lite", *_tiny_run(tiny, tmp_path)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert p.returncode == 1, (p.returncode, p.stderr[-3000:])
     line = _one_line(p.stderr)
     assert "llama.cpp crashed (SIGSEGV)" in line and "stage 'instructions' of iteration 1" in line, line
@@ -76,8 +92,14 @@ def test_run_crash_in_a_llama_stage_is_one_line(tiny: dict[str, Path], tmp_path:
 
 
 def test_eval_crash_on_a_quantised_gguf_names_the_f16_fix(smol_gguf: Path, tmp_path: Path) -> None:
-    p = subprocess.run([sys.executable, "-m", "isheep_lite", *_eval(smol_gguf)], cwd=tmp_path,
-                       env=_env(tmp_path, "engine", "segv"), capture_output=True, text=True, timeout=120)
+    p = subprocess.run(
+        [sys.executable, "-m", "isheep_lite", *_eval(smol_gguf)],
+        cwd=tmp_path,
+        env=_env(tmp_path, "engine", "segv"),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert p.returncode == 1, (p.returncode, p.stderr[-3000:])
     line = _one_line(p.stderr)
     assert f"llama.cpp crashed (SIGSEGV) loading model {smol_gguf}" in line, line
@@ -103,9 +125,15 @@ def _alive(pid: int) -> bool:
 
 
 def _start_sleeping_eval(tiny: dict[str, Path], tmp: Path) -> tuple[subprocess.Popen, int]:
-    proc = subprocess.Popen([sys.executable, "-m", "isheep_lite", *_eval(tiny["gguf"])], cwd=tmp,
-                            env=_env(tmp, "engine", "sleep"), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "isheep_lite", *_eval(tiny["gguf"])],
+        cwd=tmp,
+        env=_env(tmp, "engine", "sleep"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     child = _wait_for_mark(proc, tmp / "mark")
     assert child != proc.pid, "the work must run in a child process"
     return proc, child
@@ -159,10 +187,13 @@ def test_death_report_lines() -> None:
     assert "\n" not in line
 
 
-@pytest.mark.parametrize("argv, expected", [
-    (["/venv/bin/isheep", "run", "a=1"], ["/venv/bin/isheep", "run", "a=1"]),
-    (["/x/isheep_lite/__main__.py", "eval", "m.gguf"], ["-m", "isheep_lite", "eval", "m.gguf"]),
-])
+@pytest.mark.parametrize(
+    "argv, expected",
+    [
+        (["/venv/bin/isheep", "run", "a=1"], ["/venv/bin/isheep", "run", "a=1"]),
+        (["/x/isheep_lite/__main__.py", "eval", "m.gguf"], ["-m", "isheep_lite", "eval", "m.gguf"]),
+    ],
+)
 def test_the_child_runs_the_same_command_line(argv: list[str], expected: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
     orig = ["python3", *(["-m", "isheep_lite"] if argv[0].endswith("__main__.py") else [argv[0]]), *argv[1:]]
     monkeypatch.setattr(sys, "argv", argv)
@@ -170,8 +201,9 @@ def test_the_child_runs_the_same_command_line(argv: list[str], expected: list[st
     assert cli._child_argv() == [sys.executable, *expected]
 
 
-def test_a_training_child_killed_by_a_signal_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                         capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_training_child_killed_by_a_signal_is_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     """The training child killed (the OOM killer's SIGKILL) ends `isheep run` in one line naming the
     stage and the likely cause, exit 1 — not a RuntimeError traceback."""
     from isheep_lite import store, train
@@ -181,8 +213,15 @@ def test_a_training_child_killed_by_a_signal_is_one_line(tmp_path: Path, monkeyp
     python.write_text("#!/bin/sh\nkill -KILL $$\n")
     python.chmod(0o755)
     with pytest.raises(train.TrainingKilled) as killed:
-        train.train([[{"role": "user", "content": "hi"}]], tmp_path, tmp_path / "m.gguf", tmp_path / "out", TrainConfig(),
-                    seed=0, python=str(python))
+        train.train(
+            [[{"role": "user", "content": "hi"}]],
+            tmp_path,
+            tmp_path / "m.gguf",
+            tmp_path / "out",
+            TrainConfig(),
+            seed=0,
+            python=str(python),
+        )
     assert killed.value.signum == signal.SIGKILL
 
     status = tmp_path / "status.json"

@@ -1,4 +1,5 @@
 """engine.py: the batched llama.cpp engine — determinism, seeds, stops, log-probs, batching, KV planning, shared prefixes."""
+
 from __future__ import annotations
 
 import json
@@ -16,9 +17,11 @@ from isheep_lite.recipe import AssessConfig, UserError
 QUESTIONS = [f"Tell me about the number {i} and why it matters." for i in range(32)]
 
 
-PREAMBLE = ("You are grading answers. Read the task carefully, think about what a careful expert would write, "
-            "and compare it with the answer given below. Be strict about facts, format and length, and "
-            "ignore the style of the answer unless the task asks for one. ")
+PREAMBLE = (
+    "You are grading answers. Read the task carefully, think about what a careful expert would write, "
+    "and compare it with the answer given below. Be strict about facts, format and length, and "
+    "ignore the style of the answer unless the task asks for one. "
+)
 
 
 def test_bad_seed_file_names_the_line(tmp_path: Path) -> None:
@@ -103,7 +106,9 @@ def test_a_draining_sequence_moved_to_a_free_stream_goes_on_unchanged(tiny: dict
 
     copies: list[tuple[int, int]] = []
     real_cp = lc.llama_memory_seq_cp
-    monkeypatch.setattr(lc, "llama_memory_seq_cp", lambda mem, src, dst, p0, p1: copies.append((src, dst)) or real_cp(mem, src, dst, p0, p1))
+    monkeypatch.setattr(
+        lc, "llama_memory_seq_cp", lambda mem, src, dst, p0, p1: copies.append((src, dst)) or real_cp(mem, src, dst, p0, p1)
+    )
     prompts = [f"Question {i}: what is {i} plus {i}?" for i in range(8)]
     greedy = [Sampling(max_tokens=2 if i % 2 == 0 else 30) for i in range(8)]
     with Engine(tiny["gguf"], n_ctx=256, n_parallel=4) as e:
@@ -171,12 +176,20 @@ def test_shared_prompt_prefix_is_evaluated_once_and_changes_nothing(tiny: dict[s
         prefilled: list[int] = []
         real_prefill = e._prefill
         monkeypatch.setattr(e, "_prefill", lambda ctx, batch, toks: prefilled.append(len(toks)) or real_prefill(ctx, batch, toks))
-        shared = (e.generate(prompts, greedy), e.score_many(prompts, ids),
-                  e.completion_logprobs(prompts, completions), e.completion_logprobs([PREAMBLE * 2] * 10, completions))
+        shared = (
+            e.generate(prompts, greedy),
+            e.score_many(prompts, ids),
+            e.completion_logprobs(prompts, completions),
+            e.completion_logprobs([PREAMBLE * 2] * 10, completions),
+        )
         assert prefilled[0] == n and prefilled[1] == n and min(prefilled) > 0, prefilled
         monkeypatch.setattr(engine_mod, "MIN_SHARED", 10**6)  # sharing off
-        plain = (e.generate(prompts, greedy), e.score_many(prompts, ids),
-                 e.completion_logprobs(prompts, completions), e.completion_logprobs([PREAMBLE * 2] * 10, completions))
+        plain = (
+            e.generate(prompts, greedy),
+            e.score_many(prompts, ids),
+            e.completion_logprobs(prompts, completions),
+            e.completion_logprobs([PREAMBLE * 2] * 10, completions),
+        )
     assert sum(a.text == b.text for a, b in zip(shared[0], plain[0])) >= 9
     assert np.abs(np.array(shared[1]) - np.array(plain[1])).max() < 1e-3
     for got, want in zip(shared[2] + shared[3], plain[2] + plain[3]):

@@ -1,4 +1,5 @@
 """Training and export: the loss mask, learning carried end to end, export fidelity."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -28,7 +29,7 @@ def test_loss_mask_covers_answer_and_end_of_turn_only(tiny: dict[str, Path], tmp
         eot = e.llm.token_eos()
     assert all(x == -100 for x in labels[:n_prompt]), "prompt tokens must carry no loss"
     trained = [t for t in labels if t != -100]
-    assert trained == ids[n_prompt:len(trained) + n_prompt]
+    assert trained == ids[n_prompt : len(trained) + n_prompt]
     assert eot in trained, "the end-of-turn token must be inside the loss mask"
     assert completion.startswith(ANSWER)
 
@@ -166,9 +167,24 @@ def test_adapter_mode_loop_serves_adapter_chains_and_exports_the_final_model_mer
     per iteration, M_2 served as base + Δ_1 + Δ_2, and the final merged export answers as that chain does."""
     from isheep_lite import loop, recipe, serving
 
-    r = recipe.load(None, [f"runs_dir={tmp_path}", "name=adapters", "export.mode=adapter", "loop.train_from=previous",
-                           "loop.promote=latest", "loop.iterations=2", "synth.num_instructions=5", "assess.enabled=false", "filter.keep_top=null",
-                           "synth.response_max_tokens=96", "train.epochs=1", "eval.stop_prompts=0", "eval.suite_prompts=0"])
+    r = recipe.load(
+        None,
+        [
+            f"runs_dir={tmp_path}",
+            "name=adapters",
+            "export.mode=adapter",
+            "loop.train_from=previous",
+            "loop.promote=latest",
+            "loop.iterations=2",
+            "synth.num_instructions=5",
+            "assess.enabled=false",
+            "filter.keep_top=null",
+            "synth.response_max_tokens=96",
+            "train.epochs=1",
+            "eval.stop_prompts=0",
+            "eval.suite_prompts=0",
+        ],
+    )
     store = loop.run(r)
     its = store.manifest["iterations"]
     a1, a2 = (Path(its[t]["export"]["files"]["adapter"]) for t in ("1", "2"))
@@ -178,8 +194,10 @@ def test_adapter_mode_loop_serves_adapter_chains_and_exports_the_final_model_mer
     assert best["iteration"] == 2 and best["adapters"] == [str(a1), str(a2)]
     final = Path(store.manifest["final_model"])
     assert final == tmp_path / "adapters" / "iter_02" / "model-f16.gguf" and its["2"]["final_export"]["status"] == "done"
-    prompts = [[{"role": "user", "content": q}] for q in
-               ("Name three fruits.", "What is 12 plus 7?", "Write a haiku about rain.", "Say hello in French.")]
+    prompts = [
+        [{"role": "user", "content": q}]
+        for q in ("Name three fruits.", "What is 12 plus 7?", "Write a haiku about rain.", "Say hello in French.")
+    ]
     greedy = [Sampling(max_tokens=48)] * len(prompts)
     with serving.open_engine(serving.Served(Path(best["gguf"]), (a1, a2)), r) as chain:
         want = [c.text for c in chain.chat_many(prompts, greedy)]

@@ -1,4 +1,5 @@
 """Rule filters, ROUGE-L and selection, on handcrafted records."""
+
 from __future__ import annotations
 
 import pytest

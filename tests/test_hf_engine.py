@@ -1,4 +1,5 @@
 """hf_engine.py: the transformers backend, checked against the llama.cpp engine on the tiny random Llama."""
+
 from __future__ import annotations
 
 import json
@@ -9,9 +10,16 @@ import pytest
 from isheep_lite.engine import Engine, Sampling
 
 
-REQUESTS = ["Name three colours.", "Write a haiku about rain.", "What is 2 + 2?", "Give a tip for sleeping well.",
-            "Translate 'good morning' into French.", "List two prime numbers.", "Describe a cat in one sentence.",
-            "Why is the sky blue?"]
+REQUESTS = [
+    "Name three colours.",
+    "Write a haiku about rain.",
+    "What is 2 + 2?",
+    "Give a tip for sleeping well.",
+    "Translate 'good morning' into French.",
+    "List two prime numbers.",
+    "Describe a cat in one sentence.",
+    "Why is the sky blue?",
+]
 
 
 def _convs() -> list[list[dict[str, str]]]:
@@ -89,10 +97,24 @@ def test_an_iteration_runs_on_the_transformers_backend(tmp_path: Path, smol_hf: 
     from isheep_lite import recipe
     from isheep_lite.loop import run
 
-    r = recipe.load(None, [f"runs_dir={tmp_path}", "name=hf", "model.backend=transformers", "model.n_parallel=8",
-                           "loop.iterations=1", "synth.num_instructions=4", "synth.max_tokens=128",
-                           "synth.response_max_tokens=96", "train.epochs=1", "eval.stop_prompts=3", "eval.max_tokens=64",
-                           "eval.suite_prompts=3", "eval.suite_max_tokens=64"])
+    r = recipe.load(
+        None,
+        [
+            f"runs_dir={tmp_path}",
+            "name=hf",
+            "model.backend=transformers",
+            "model.n_parallel=8",
+            "loop.iterations=1",
+            "synth.num_instructions=4",
+            "synth.max_tokens=128",
+            "synth.response_max_tokens=96",
+            "train.epochs=1",
+            "eval.stop_prompts=3",
+            "eval.max_tokens=64",
+            "eval.suite_prompts=3",
+            "eval.suite_max_tokens=64",
+        ],
+    )
     m = run(r).manifest["iterations"]
     assert m["1"]["instructions"]["instructions"] == 4 and m["1"]["responses"]["responses"] == 4
     assert m["1"]["assess"]["status"] == "done" and m["1"]["filter"]["kept"] >= 1

@@ -1,5 +1,6 @@
 """http_engine.py: the OpenAI-compatible HTTP backend, tested against llama-cpp-python's own
 OpenAI-compatible server, started on 127.0.0.1 inside the test."""
+
 from __future__ import annotations
 
 import json
@@ -15,9 +16,16 @@ import pytest
 from isheep_lite.engine import Engine, Sampling
 
 
-REQUESTS = ["Name three colours.", "Write a haiku about rain.", "What is 2 + 2?", "Give a tip for sleeping well.",
-            "Translate 'good morning' into French.", "List two prime numbers.", "Describe a cat in one sentence.",
-            "Why is the sky blue?"]
+REQUESTS = [
+    "Name three colours.",
+    "Write a haiku about rain.",
+    "What is 2 + 2?",
+    "Give a tip for sleeping well.",
+    "Translate 'good morning' into French.",
+    "List two prime numbers.",
+    "Describe a cat in one sentence.",
+    "Why is the sky blue?",
+]
 
 
 def _convs() -> list[list[dict[str, str]]]:
@@ -38,8 +46,23 @@ def _free_port() -> int:
 def server(tiny: dict[str, Path]):
     """llama-cpp-python's OpenAI-compatible server on the tiny GGUF (the `server` extra of the test deps)."""
     port = _free_port()
-    cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(tiny["gguf"]), "--host", "127.0.0.1",
-           "--port", str(port), "--n_ctx", "1024", "--n_threads", "2", "--verbose", "false"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "llama_cpp.server",
+        "--model",
+        str(tiny["gguf"]),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--n_ctx",
+        "1024",
+        "--n_threads",
+        "2",
+        "--verbose",
+        "false",
+    ]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     url = f"http://127.0.0.1:{port}/v1"
     try:
@@ -105,8 +128,12 @@ def test_http_scores_read_the_servers_top_logprobs(tiny_engine: Engine, http_eng
 @pytest.mark.slow
 def test_isheep_eval_runs_on_a_server(server: str, tiny: dict[str, Path]) -> None:
     def run(*extra: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "isheep_lite", "eval", str(tiny["gguf"]), "--stop-prompts", "4",
-                               "--suite-prompts", "6", *extra], capture_output=True, text=True, timeout=600)
+        return subprocess.run(
+            [sys.executable, "-m", "isheep_lite", "eval", str(tiny["gguf"]), "--stop-prompts", "4", "--suite-prompts", "6", *extra],
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
 
     out = run("--server", server, "--parallel", "4")
     assert out.returncode == 0, out.stderr[-2000:]
@@ -119,7 +146,18 @@ def test_isheep_eval_runs_on_a_server(server: str, tiny: dict[str, Path]) -> Non
 
 
 def test_the_loop_refuses_the_http_backend(tmp_path: Path) -> None:
-    out = subprocess.run([sys.executable, "-m", "isheep_lite", "run", "model.backend=openai",
-                          "model.base_url=http://127.0.0.1:9/v1", f"runs_dir={tmp_path}"], capture_output=True, text=True)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "isheep_lite",
+            "run",
+            "model.backend=openai",
+            "model.base_url=http://127.0.0.1:9/v1",
+            f"runs_dir={tmp_path}",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert out.returncode == 2 and "isheep eval" in out.stderr and "Traceback" not in out.stderr
     assert not any(tmp_path.iterdir())

@@ -1,4 +1,5 @@
 """The instruction-following suite: every checker passes and fails on handwritten responses."""
+
 from __future__ import annotations
 
 import pytest

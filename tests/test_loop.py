@@ -1,4 +1,5 @@
 """loop.py and stages/: the loop stays a short script, and every stage keeps one entry point with a typed summary."""
+
 from __future__ import annotations
 
 import ast
@@ -19,7 +20,9 @@ def test_loop_run_is_short_and_defines_no_nested_functions() -> None:
     tree = ast.parse((PACKAGE / "loop.py").read_text(encoding="utf-8"))
     functions = {n.name: n for n in tree.body if isinstance(n, ast.FunctionDef)}
     assert functions["run"].end_lineno - functions["run"].lineno + 1 <= 60
-    nested = [x.name for f in functions.values() for x in ast.walk(f) if isinstance(x, (ast.FunctionDef, ast.AsyncFunctionDef)) and x is not f]
+    nested = [
+        x.name for f in functions.values() for x in ast.walk(f) if isinstance(x, (ast.FunctionDef, ast.AsyncFunctionDef)) and x is not f
+    ]
     assert not nested and not [x for x in ast.walk(tree) if isinstance(x, ast.Lambda)]
 
 

@@ -4,6 +4,7 @@ llama.cpp's convert_hf_to_gguf.py is not on PyPI, so the converter here is a sta
 command line (`HF_DIR --outfile OUT --outtype f16`) that writes the GGUF with this toolkit's own
 export; what is tested is the toolkit's side: the call, the cache, atomicity and the errors.
 """
+
 from __future__ import annotations
 
 import sys
@@ -15,7 +16,7 @@ from isheep_lite import preflight, recipe
 from isheep_lite.engine import Engine, Sampling
 from isheep_lite.recipe import UserError
 
-STAND_IN = '''
+STAND_IN = """
 import argparse, json, sys
 from pathlib import Path
 p = argparse.ArgumentParser()
@@ -27,7 +28,7 @@ if a.outtype != "f16":
     sys.exit("unexpected --outtype")
 from isheep_lite import export, models
 export.convert(Path(a.model), models.resolve_gguf("embedded:smollm2-135m-instruct"), Path(a.outfile), "f16")
-'''
+"""
 
 
 def _recipe(tmp_path: Path, *extra: str) -> recipe.Recipe:

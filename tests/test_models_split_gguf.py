@@ -5,6 +5,7 @@ llama.cpp serves it as it is, transformers (which reads one file) dequantises th
 one cached GGUF, and a run on it trains and exports a single-file GGUF with no split.* key. A later
 shard, or a first shard whose siblings are missing, is refused in one line.
 """
+
 from __future__ import annotations
 
 import os
@@ -36,8 +37,7 @@ def split_gguf(src: Path, dest: Path, n: int) -> list[Path]:
         if field.name.startswith("GGUF.") or field.name == gguf.Keys.General.ARCHITECTURE:
             continue
         vtype = field.types[0]
-        writer.add_key_value(field.name, field.contents(), vtype,
-                             sub_type=field.types[-1] if vtype == gguf.GGUFValueType.ARRAY else None)
+        writer.add_key_value(field.name, field.contents(), vtype, sub_type=field.types[-1] if vtype == gguf.GGUFValueType.ARRAY else None)
     for t in reader.tensors:
         writer.add_tensor_info(t.name, t.data.shape, t.data.dtype, t.data.nbytes, t.tensor_type)
     writer.write_header_to_file()
@@ -55,8 +55,11 @@ def split(tiny: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> di
     import gguf
 
     shards = split_gguf(tiny["gguf"], tmp_path_factory.mktemp("split") / "tiny-f32.gguf", SHARDS)
-    kinds = {gguf.Keys.Split.LLM_KV_SPLIT_NO: gguf.GGUFValueType.UINT16, gguf.Keys.Split.LLM_KV_SPLIT_COUNT: gguf.GGUFValueType.UINT16,
-             gguf.Keys.Split.LLM_KV_SPLIT_TENSORS_COUNT: gguf.GGUFValueType.INT32}
+    kinds = {
+        gguf.Keys.Split.LLM_KV_SPLIT_NO: gguf.GGUFValueType.UINT16,
+        gguf.Keys.Split.LLM_KV_SPLIT_COUNT: gguf.GGUFValueType.UINT16,
+        gguf.Keys.Split.LLM_KV_SPLIT_TENSORS_COUNT: gguf.GGUFValueType.INT32,
+    }
     params = []
     for i, s in enumerate(shards):  # the split is a real one, with llama.cpp's keys and types
         r = gguf.GGUFReader(str(s))
@@ -127,12 +130,15 @@ def test_missing_and_later_shards_are_refused_in_one_line(split: dict[str, Any],
     assert "\n" not in str(e.value) + str(f.value)
     # Through the CLI: one line, exit code 2, before any work.
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    p = subprocess.run([sys.executable, "-m", "isheep_lite", "run", f"model.gguf={shards[1]}", f"runs_dir={tmp_path / 'runs'}"],
-                       cwd=tmp_path, env=env, capture_output=True, text=True)
+    p = subprocess.run(
+        [sys.executable, "-m", "isheep_lite", "run", f"model.gguf={shards[1]}", f"runs_dir={tmp_path / 'runs'}"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     assert p.returncode == 2 and "give its first shard" in p.stderr, p.stderr
     assert len(p.stderr.strip().splitlines()) == 1 and not (tmp_path / "runs").exists()
-
-
 
 
 @pytest.mark.slow
@@ -142,9 +148,22 @@ def test_one_real_iteration_runs_on_a_split_gguf_alone(smol_gguf: Path, tmp_path
     eval), trained and exported for real; the export is one whole GGUF that llama.cpp loads."""
     (tmp_path / "shards").mkdir()
     first = split_gguf(smol_gguf, tmp_path / "shards" / "smol.gguf", SHARDS)[0]
-    r = recipe.load(None, [f"runs_dir={tmp_path}", "name=split", f"model.gguf={first}", "model.serve_base=original",
-                           "loop.iterations=1", "synth.num_instructions=5", "synth.response_max_tokens=96",
-                           "train.epochs=1", "eval.stop_prompts=2", "eval.max_tokens=32", "eval.suite_prompts=0"])
+    r = recipe.load(
+        None,
+        [
+            f"runs_dir={tmp_path}",
+            "name=split",
+            f"model.gguf={first}",
+            "model.serve_base=original",
+            "loop.iterations=1",
+            "synth.num_instructions=5",
+            "synth.response_max_tokens=96",
+            "train.epochs=1",
+            "eval.stop_prompts=2",
+            "eval.max_tokens=32",
+            "eval.suite_prompts=0",
+        ],
+    )
     assert r.model.hf is None
     run = loop.run(r)
     m = run.manifest["iterations"]

@@ -1,4 +1,5 @@
 """Bad input costs one line and exit code 2, before any work, and leaves every existing file as it was."""
+
 from __future__ import annotations
 
 import hashlib
@@ -16,13 +17,17 @@ from isheep_lite.recipe import UserError
 
 
 def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "isheep_lite", *args], cwd=cwd, capture_output=True, text=True,
-                          env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+    return subprocess.run(
+        [sys.executable, "-m", "isheep_lite", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+    )
 
 
 def _snapshot(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "dir"
-            for p in sorted(root.rglob("*"))}
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "dir" for p in sorted(root.rglob("*"))}
 
 
 @pytest.fixture(scope="module")
@@ -53,9 +58,19 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (ws / "afile").write_text("a file where a folder should be")
     (ws / "notarun").mkdir()
     (ws / "otherhf").mkdir()  # an 8B model's config next to the default 135M GGUF
-    (ws / "otherhf" / "config.json").write_text(json.dumps({
-        "model_type": "llama", "num_hidden_layers": 32, "hidden_size": 4096, "intermediate_size": 14336,
-        "num_attention_heads": 32, "num_key_value_heads": 8, "vocab_size": 128256}))
+    (ws / "otherhf" / "config.json").write_text(
+        json.dumps(
+            {
+                "model_type": "llama",
+                "num_hidden_layers": 32,
+                "hidden_size": 4096,
+                "intermediate_size": 14336,
+                "num_attention_heads": 32,
+                "num_key_value_heads": 8,
+                "vocab_size": 128256,
+            }
+        )
+    )
     return ws
 
 
@@ -112,8 +127,9 @@ RECIPE_CASES = [(a, w) for a, w in CASES if a[0] == "run" and not any(x.startswi
 
 
 @pytest.mark.parametrize("args, words", RECIPE_CASES, ids=[" ".join(a[1:]) for a, _ in RECIPE_CASES])
-def test_isheep_recipe_refuses_what_isheep_run_refuses(args: list[str], words: str, workspace: Path,
-                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+def test_isheep_recipe_refuses_what_isheep_run_refuses(
+    args: list[str], words: str, workspace: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """In-process (the CLI's wiring is checked once below): `isheep recipe`'s own two calls."""
     from isheep_lite import cli
 
@@ -148,11 +164,19 @@ def test_too_little_disk_is_refused_before_any_work(tmp_path: Path, monkeypatch:
 
 @pytest.mark.slow
 def test_second_concurrent_run_is_refused_while_the_first_continues(tiny: dict[str, Path], tmp_path: Path) -> None:
-    args = ["run", f"model.gguf={tiny['gguf']}", f"model.hf={tiny['hf']}", "model.serve_base=original", "name=busy",
-            f"runs_dir={tmp_path}", "model.n_parallel=2"]
+    args = [
+        "run",
+        f"model.gguf={tiny['gguf']}",
+        f"model.hf={tiny['hf']}",
+        "model.serve_base=original",
+        "name=busy",
+        f"runs_dir={tmp_path}",
+        "model.n_parallel=2",
+    ]
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    first = subprocess.Popen([sys.executable, "-m", "isheep_lite", *args], cwd=tmp_path, env=env,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    first = subprocess.Popen(
+        [sys.executable, "-m", "isheep_lite", *args], cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     try:
         deadline = time.time() + 120
         while not (tmp_path / "busy" / "recipe.yaml").exists():  # written once the lock is held

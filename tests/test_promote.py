@@ -1,4 +1,5 @@
 """The best-iteration logic and the pairwise judge, with fake evaluators (no real model needed)."""
+
 from __future__ import annotations
 
 from dataclasses import replace
@@ -36,13 +37,24 @@ def _fake_run(tmp_path: Path, tiny: dict[str, Path], monkeypatch: pytest.MonkeyP
 
     monkeypatch.setattr(evaluate, "checks", fake_checks)
     monkeypatch.setattr(loop, "iteration", fake_iteration)
-    r = recipe.load(None, [f"runs_dir={tmp_path}", "name=fake", f"model.gguf={tiny['gguf']}", f"model.hf={tiny['hf']}",
-                           "model.serve_base=original", "loop.iterations=3", *extra])
+    r = recipe.load(
+        None,
+        [
+            f"runs_dir={tmp_path}",
+            "name=fake",
+            f"model.gguf={tiny['gguf']}",
+            f"model.hf={tiny['hf']}",
+            "model.serve_base=original",
+            "loop.iterations=3",
+            *extra,
+        ],
+    )
     return loop.run(r), seen
 
 
-def test_worse_iteration_is_flagged_not_promoted_and_next_starts_from_best(tmp_path: Path, tiny: dict[str, Path],
-                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+def test_worse_iteration_is_flagged_not_promoted_and_next_starts_from_best(
+    tmp_path: Path, tiny: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
     store, seen = _fake_run(tmp_path, tiny, monkeypatch, "loop.train_from=previous")
     m = store.manifest["iterations"]
     it = {t: store.iter_dir(t) / "model-f16.gguf" for t in (1, 2, 3)}
@@ -115,8 +127,9 @@ def test_pairwise_judges_both_orders(tiny_engine: Engine) -> None:
 
 def test_empty_answers_are_decided_by_rule_not_by_the_judge(tiny_engine: Engine) -> None:
     # The biased judge always prefers A; an empty answer must still lose, wherever it stands.
-    out = evaluate.pairwise(_StubJudge(tiny_engine.info, bias_a=True), ["q1", "q2", "q3", "q4"],
-                            ["", "GOOD", " \n", "meh"], ["GOOD", "", "", "meh"])
+    out = evaluate.pairwise(
+        _StubJudge(tiny_engine.info, bias_a=True), ["q1", "q2", "q3", "q4"], ["", "GOOD", " \n", "meh"], ["GOOD", "", "", "meh"]
+    )
     assert out["verdicts"] == [0.0, 1.0, 0.5, 0.5] and out["judged"] == 1 and out["judge_prefers_a"] == 1.0
     assert out["log_odds"] == [None, None, None, 0.0]  # pure position bias cancels to zero
 

@@ -1,4 +1,5 @@
 """recipe.py: defaults, the generated commented recipe, declared choices and ranges, overrides, one-line errors."""
+
 from __future__ import annotations
 
 from pathlib import Path

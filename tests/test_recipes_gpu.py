@@ -1,5 +1,6 @@
 """The GPU recipes and the Colab notebook: they load and validate, their memory comments are the
 planner's own numbers, and the notebook is valid nbformat whose code compiles."""
+
 from __future__ import annotations
 
 import re
@@ -35,8 +36,15 @@ def test_gpu_recipe_loads_and_its_memory_comment_is_the_planners(name: str) -> N
     text = path.read_text(encoding="utf-8")
     assert "NOT YET RUN ON REAL HARDWARE" in text
     claimed = float(re.search(r"peak ≈ ([\d.]+) GB", text).group(1))
-    est = estimate(RECIPES[name], bits=4, r=r.train.lora_r, targets=_targets(r),
-                   batch=r.train.batch_size, seq_len=r.train.max_seq_len, backend="unsloth")
+    est = estimate(
+        RECIPES[name],
+        bits=4,
+        r=r.train.lora_r,
+        targets=_targets(r),
+        batch=r.train.batch_size,
+        seq_len=r.train.max_seq_len,
+        backend="unsloth",
+    )
     assert abs(est["total"] / GB - claimed) < 0.1, (name, est["total"] / GB)
 
 
@@ -51,9 +59,15 @@ def test_24gb_recipes_serve_adapters_and_their_generation_memory_is_the_planners
     assert r.export.mode == "auto" and r.model.serve_base == "original"
     assert preflight.adapter_mode(r, shape.params()), "7-8B models are served as base GGUF + LoRA adapter"
     adapter = lora_params(shape, r.train.lora_r, _targets(r)) * 2  # F16
-    plan = plan_llama(weights_bytes=Q4_K_M_BYTES[name] + adapter, n_layers=shape.layers,
-                      kv_bytes_per_cell=2 * shape.layers * shape.kv_heads * shape.head_dim * 2, n_vocab=shape.vocab,
-                      free_bytes=23.5 * GB, n_ctx=r.model.n_ctx, n_parallel=r.model.n_parallel)
+    plan = plan_llama(
+        weights_bytes=Q4_K_M_BYTES[name] + adapter,
+        n_layers=shape.layers,
+        kv_bytes_per_cell=2 * shape.layers * shape.kv_heads * shape.head_dim * 2,
+        n_vocab=shape.vocab,
+        free_bytes=23.5 * GB,
+        n_ctx=r.model.n_ctx,
+        n_parallel=r.model.n_parallel,
+    )
     assert plan["n_gpu_layers"] == -1 and plan["n_parallel"] == r.model.n_parallel
     claimed = float(re.search(r"compute [\d.]+ GB ≈ ([\d.]+) GB", path.read_text(encoding="utf-8")).group(1))
     assert abs(plan["vram_gb"] - claimed) < 0.1, plan
@@ -74,8 +88,11 @@ def test_colab_notebook_is_valid_and_its_code_compiles() -> None:
 
 
 # Published safetensors of each model (bytes of weights, largest shard), as the Hub lists them.
-HF_WEIGHTS = {"llama3.1-8b-24gb.yaml": (16.1e9, 5.0e9), "qwen2.5-7b-24gb.yaml": (15.2e9, 3.9e9),
-              "qwen2.5-1.5b-colab-t4.yaml": (3.1e9, 3.1e9)}
+HF_WEIGHTS = {
+    "llama3.1-8b-24gb.yaml": (16.1e9, 5.0e9),
+    "qwen2.5-7b-24gb.yaml": (15.2e9, 3.9e9),
+    "qwen2.5-1.5b-colab-t4.yaml": (3.1e9, 3.1e9),
+}
 
 
 @pytest.mark.parametrize("name", HF_WEIGHTS)

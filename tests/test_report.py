@@ -1,4 +1,5 @@
 """`isheep report`: report.md and every plot, from a run directory."""
+
 from __future__ import annotations
 
 import json
@@ -31,9 +32,14 @@ def assert_report(md: Path) -> None:
 
 def _eval(strict: float, n: int = 20) -> dict:
     k = round(strict * n)
-    return {"status": "done", "seconds": 10.0, "stop_rate": 0.75, "prompts": 4,
-            "samples": [{"id": f"s{i}", "finish": "stop" if i else "length", "tokens": 50, "text": "x"} for i in range(4)],
-            "ifeval": {"strict": k / n, "loose": k / n, "strict_pass": [1] * k + [0] * (n - k), "strict_ci95": [0.1, 0.6], "tokens": 900}}
+    return {
+        "status": "done",
+        "seconds": 10.0,
+        "stop_rate": 0.75,
+        "prompts": 4,
+        "samples": [{"id": f"s{i}", "finish": "stop" if i else "length", "tokens": 50, "text": "x"} for i in range(4)],
+        "ifeval": {"strict": k / n, "loose": k / n, "strict_pass": [1] * k + [0] * (n - k), "strict_ci95": [0.1, 0.6], "tokens": 900},
+    }
 
 
 def test_report_from_a_handmade_run(tmp_path: Path) -> None:
@@ -45,19 +51,59 @@ def test_report_from_a_handmade_run(tmp_path: Path) -> None:
         write_jsonl(d / "completions.jsonl", [{"prompt": i, "tokens": 40} for i in range(10)])
         write_jsonl(d / "scored.jsonl", [{"id": f"{t}-{i}", "score": 4 + i / 10} for i in range(30)])
         its[str(t)] = {
-            "instructions": {"status": "done", "seconds": 8.0, "prompts": 10, "instructions": 12, "rejected": 3, "rejected_by_reason": {"chatter": 3}},
+            "instructions": {
+                "status": "done",
+                "seconds": 8.0,
+                "prompts": 10,
+                "instructions": 12,
+                "rejected": 3,
+                "rejected_by_reason": {"chatter": 3},
+            },
             "responses": {"status": "done", "seconds": 5.0, "responses": 12, "tokens": 600, "finished": 10},
             "assess": {"status": "done", "seconds": 3.0, "scored": 30, "assessor": "M_0", "score_mean": 5.4, "score_sd": 0.9},
-            "filter": {"status": "done", "seconds": 0.0, "kept": 6, "rejected": 6, "kept_ratio": 0.5,
-                       "rejected_by_reason": {"truncated": 2, "below_top_fraction": 4}},
-            "train": {"status": "done", "seconds": 20.0, **TrainSummary(
-                trained_on="hf", examples=6, dropped_too_long=0, steps=3, train_loss=1.0, loss_first=1.2, loss_last=0.9,
-                losses=[1.2, 1.0, 0.9], tokens=600, resumed_from_step=None, backend="hf", device="cpu", micro_batch=4,
-                grad_accum=1, memory_plan=None, oom_splits=0, peak_vram_gb=None, seconds_per_step=6.6).to_entry()},
+            "filter": {
+                "status": "done",
+                "seconds": 0.0,
+                "kept": 6,
+                "rejected": 6,
+                "kept_ratio": 0.5,
+                "rejected_by_reason": {"truncated": 2, "below_top_fraction": 4},
+            },
+            "train": {
+                "status": "done",
+                "seconds": 20.0,
+                **TrainSummary(
+                    trained_on="hf",
+                    examples=6,
+                    dropped_too_long=0,
+                    steps=3,
+                    train_loss=1.0,
+                    loss_first=1.2,
+                    loss_last=0.9,
+                    losses=[1.2, 1.0, 0.9],
+                    tokens=600,
+                    resumed_from_step=None,
+                    backend="hf",
+                    device="cpu",
+                    micro_batch=4,
+                    grad_accum=1,
+                    memory_plan=None,
+                    oom_splits=0,
+                    peak_vram_gb=None,
+                    seconds_per_step=6.6,
+                ).to_entry(),
+            },
             "eval": {**_eval(0.4 if t == 1 else 0.1), "pairwise": {"score": 0.6, "score_ci95": [0.4, 0.8], "win": 2, "tie": 1, "loss": 1}},
-            "promote": {"status": "done", "against": 0 if t == 1 else 1, "compared": True, "delta": 0.1 if t == 1 else -0.3,
-                        "ci95": [0.0, 0.2] if t == 1 else [-0.5, -0.1], "p_worse": 0.0 if t == 1 else 1.0,
-                        "worse": t == 2, "best": 1},
+            "promote": {
+                "status": "done",
+                "against": 0 if t == 1 else 1,
+                "compared": True,
+                "delta": 0.1 if t == 1 else -0.3,
+                "ci95": [0.0, 0.2] if t == 1 else [-0.5, -0.1],
+                "p_worse": 0.0 if t == 1 else 1.0,
+                "worse": t == 2,
+                "best": 1,
+            },
         }
     (run / "manifest.json").write_text(json.dumps({"iterations": its, "best": {"iteration": 1, "gguf": "x.gguf"}}))
     md = report.write_report(run)

@@ -1,4 +1,5 @@
 """store.py: whole-line JSONL, the lock and recipe guard, stages marked done; manifest.fork."""
+
 from __future__ import annotations
 
 import json
@@ -61,8 +62,13 @@ def test_fork_copies_m0_and_the_chosen_stages_only(tmp_path: Path) -> None:
         for name in SUMMARIES[stage].FILES:
             (src / "iter_01" / name).write_text(f'{{"file": "{name}"}}\n')
     done = {"status": "done", "seconds": 1.0}
-    m = {"iterations": {"0": {"base": {**done, "gguf": str(src.resolve() / "iter_00" / "model-f16.gguf")}, "eval": done},
-                        "1": {"instructions": done, "responses": done, "assess": done, "filter": done}}, "best": {"iteration": 1}}
+    m = {
+        "iterations": {
+            "0": {"base": {**done, "gguf": str(src.resolve() / "iter_00" / "model-f16.gguf")}, "eval": done},
+            "1": {"instructions": done, "responses": done, "assess": done, "filter": done},
+        },
+        "best": {"iteration": 1},
+    }
     (src / "manifest.json").write_text(json.dumps(m))
     dest.mkdir()
     (dest / "stale.txt").write_text("from an earlier fork")
@@ -72,4 +78,8 @@ def test_fork_copies_m0_and_the_chosen_stages_only(tmp_path: Path) -> None:
     assert forked["iterations"]["0"]["base"]["gguf"] == str(dest.resolve() / "iter_00" / "model-f16.gguf")
     assert (dest / "iter_00" / "model-f16.gguf").read_bytes() == b"gguf" and not (dest / "stale.txt").exists()
     assert sorted(p.name for p in (dest / "iter_01").iterdir()) == [
-        "completions.jsonl", "instructions.jsonl", "instructions_rejected.jsonl", "responses.jsonl"]
+        "completions.jsonl",
+        "instructions.jsonl",
+        "instructions_rejected.jsonl",
+        "responses.jsonl",
+    ]

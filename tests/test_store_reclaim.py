@@ -1,6 +1,7 @@
 """What a killed run leaves half-written — `<name>.tmp<pid>` in the model cache, `*.tmp` in its run
 directory — is reclaimed by the next run's preflight and by `isheep clean` once its writer is gone;
 a live writer's temporary is kept. The disk check counts the one-time dequantisation."""
+
 from __future__ import annotations
 
 import collections
@@ -68,8 +69,9 @@ def _kept(litter: dict[str, Path], cache: Path) -> None:
     assert (litter["run"] / "iter_01" / "keep.jsonl").exists() and (litter["run"] / "manifest.json").exists()
 
 
-def test_next_runs_preflight_reclaims_what_a_killed_run_left(litter: dict[str, Path], cache: Path, tiny: dict[str, Path],
-                                                            capsys: pytest.CaptureFixture) -> None:
+def test_next_runs_preflight_reclaims_what_a_killed_run_left(
+    litter: dict[str, Path], cache: Path, tiny: dict[str, Path], capsys: pytest.CaptureFixture
+) -> None:
     r = recipe.load(None, [f"model.gguf={tiny['gguf']}", f"model.hf={tiny['hf']}", f"runs_dir={litter['run'].parent}", "name=x"])
     preflight.preflight(r)
     assert not litter["stale_hf"].exists() and not litter["stale_gguf"].exists()
@@ -99,8 +101,14 @@ def test_a_held_temporary_is_kept_even_if_its_pid_looks_dead(cache: Path) -> Non
 
 
 def _clean(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "isheep_lite", "clean", *args], cwd=cwd, capture_output=True, text=True,
-                          env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "isheep_lite", "clean", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        timeout=120,
+    )
 
 
 def test_isheep_clean_reports_and_dry_run_removes_nothing(litter: dict[str, Path], cache: Path, tmp_path: Path) -> None:

@@ -1,4 +1,5 @@
 """synth.py: seed tasks, few-shot and zero-seed instruction generation, responses — on the tiny random Llama (real llama.cpp, seconds)."""
+
 from __future__ import annotations
 
 import json
@@ -34,8 +35,26 @@ class ScriptedEngine:
     def generate(self, prompts, samplings, on_result=lambda i, c: None):  # noqa: ANN001, ANN201
         return [self.complete(p, s) for p, s in zip(prompts, samplings)]
 
-    WORDS = ("river", "violin", "budget", "glacier", "recipe", "satellite", "poem", "tax", "garden",
-             "engine", "museum", "password", "volcano", "novel", "spreadsheet", "tennis", "vaccine", "harbour")
+    WORDS = (
+        "river",
+        "violin",
+        "budget",
+        "glacier",
+        "recipe",
+        "satellite",
+        "poem",
+        "tax",
+        "garden",
+        "engine",
+        "museum",
+        "password",
+        "volcano",
+        "novel",
+        "spreadsheet",
+        "tennis",
+        "vaccine",
+        "harbour",
+    )
 
     def complete(self, prompt: str, s: Sampling) -> Completion:
         import random

@@ -9,6 +9,7 @@ in a moment (tokenization and the decode paths only need the model to run). Gene
 transformers builds from the GGUF must then all see the same prompt ids: one BOS at position 0
 where the model uses a BOS (whether the template prints it or not), none added where it uses none.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -261,13 +262,18 @@ GEMMA_SPECIALS = ("<bos>", "<eos>", "<start_of_turn>", "<end_of_turn>")
 FAMILIES = {
     "smollm2": Family(SMOLLM2, prints_bos=True),  # its BOS id is <|im_start|>, which starts every ChatML turn
     "qwen2.5": Family(QWEN25, bos="<|endoftext|>"),
-    "llama3.2": Family(LLAMA32, ("<|begin_of_text|>", "<|eot_id|>", "<|start_header_id|>", "<|end_header_id|>"),
-                       "<|begin_of_text|>", "<|eot_id|>", add_bos=True, prints_bos=True),
+    "llama3.2": Family(
+        LLAMA32,
+        ("<|begin_of_text|>", "<|eot_id|>", "<|start_header_id|>", "<|end_header_id|>"),
+        "<|begin_of_text|>",
+        "<|eot_id|>",
+        add_bos=True,
+        prints_bos=True,
+    ),
     "gemma2": Family(GEMMA2, GEMMA_SPECIALS, "<bos>", "<eos>", add_bos=True, prints_bos=True),
     "gemma3": Family(GEMMA3, GEMMA_SPECIALS, "<bos>", "<eos>", add_bos=True, prints_bos=True),
     "mistral": Family(MISTRAL, ("<s>", "</s>"), "<s>", "</s>", add_bos=True, prints_bos=True),
-    "phi3": Family(PHI3, ("<s>", "<|user|>", "<|assistant|>", "<|end|>", "<|system|>"), "<s>", "<|endoftext|>",
-                   add_bos=True),
+    "phi3": Family(PHI3, ("<s>", "<|user|>", "<|assistant|>", "<|end|>", "<|system|>"), "<s>", "<|endoftext|>", add_bos=True),
 }
 CONVERSATION = [{"role": "user", "content": "Name three colours."}, {"role": "assistant", "content": "Red, green and blue."}]
 
@@ -307,9 +313,12 @@ def write_family_gguf(reader: Any, fam: Family, out: Path) -> Path:
         "tokenizer.ggml.tokens": tokens,
         "tokenizer.ggml.token_type": list(reader.fields["tokenizer.ggml.token_type"].contents())[:N_VOCAB],
         "tokenizer.ggml.merges": [m for m in reader.fields["tokenizer.ggml.merges"].contents() if merge_kept(m)],
-        "tokenizer.chat_template": fam.template, "tokenizer.ggml.add_bos_token": fam.add_bos,
-        "tokenizer.ggml.bos_token_id": tokens.index(fam.bos), "tokenizer.ggml.eos_token_id": tokens.index(fam.eos),
-        "llama.vocab_size": N_VOCAB, "llama.block_count": 1,
+        "tokenizer.chat_template": fam.template,
+        "tokenizer.ggml.add_bos_token": fam.add_bos,
+        "tokenizer.ggml.bos_token_id": tokens.index(fam.bos),
+        "tokenizer.ggml.eos_token_id": tokens.index(fam.eos),
+        "llama.vocab_size": N_VOCAB,
+        "llama.block_count": 1,
     }
     writer = gguf.GGUFWriter(str(out), "llama")
     for field in reader.fields.values():
@@ -318,8 +327,11 @@ def write_family_gguf(reader: Any, fam: Family, out: Path) -> Path:
         vtype = field.types[0]
         sub = field.types[-1] if vtype == gguf.GGUFValueType.ARRAY else None
         writer.add_key_value(field.name, new.get(field.name, field.contents()), vtype, sub_type=sub)
-    kept_tensors = [(t, t.data[:N_VOCAB] if t.name == "token_embd.weight" else t.data)  # rows = tokens (tied output)
-                    for t in reader.tensors if not t.name.startswith("blk.") or t.name.startswith("blk.0.")]
+    kept_tensors = [
+        (t, t.data[:N_VOCAB] if t.name == "token_embd.weight" else t.data)  # rows = tokens (tied output)
+        for t in reader.tensors
+        if not t.name.startswith("blk.") or t.name.startswith("blk.0.")
+    ]
     for t, data in kept_tensors:
         writer.add_tensor_info(t.name, data.shape, data.dtype, data.nbytes, t.tensor_type)
     writer.write_header_to_file()
@@ -354,7 +366,10 @@ def expected_ids(vocab: Any, fam: Family, prompt: str) -> list[int]:
 # ---- the tests -----------------------------------------------------------------------------------
 @pytest.mark.parametrize("name", list(FAMILIES))
 def test_generation_scoring_training_and_backends_see_one_bos(
-    name: str, family_gguf: Callable[[str], Path], smol_reader: Any, monkeypatch: pytest.MonkeyPatch,
+    name: str,
+    family_gguf: Callable[[str], Path],
+    smol_reader: Any,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     from llama_cpp import Llama
     from transformers import AutoTokenizer

@@ -1,5 +1,6 @@
 """Training backends on CPU: backend selection, the planner's batch choice, and the CUDA
 out-of-memory back-off — with fakes for the CUDA calls only; the training itself is real."""
+
 from __future__ import annotations
 
 import json
@@ -10,14 +11,22 @@ import pytest
 from isheep_lite import train
 from isheep_lite.recipe import TrainConfig, UserError
 
-CONVOS = [[{"role": "user", "content": f"Name fruit number {i}."}, {"role": "assistant", "content": f"Fruit {i} is a plum."}]
-          for i in range(8)]
+CONVOS = [
+    [{"role": "user", "content": f"Name fruit number {i}."}, {"role": "assistant", "content": f"Fruit {i} is a plum."}] for i in range(8)
+]
 
 
-@pytest.mark.parametrize("name,cuda,has,triton,expected", [
-    ("auto", True, True, True, "unsloth"), ("auto", False, True, True, "unsloth"), ("auto", True, False, False, "hf"),
-    ("auto", False, False, False, "hf"), ("hf", True, True, True, "hf"), ("unsloth", False, True, True, "unsloth"),
-])
+@pytest.mark.parametrize(
+    "name,cuda,has,triton,expected",
+    [
+        ("auto", True, True, True, "unsloth"),
+        ("auto", False, True, True, "unsloth"),
+        ("auto", True, False, False, "hf"),
+        ("auto", False, False, False, "hf"),
+        ("hf", True, True, True, "hf"),
+        ("unsloth", False, True, True, "unsloth"),
+    ],
+)
 def test_backend_selection(name: str, cuda: bool, has: bool, triton: bool, expected: str) -> None:
     assert train.resolve_backend(name, cuda, has, triton) == expected
 

@@ -1,6 +1,7 @@
 """Training precision per GPU generation, for both backends, and the automatic LoRA targets — all on
 a CPU: the CUDA queries are faked, the backends' loaders and TRL's config are replaced by recorders,
 and the target modules are read from tiny random models built from transformers' config classes."""
+
 from __future__ import annotations
 
 import json
@@ -16,8 +17,14 @@ from isheep_lite.recipe import TrainConfig, UserError
 
 SEVEN = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 # compute capability → the precision both backends must train in; None: no CUDA (the CPU)
-DEVICES = {"t4": ((7, 5), "fp16"), "v100": ((7, 0), "fp16"), "a100": ((8, 0), "bf16"), "l4-ada": ((8, 9), "bf16"),
-           "h100": ((9, 0), "bf16"), "cpu": (None, "fp32")}
+DEVICES = {
+    "t4": ((7, 5), "fp16"),
+    "v100": ((7, 0), "fp16"),
+    "a100": ((8, 0), "bf16"),
+    "l4-ada": ((8, 9), "bf16"),
+    "h100": ((9, 0), "bf16"),
+    "cpu": (None, "fp32"),
+}
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -47,8 +54,18 @@ def fake_gpu(monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest) ->
 def _tiny_llama(vocab: int = 256) -> Any:
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    return LlamaForCausalLM(LlamaConfig(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                                        num_attention_heads=2, num_key_value_heads=1, bos_token_id=1, eos_token_id=2))
+    return LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=vocab,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+            bos_token_id=1,
+            eos_token_id=2,
+        )
+    )
 
 
 class _Recorder:
@@ -59,17 +76,21 @@ class _Recorder:
         def call(*args: Any, **kwargs: Any) -> Any:
             self.calls[name] = kwargs
             return result(*args, **kwargs) if callable(result) else result
+
         return call
 
 
 @pytest.mark.parametrize("device", DEVICES)
-def test_unsloth_backend_loads_and_trains_in_the_devices_precision(device: str, fake_gpu: str,
-                                                                   monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_unsloth_backend_loads_and_trains_in_the_devices_precision(
+    device: str, fake_gpu: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     import torch
 
     rec = _Recorder()
-    fast = types.SimpleNamespace(from_pretrained=rec.record("from_pretrained", (_tiny_llama(), object())),
-                                 get_peft_model=rec.record("get_peft_model", lambda model, **kw: model))
+    fast = types.SimpleNamespace(
+        from_pretrained=rec.record("from_pretrained", (_tiny_llama(), object())),
+        get_peft_model=rec.record("get_peft_model", lambda model, **kw: model),
+    )
     monkeypatch.setitem(sys.modules, "unsloth", types.SimpleNamespace(FastLanguageModel=fast))
     cuda = fake_gpu != "fp32"
     train.load_model(tmp_path, TrainConfig(), "unsloth", cuda, seed=0)
@@ -81,15 +102,19 @@ def test_unsloth_backend_loads_and_trains_in_the_devices_precision(device: str, 
 
 
 @pytest.mark.parametrize("device", DEVICES)
-def test_hf_backend_loads_and_trains_in_the_devices_precision(device: str, fake_gpu: str,
-                                                              monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_hf_backend_loads_and_trains_in_the_devices_precision(
+    device: str, fake_gpu: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     import peft
     import torch
     import transformers
 
     rec = _Recorder()
-    monkeypatch.setattr(transformers, "AutoModelForCausalLM",
-                        types.SimpleNamespace(from_pretrained=rec.record("from_pretrained", lambda *a, **k: _tiny_llama())))
+    monkeypatch.setattr(
+        transformers,
+        "AutoModelForCausalLM",
+        types.SimpleNamespace(from_pretrained=rec.record("from_pretrained", lambda *a, **k: _tiny_llama())),
+    )
     monkeypatch.setattr(transformers, "AutoTokenizer", types.SimpleNamespace(from_pretrained=lambda *a, **k: object()))
     monkeypatch.setattr(transformers, "BitsAndBytesConfig", rec.record("bnb", "q"))
     monkeypatch.setattr(peft, "prepare_model_for_kbit_training", lambda model: model)
@@ -145,8 +170,18 @@ def test_precision_kwargs_of_each_backend() -> None:
 
 
 # ---- LoRA target modules ------------------------------------------------------------------------
-TEXT = dict(vocab_size=256, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-            num_key_value_heads=1, head_dim=16, bos_token_id=1, eos_token_id=2, pad_token_id=0)
+TEXT = dict(
+    vocab_size=256,
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    num_key_value_heads=1,
+    head_dim=16,
+    bos_token_id=1,
+    eos_token_id=2,
+    pad_token_id=0,
+)
 
 
 def _config(kind: str) -> Any:
@@ -154,15 +189,29 @@ def _config(kind: str) -> Any:
 
     if kind == "gemma3-vlm":  # Gemma 3 ≥ 4B: language_model.* beside a SigLIP vision tower
         vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, image_size=28, patch_size=14)
-        return t.Gemma3Config(text_config={k: v for k, v in TEXT.items() if not k.endswith("token_id")},
-                              vision_config=vision, mm_tokens_per_image=4)
-    cls = {"llama": t.LlamaConfig, "qwen2": t.Qwen2Config, "mistral": t.MistralConfig, "gemma2": t.Gemma2Config,
-           "gemma3": t.Gemma3TextConfig, "phi3": t.Phi3Config}[kind]
+        return t.Gemma3Config(
+            text_config={k: v for k, v in TEXT.items() if not k.endswith("token_id")}, vision_config=vision, mm_tokens_per_image=4
+        )
+    cls = {
+        "llama": t.LlamaConfig,
+        "qwen2": t.Qwen2Config,
+        "mistral": t.MistralConfig,
+        "gemma2": t.Gemma2Config,
+        "gemma3": t.Gemma3TextConfig,
+        "phi3": t.Phi3Config,
+    }[kind]
     return cls(**TEXT)
 
 
-EXPECTED = {"llama": SEVEN, "qwen2": SEVEN, "mistral": SEVEN, "gemma2": SEVEN, "gemma3": SEVEN, "gemma3-vlm": SEVEN,
-            "phi3": ["qkv_proj", "o_proj", "gate_up_proj", "down_proj"]}
+EXPECTED = {
+    "llama": SEVEN,
+    "qwen2": SEVEN,
+    "mistral": SEVEN,
+    "gemma2": SEVEN,
+    "gemma3": SEVEN,
+    "gemma3-vlm": SEVEN,
+    "phi3": ["qkv_proj", "o_proj", "gate_up_proj", "down_proj"],
+}
 
 
 def _model(kind: str) -> Any:

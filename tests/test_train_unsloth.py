@@ -5,6 +5,7 @@ repository root, made here with the `gpu` extra on first use (≈ 3 min, 6.6 GB;
 The training child runs in that venv; the export and llama.cpp check run in this one — which is
 also how a GPU user's LoRA adapter travels: PEFT format, merged and written as GGUF by export.py.
 """
+
 from __future__ import annotations
 
 import subprocess
@@ -36,8 +37,9 @@ def gpu_python() -> str:
 @pytest.mark.slow
 def test_unsloth_lora_is_exported_and_loaded_by_llama_cpp(gpu_python: str, tiny: dict[str, Path], tmp_path: Path) -> None:
     convo = [{"role": "user", "content": PROMPT}, {"role": "assistant", "content": ANSWER}]
-    cfg = TrainConfig(backend="unsloth", lora_r=16, lora_alpha=32, lora_dropout=0.0, lr=1e-2, epochs=40, batch_size=4,
-                      warmup_steps=0, checkpoint_steps=0)
+    cfg = TrainConfig(
+        backend="unsloth", lora_r=16, lora_alpha=32, lora_dropout=0.0, lr=1e-2, epochs=40, batch_size=4, warmup_steps=0, checkpoint_steps=0
+    )
     result = train.train([convo] * 4, tiny["hf"], tiny["gguf"], tmp_path, cfg, seed=0, python=gpu_python)
     assert result["backend"] == "unsloth" and result["device"] == "cpu" and result["steps"] == 40
     assert result["loss_last"] < result["loss_first"]

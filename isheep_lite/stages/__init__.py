@@ -10,6 +10,7 @@ Each module has one entry point, `run(ctx) -> <Stage>Summary`: it does the stage
 manifest marks it done, and returns the summary the manifest holds (context.once). The summary
 class names its stage (`STAGE`) and the files it writes into `iter_NN/` (`FILES`).
 """
+
 from __future__ import annotations
 
 from .assess import AssessSummary
@@ -24,9 +25,34 @@ from .promote import PromoteSummary
 from .responses import ResponsesSummary
 from .train import TrainSummary
 
-SUMMARIES: dict[str, type[Summary]] = {s.STAGE: s for s in (
-    BaseSummary, InstructionsSummary, ResponsesSummary, AssessSummary, FilterSummary, TrainSummary, ExportSummary,
-    EvalSummary, PromoteSummary, FinalExportSummary)}
+SUMMARIES: dict[str, type[Summary]] = {
+    s.STAGE: s
+    for s in (
+        BaseSummary,
+        InstructionsSummary,
+        ResponsesSummary,
+        AssessSummary,
+        FilterSummary,
+        TrainSummary,
+        ExportSummary,
+        EvalSummary,
+        PromoteSummary,
+        FinalExportSummary,
+    )
+}
 
-__all__ = ["SUMMARIES", "Context", "Summary", "AssessSummary", "BaseSummary", "EvalSummary", "ExportSummary",
-           "FilterSummary", "FinalExportSummary", "InstructionsSummary", "PromoteSummary", "ResponsesSummary", "TrainSummary"]
+__all__ = [
+    "SUMMARIES",
+    "Context",
+    "Summary",
+    "AssessSummary",
+    "BaseSummary",
+    "EvalSummary",
+    "ExportSummary",
+    "FilterSummary",
+    "FinalExportSummary",
+    "InstructionsSummary",
+    "PromoteSummary",
+    "ResponsesSummary",
+    "TrainSummary",
+]

@@ -1,5 +1,6 @@
 """Stage `assess`: metacognitive self-assessment — a model grades each answered pair that passed the
 pair rules (assess.py), written one record at a time so a resumed run grades only what is missing."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -49,6 +50,12 @@ def _grade(ctx: Context) -> AssessSummary:
         return AssessSummary(scored=len(rows), assessor=name)
     mean = sum(scores) / len(scores)
     sd = (sum((x - mean) ** 2 for x in scores) / len(scores)) ** 0.5
-    return AssessSummary(scored=len(rows), assessor=name, score_mean=round(mean, 4), score_sd=round(sd, 4),
-                         score_min=round(min(scores), 4), score_max=round(max(scores), 4),
-                         score_hist=grading.histogram(scores, r.assess.scale))
+    return AssessSummary(
+        scored=len(rows),
+        assessor=name,
+        score_mean=round(mean, 4),
+        score_sd=round(sd, 4),
+        score_min=round(min(scores), 4),
+        score_max=round(max(scores), 4),
+        score_hist=grading.histogram(scores, r.assess.scale),
+    )

@@ -4,6 +4,7 @@ By default M_0 is re-exported from its HF weights in the same format as every tu
 so M_0 and M_t are compared like for like — and because, for a 135M model, quantisation alone
 changes its answers (SmolLM2-135M's shipped Q4_1 answers "L'Étoile, …" where F16 says Paris).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -5,6 +5,7 @@ A stage's summary is what the manifest stores for it: its counts, the paths it m
 by the store) its status and seconds. A stage that the manifest marks done is not run again; its
 summary is read back instead, so a rerun of the same command redoes exactly the unfinished work.
 """
+
 from __future__ import annotations
 
 import dataclasses

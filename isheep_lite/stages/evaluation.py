@@ -1,5 +1,6 @@
 """Stage `eval` (evaluation): M_t's held-out checks (evaluate.checks): stop rate, the instruction-following
 suite, and the pairwise verdict against M_0's answers; written to `iter_NN/eval.json` as well."""
+
 from __future__ import annotations
 
 import json
@@ -42,8 +43,11 @@ def _evaluate(ctx: Context) -> EvalSummary:
     r, model = ctx.recipe, ctx.model
     assert model is not None
     reference = ctx.done(EvalSummary, t=0) if ctx.t > 0 else None
-    judge = {"base": ctx.base, "current": None}[r.eval.judge] if r.eval.judge in ("base", "current") \
+    judge = (
+        {"base": ctx.base, "current": None}[r.eval.judge]
+        if r.eval.judge in ("base", "current")
         else Served(models.resolve_gguf(r.eval.judge))
+    )
     result = evaluate.checks(model, r, ctx.engines, reference.to_entry() if reference else None, judge)
     atomic_write_text(ctx.dir / EVAL, json.dumps({"model": str(model), **result}, indent=2, ensure_ascii=False))
     return EvalSummary(**result)

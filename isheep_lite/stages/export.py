@@ -1,5 +1,6 @@
 """Stage `export`: M_t as GGUF — merged into the trained-on weights and converted by llama.cpp's
 converter (export.py), or, in adapter mode, a GGUF LoRA adapter applied to the served base."""
+
 from __future__ import annotations
 
 import json

@@ -1,5 +1,6 @@
 """Stage `final_export` (adapter mode only): the best model written whole — merged, in every
 export.types — once, at the end of the run, instead of once per iteration."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass

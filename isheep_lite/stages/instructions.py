@@ -1,5 +1,6 @@
 """Stage `instructions`: the best model so far writes new instructions — few-shot from seed tasks
 (the paper) or zero-seed (magpie) — and the rule filters drop unusable ones (synth.py, filters.py)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -31,9 +32,14 @@ def _generate(ctx: Context) -> InstructionsSummary:
     assert ctx.current is not None
     engine = ctx.engines.get(ctx.current)
     with progress_bar(f"it{ctx.t} instructions", r.synth.num_instructions) as bar:
-        kept, rejected = synth.generate_instructions(engine, ctx.seeds, r.synth, r.filter, r.loop.seed, ctx.t,
-                                                     d / COMPLETIONS, progress=bar)
+        kept, rejected = synth.generate_instructions(
+            engine, ctx.seeds, r.synth, r.filter, r.loop.seed, ctx.t, d / COMPLETIONS, progress=bar
+        )
     write_jsonl(d / KEPT, kept)
     write_jsonl(d / REJECTED, rejected)
-    return InstructionsSummary(prompts=len(read_jsonl(d / COMPLETIONS)), instructions=len(kept), rejected=len(rejected),
-                               rejected_by_reason=filters.count_by(rejected, "reason"))
+    return InstructionsSummary(
+        prompts=len(read_jsonl(d / COMPLETIONS)),
+        instructions=len(kept),
+        rejected=len(rejected),
+        rejected_by_reason=filters.count_by(rejected, "reason"),
+    )

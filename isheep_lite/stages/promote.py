@@ -5,6 +5,7 @@ M_t is flagged `worse` when a paired bootstrap says it is below the best with pr
 eval.worse_confidence, and becomes the new best only if its mean is at least the best's (ties go
 to the newer model). With loop.promote=latest every M_t is promoted; the flag is still recorded.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -1,5 +1,6 @@
 """Stage `responses`: the best model so far answers each kept instruction (sampled; each answer is
 appended as it finishes, so a crash loses only unfinished ones)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -33,5 +34,6 @@ def _answer(ctx: Context) -> ResponsesSummary:
     engine = ctx.engines.get(ctx.current)
     with progress_bar(f"it{ctx.t} responses", len(todo)) as bar:
         rows = synth.generate_responses(engine, todo, r.synth, r.loop.seed, ctx.t, d / RESPONSES, progress=bar)
-    return ResponsesSummary(responses=len(rows), tokens=sum(x["gen"]["tokens"] for x in rows),
-                            finished=sum(x["gen"]["finish"] == "stop" for x in rows))
+    return ResponsesSummary(
+        responses=len(rows), tokens=sum(x["gen"]["tokens"] for x in rows), finished=sum(x["gen"]["finish"] == "stop" for x in rows)
+    )

@@ -1,5 +1,6 @@
 """Stage `filter` (selection): keep the best-graded pairs (filters.select) as chat conversations to train on;
 every dropped pair is kept with its reason."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -34,5 +35,9 @@ def _select(ctx: Context) -> FilterSummary:
     kept, dropped = filters.select([scored[x["id"]] for x in candidates], r.assess.aspects if r.assess.enabled else [], r.filter)
     write_jsonl(d / KEPT, [{"id": x["id"], "messages": synth.conversation(x), "score": x["score"]} for x in kept])
     write_jsonl(d / REJECTED, rejected + dropped)
-    return FilterSummary(kept=len(kept), rejected=len(rejected) + len(dropped), kept_ratio=round(len(kept) / max(1, len(answered)), 4),
-                         rejected_by_reason=filters.count_by(rejected + dropped, "reason"))
+    return FilterSummary(
+        kept=len(kept),
+        rejected=len(rejected) + len(dropped),
+        kept_ratio=round(len(kept) / max(1, len(answered)), 4),
+        rejected_by_reason=filters.count_by(rejected + dropped, "reason"),
+    )

@@ -1,5 +1,6 @@
 """Stage `train`: LoRA SFT on the kept pairs (of this iteration, or of every one so far with
 loop.data=cumulative), in a child process (train.py) that resumes from its last checkpoint."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -46,8 +47,10 @@ def _train(ctx: Context) -> TrainSummary:
     iters = range(1, t + 1) if r.loop.data == "cumulative" else [t]
     data = [x["messages"] for i in iters for x in read_jsonl(ctx.store.iter_dir(i) / selection.KEPT)]
     if not data:
-        raise UserError(f"iteration {t}: no pair passed selection, nothing to train on (reasons in {ctx.dir / selection.REJECTED}); "
-                        "rerun under a new name with a lower filter.min_score or more synth.num_instructions")
+        raise UserError(
+            f"iteration {t}: no pair passed selection, nothing to train on (reasons in {ctx.dir / selection.REJECTED}); "
+            "rerun under a new name with a lower filter.min_score or more synth.num_instructions"
+        )
     ctx.engines.release()  # training needs the memory
     result = trainer.train(data, ctx.train_hf, ctx.given, ctx.dir, r.train, r.loop.seed + t)
     return TrainSummary(trained_on=str(ctx.train_hf), **result)

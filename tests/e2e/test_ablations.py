@@ -1,4 +1,5 @@
 """Each ablation recipe under recipes/ablations/ runs one real iteration on the embedded model (small counts)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -14,8 +15,15 @@ from isheep_lite.store import RunStore, read_jsonl
 ABLATIONS = sorted((Path(__file__).resolve().parents[2] / "recipes" / "ablations").glob("*.yaml"))
 # what these tests check is that each recipe's stages run and record what it ablates, not the
 # models' quality, so eval is skipped (its stage still runs) and the pools are small
-SMALL = ["loop.iterations=1", "synth.num_instructions=8", "synth.response_max_tokens=128", "train.epochs=1",
-         "eval.stop_prompts=0", "eval.suite_prompts=0", "eval.pairwise=false"]
+SMALL = [
+    "loop.iterations=1",
+    "synth.num_instructions=8",
+    "synth.response_max_tokens=128",
+    "train.epochs=1",
+    "eval.stop_prompts=0",
+    "eval.suite_prompts=0",
+    "eval.pairwise=false",
+]
 
 
 def test_the_ablation_set_is_complete() -> None:

@@ -1,4 +1,5 @@
 """Two real iterations on the embedded SmolLM2 (small counts), read back through the manifest API."""
+
 from __future__ import annotations
 
 import json
@@ -10,8 +11,7 @@ from isheep_lite import recipe
 from isheep_lite.engine import Engine, Sampling
 from isheep_lite.loop import run
 from isheep_lite.manifest import Manifest
-from isheep_lite.stages import (BaseSummary, EvalSummary, FilterSummary, InstructionsSummary, PromoteSummary, ResponsesSummary,
-                                TrainSummary)
+from isheep_lite.stages import BaseSummary, EvalSummary, FilterSummary, InstructionsSummary, PromoteSummary, ResponsesSummary, TrainSummary
 from isheep_lite.store import read_jsonl
 
 
@@ -20,11 +20,20 @@ STAGES = ["instructions", "responses", "assess", "filter", "train", "export", "e
 
 @pytest.mark.slow
 def test_two_real_iterations(tmp_path: Path, smol_hf: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    r = recipe.load(None, [
-        f"runs_dir={tmp_path}", "name=e2e", "loop.iterations=2",
-        "synth.num_instructions=8", "synth.response_max_tokens=160", "train.epochs=1",
-        "eval.stop_prompts=20", "eval.max_tokens=512", "eval.suite_prompts=20",
-    ])
+    r = recipe.load(
+        None,
+        [
+            f"runs_dir={tmp_path}",
+            "name=e2e",
+            "loop.iterations=2",
+            "synth.num_instructions=8",
+            "synth.response_max_tokens=160",
+            "train.epochs=1",
+            "eval.stop_prompts=20",
+            "eval.max_tokens=512",
+            "eval.suite_prompts=20",
+        ],
+    )
     store = run(r)
     assert [x for x in capsys.readouterr().out.splitlines() if x.startswith("memory plan: training ≈")]
     m = Manifest.of(store)

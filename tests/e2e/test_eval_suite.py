@@ -1,4 +1,5 @@
 """The instruction-following suite on real models: deterministic, and able to fail a broken model."""
+
 from __future__ import annotations
 
 import json
@@ -13,8 +14,12 @@ from isheep_lite import export
 
 
 def _eval(model: str, *args: str) -> dict:
-    proc = subprocess.run([sys.executable, "-m", "isheep_lite", "eval", model, *args], capture_output=True, text=True,
-                          env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])})
+    proc = subprocess.run(
+        [sys.executable, "-m", "isheep_lite", "eval", model, *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
@@ -43,6 +48,15 @@ def test_suite_is_deterministic_and_fails_a_broken_model(smol_hf: Path, smol_ggu
     assert broken["mean_tokens"] == 0, "the broken model answers nothing"
     assert broken["ifeval"]["strict"] < suite["strict"] and broken["ifeval"]["loose"] < suite["loose"]
     # And judged pairwise against the base, the empty answers lose.
-    verdict = _eval(str(tmp_path / "model-f16.gguf"), "--stop-prompts", "8", "--suite-prompts", "0",
-                    "--against", "embedded:smollm2-135m-instruct", "--judge", "embedded:smollm2-135m-instruct")["pairwise"]
+    verdict = _eval(
+        str(tmp_path / "model-f16.gguf"),
+        "--stop-prompts",
+        "8",
+        "--suite-prompts",
+        "0",
+        "--against",
+        "embedded:smollm2-135m-instruct",
+        "--judge",
+        "embedded:smollm2-135m-instruct",
+    )["pairwise"]
     assert verdict["prompts"] == 8 and verdict["score"] < 0.5, verdict

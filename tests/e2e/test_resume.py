@@ -1,5 +1,6 @@
 """Crash safety: SIGKILL a real run at five points spread over synthesis, assessment, training and
 export; rerun the same command after each; the finished run must match an uninterrupted one."""
+
 from __future__ import annotations
 
 import json
@@ -15,9 +16,18 @@ import pytest
 
 from isheep_lite.engine import Engine, Sampling
 
-ARGS = ["loop.iterations=1", "synth.num_instructions=10", "synth.response_max_tokens=96", "model.n_parallel=4",
-        "train.epochs=1", "train.batch_size=2", "train.checkpoint_steps=1", "filter.keep_top=null",
-        "eval.stop_prompts=0", "eval.suite_prompts=0"]
+ARGS = [
+    "loop.iterations=1",
+    "synth.num_instructions=10",
+    "synth.response_max_tokens=96",
+    "model.n_parallel=4",
+    "train.epochs=1",
+    "train.batch_size=2",
+    "train.checkpoint_steps=1",
+    "filter.keep_top=null",
+    "eval.stop_prompts=0",
+    "eval.suite_prompts=0",
+]
 RECORDS = ("completions", "instructions", "responses", "scored", "kept", "rejected")
 
 
@@ -48,8 +58,14 @@ KILL_POINTS: list[tuple[str, Callable[[Path], bool]]] = [
 
 def _start(tmp: Path, name: str) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
-    return subprocess.Popen([sys.executable, "-m", "isheep_lite", "run", f"runs_dir={tmp}", f"name={name}", *ARGS],
-                            cwd=tmp, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "isheep_lite", "run", f"runs_dir={tmp}", f"name={name}", *ARGS],
+        cwd=tmp,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
 
 
 def _check_records(run: Path) -> dict[str, int]:
