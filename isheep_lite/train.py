@@ -67,7 +67,7 @@ def resolve_backend(name: str, cuda: bool, has_unsloth: bool, has_triton: bool =
 
     Why auto takes Unsloth on a CPU too: where the gpu extra is installed (Triton, TRL 1.15), TRL's
     fused LM head runs a Triton kernel even on a CPU and fails ("0 active drivers"), while Unsloth's
-    CPU trainer gives the same losses as hf on the same data (tests/test_unsloth.py), 6 % faster
+    CPU trainer gives the same losses as hf on the same data (tests/test_train_unsloth.py), 6 % faster
     (bench/bench_train.py: 2.59 vs 2.74 s/step, SmolLM2-135M, 2-core CPU)."""
     if name == "unsloth" and not has_unsloth:
         raise UserError("train.backend=unsloth needs Unsloth: pip install 'isheep-lite[gpu]'")
