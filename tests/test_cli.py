@@ -2,24 +2,15 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from helpers import cli
+
 from isheep_lite import recipe
-
-
-def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "isheep_lite", *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
-    )
 
 
 @pytest.mark.parametrize(
@@ -33,7 +24,7 @@ def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     ],
 )
 def test_cli_bad_input_is_one_line_exit_2(args: list[str], words: str, tmp_path: Path) -> None:
-    p = _cli(*args, cwd=tmp_path)
+    p = cli(*args, cwd=tmp_path)
     assert p.returncode == 2, p.stderr
     assert words in p.stderr and "Traceback" not in p.stderr
     assert len(p.stderr.strip().splitlines()) == 1
@@ -42,7 +33,7 @@ def test_cli_bad_input_is_one_line_exit_2(args: list[str], words: str, tmp_path:
 def test_not_a_gguf_is_rejected_before_any_work(tmp_path: Path) -> None:
     fake = tmp_path / "fake.gguf"
     fake.write_bytes(b"not a model")
-    p = _cli("run", f"model.gguf={fake}", f"runs_dir={tmp_path}/runs", cwd=tmp_path)
+    p = cli("run", f"model.gguf={fake}", f"runs_dir={tmp_path}/runs", cwd=tmp_path)
     assert p.returncode == 2 and "not a GGUF file" in p.stderr
     assert fake.read_bytes() == b"not a model"
     assert not (tmp_path / "runs").exists(), "bad input must not leave a run directory behind"
@@ -59,7 +50,7 @@ def test_cli_imports_no_heavy_library() -> None:
 
 
 def test_recipe_command_prints_every_default(tmp_path: Path) -> None:
-    p = _cli("recipe", "synth.num_instructions=64", cwd=tmp_path)
+    p = cli("recipe", "synth.num_instructions=64", cwd=tmp_path)
     assert p.returncode == 0
     assert recipe.from_dict(__import__("yaml").safe_load(p.stdout)).synth.num_instructions == 64
 

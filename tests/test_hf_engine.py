@@ -7,27 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from helpers import REQUESTS, conversations, same_texts
+
 from isheep_lite.engine import Engine, Sampling
-
-
-REQUESTS = [
-    "Name three colours.",
-    "Write a haiku about rain.",
-    "What is 2 + 2?",
-    "Give a tip for sleeping well.",
-    "Translate 'good morning' into French.",
-    "List two prime numbers.",
-    "Describe a cat in one sentence.",
-    "Why is the sky blue?",
-]
-
-
-def _convs() -> list[list[dict[str, str]]]:
-    return [[{"role": "user", "content": q}] for q in REQUESTS]
-
-
-def _agree(a: list, b: list) -> int:
-    return sum(x.text == y.text for x, y in zip(a, b))
 
 
 @pytest.fixture(scope="module")
@@ -42,13 +24,13 @@ def test_transformers_greedy_matches_llama_cpp_and_its_own_single_sequence(tiny:
     from isheep_lite.hf_engine import HFEngine
 
     greedy = [Sampling(max_tokens=24)] * len(REQUESTS)
-    batched = hf_engine.chat_many(_convs(), greedy)
+    batched = hf_engine.chat_many(conversations(), greedy)
     with HFEngine(tiny["hf"], n_parallel=1, n_threads=2) as one:
-        single = one.chat_many(_convs(), greedy)
-    llama = tiny_engine.chat_many(_convs(), greedy)
+        single = one.chat_many(conversations(), greedy)
+    llama = tiny_engine.chat_many(conversations(), greedy)
     assert all(c.n_tokens > 0 for c in batched)
-    assert _agree(batched, single) >= 0.9 * len(REQUESTS), "left padding must not change a sequence's greedy output"
-    assert _agree(batched, llama) >= 0.9 * len(REQUESTS), [(a.text, b.text) for a, b in zip(batched, llama)]
+    assert same_texts(batched, single) >= 0.9 * len(REQUESTS), "left padding must not change a sequence's greedy output"
+    assert same_texts(batched, llama) >= 0.9 * len(REQUESTS), [(a.text, b.text) for a, b in zip(batched, llama)]
 
 
 @pytest.mark.slow
@@ -58,21 +40,23 @@ def test_transformers_loads_the_gguf_too(tiny: dict[str, Path], hf_engine) -> No
     greedy = [Sampling(max_tokens=16)] * 4
     with HFEngine(tiny["gguf"], n_parallel=4, n_threads=2) as from_gguf:
         assert from_gguf.info.chat_template == hf_engine.info.chat_template
-        assert [c.text for c in from_gguf.chat_many(_convs()[:4], greedy)] == [c.text for c in hf_engine.chat_many(_convs()[:4], greedy)]
+        assert [c.text for c in from_gguf.chat_many(conversations()[:4], greedy)] == [
+            c.text for c in hf_engine.chat_many(conversations()[:4], greedy)
+        ]
 
 
 def test_transformers_sampling_seeds_limits_and_stops_are_per_sequence(hf_engine) -> None:
     samplings = [Sampling(temperature=1.0, top_p=0.9, max_tokens=n, seed=s) for s, n in zip(range(8), [3, 9, 5, 12, 1, 7, 4, 10])]
-    first = hf_engine.chat_many(_convs(), samplings)
-    again = hf_engine.chat_many(_convs(), samplings)
+    first = hf_engine.chat_many(conversations(), samplings)
+    again = hf_engine.chat_many(conversations(), samplings)
     assert [c.text for c in first] == [c.text for c in again], "a fixed seed reproduces the same samples"
     assert len({c.text for c in first}) > 1
     for c, s in zip(first, samplings):
         assert c.n_tokens <= s.max_tokens and (c.finish_reason == "stop" or c.n_tokens == s.max_tokens)
     # A stop string taken from a sample ends that sequence there, and only that one.
-    long = hf_engine.chat(_convs()[3], Sampling(temperature=1.0, max_tokens=12, seed=3))
+    long = hf_engine.chat(conversations()[3], Sampling(temperature=1.0, max_tokens=12, seed=3))
     cut = long.text[4:6]
-    stopped = hf_engine.chat_many(_convs()[3:5], [Sampling(temperature=1.0, max_tokens=12, seed=3, stop=(cut,)), samplings[4]])
+    stopped = hf_engine.chat_many(conversations()[3:5], [Sampling(temperature=1.0, max_tokens=12, seed=3, stop=(cut,)), samplings[4]])
     assert stopped[0].finish_reason == "stop" and cut not in stopped[0].text and long.text.startswith(stopped[0].text)
     assert stopped[1].text == first[4].text
 

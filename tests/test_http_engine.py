@@ -13,27 +13,9 @@ from pathlib import Path
 
 import pytest
 
+from helpers import REQUESTS, conversations, same_texts
+
 from isheep_lite.engine import Engine, Sampling
-
-
-REQUESTS = [
-    "Name three colours.",
-    "Write a haiku about rain.",
-    "What is 2 + 2?",
-    "Give a tip for sleeping well.",
-    "Translate 'good morning' into French.",
-    "List two prime numbers.",
-    "Describe a cat in one sentence.",
-    "Why is the sky blue?",
-]
-
-
-def _convs() -> list[list[dict[str, str]]]:
-    return [[{"role": "user", "content": q}] for q in REQUESTS]
-
-
-def _agree(a: list, b: list) -> int:
-    return sum(x.text == y.text for x, y in zip(a, b))
 
 
 def _free_port() -> int:
@@ -92,20 +74,20 @@ def http_engine(server: str, tiny: dict[str, Path]):
 
 def test_http_greedy_matches_the_local_engine(tiny_engine: Engine, http_engine) -> None:
     greedy = [Sampling(max_tokens=24)] * len(REQUESTS)
-    remote, local = http_engine.chat_many(_convs(), greedy), tiny_engine.chat_many(_convs(), greedy)
+    remote, local = http_engine.chat_many(conversations(), greedy), tiny_engine.chat_many(conversations(), greedy)
     assert all(c.n_tokens > 0 for c in remote)
-    assert _agree(remote, local) >= 0.9 * len(REQUESTS), [(a.text, b.text) for a, b in zip(remote, local)]
+    assert same_texts(remote, local) >= 0.9 * len(REQUESTS), [(a.text, b.text) for a, b in zip(remote, local)]
 
 
 def test_http_sampling_seeds_limits_stops_and_grammar(http_engine) -> None:
     samplings = [Sampling(temperature=1.0, top_p=0.9, max_tokens=n, seed=s) for s, n in zip(range(8), [3, 9, 5, 12, 1, 7, 4, 10])]
-    first = http_engine.chat_many(_convs(), samplings)
-    assert [c.text for c in first] == [c.text for c in http_engine.chat_many(_convs(), samplings)]
+    first = http_engine.chat_many(conversations(), samplings)
+    assert [c.text for c in first] == [c.text for c in http_engine.chat_many(conversations(), samplings)]
     for c, s in zip(first, samplings):
         assert c.n_tokens <= s.max_tokens and (c.finish_reason == "stop" or c.n_tokens == s.max_tokens)
-    long = http_engine.chat(_convs()[3], Sampling(temperature=1.0, max_tokens=12, seed=3))
+    long = http_engine.chat(conversations()[3], Sampling(temperature=1.0, max_tokens=12, seed=3))
     cut = long.text[4:6]
-    stopped = http_engine.chat(_convs()[3], Sampling(temperature=1.0, max_tokens=12, seed=3, stop=(cut,)))
+    stopped = http_engine.chat(conversations()[3], Sampling(temperature=1.0, max_tokens=12, seed=3, stop=(cut,)))
     assert cut not in stopped.text and long.text.startswith(stopped.text)
     digit = http_engine.complete("Score: ", Sampling(max_tokens=1, grammar="root ::= [1-9]"))
     assert digit.text in list("123456789")

@@ -12,18 +12,10 @@ from pathlib import Path
 
 import pytest
 
+from helpers import cli
+
 from isheep_lite import loop, preflight, recipe, store
 from isheep_lite.recipe import UserError
-
-
-def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "isheep_lite", *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
-    )
 
 
 def _snapshot(root: Path) -> dict[str, str]:
@@ -114,7 +106,7 @@ CASES = [
 @pytest.mark.parametrize("args, words", CASES, ids=[" ".join(a) for a, _ in CASES])
 def test_bad_input_is_one_line_exit_2_and_touches_nothing(args: list[str], words: str, workspace: Path) -> None:
     before = _snapshot(workspace)
-    p = _cli(*args, cwd=workspace)
+    p = cli(*args, cwd=workspace)
     assert p.returncode == 2, (p.returncode, p.stderr[-2000:])
     assert words in p.stderr and "Traceback" not in p.stderr, p.stderr
     assert len(p.stderr.strip().splitlines()) == 1, p.stderr
@@ -142,7 +134,7 @@ def test_isheep_recipe_refuses_what_isheep_run_refuses(
 
 def test_isheep_recipe_refuses_in_one_line_like_run(workspace: Path) -> None:
     args = ["model.backend=openai", "model.base_url=http://127.0.0.1:1/v1"]
-    run, checked = _cli("run", *args, cwd=workspace), _cli("recipe", *args, cwd=workspace)
+    run, checked = cli("run", *args, cwd=workspace), cli("recipe", *args, cwd=workspace)
     assert checked.returncode == run.returncode == 2 and checked.stdout == "", checked.stderr
     assert checked.stderr == run.stderr and "isheep eval MODEL.gguf --server URL" in checked.stderr
 
@@ -182,7 +174,7 @@ def test_second_concurrent_run_is_refused_while_the_first_continues(tiny: dict[s
         while not (tmp_path / "busy" / "recipe.yaml").exists():  # written once the lock is held
             assert first.poll() is None and time.time() < deadline, "the first run did not start"
             time.sleep(0.2)
-        second = _cli(*args, cwd=tmp_path)
+        second = cli(*args, cwd=tmp_path)
         assert second.returncode == 2 and "another isheep run is using" in second.stderr, second.stderr
         assert len(second.stderr.strip().splitlines()) == 1
         assert first.poll() is None, "the first run must keep going"
