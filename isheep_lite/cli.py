@@ -57,6 +57,8 @@ def eval_cmd(
     model: str = typer.Argument(..., help="a GGUF path or embedded:smollm2-135m-instruct"),
     stop_prompts: int = typer.Option(20, help="held-out prompts for the stop rate (0 = skip)"),
     suite_prompts: int = typer.Option(40, help="instruction-following suite prompts (0 = skip; max 160)"),
+    heldout_prompts: int = typer.Option(0, help="the second instruction-following set, several constraints per prompt (max 80)"),
+    knowledge: int = typer.Option(0, help="knowledge-probe questions: short factual answers (max 120)"),
     against: Optional[str] = typer.Option(None, help="a second GGUF: judge MODEL's answers against its answers, both orders"),
     judge: Optional[str] = typer.Option(None, help="the judge GGUF for --against (default: MODEL itself)"),
     backend: str = typer.Option("llama_cpp", help="llama_cpp | transformers (MODEL dequantised by transformers)"),
@@ -81,7 +83,13 @@ def eval_cmd(
     engine = [f"model.backend={backend}", f"model.n_parallel={parallel}"]
     if server:
         engine = ["model.backend=openai", f"model.base_url={server}", f"model.n_parallel={parallel}"]
-    r = recipe.load(None, [f"eval.stop_prompts={stop_prompts}", f"eval.suite_prompts={suite_prompts}", *engine])
+    sets = [
+        f"eval.stop_prompts={stop_prompts}",
+        f"eval.suite_prompts={suite_prompts}",
+        f"eval.heldout_prompts={heldout_prompts}",
+        f"eval.knowledge_questions={knowledge}",
+    ]
+    r = recipe.load(None, [*sets, *engine])
     served = Served(models.resolve_gguf(model), tuple(models.resolve_gguf(a) for a in lora or []))
     reference = None
     with Engines(r) as engines:
@@ -94,6 +102,8 @@ def eval_cmd(
         result = evaluate.checks(served, r, engines, reference, Served(models.resolve_gguf(judge)) if judge else None)
     result.pop("samples", None)
     result.get("ifeval", {}).pop("strict_pass", None)
+    result.get("heldout", {}).pop("strict_pass", None)
+    result.get("knowledge", {}).pop("correct", None)
     result.get("pairwise", {}).pop("verdicts", None)
     typer.echo(json.dumps(result))
 

@@ -10,10 +10,11 @@ Prompts are held out: they are not seeds and not generation prompts.
 from __future__ import annotations
 
 import json
+import re
 from importlib import resources
 from typing import Any, Callable, Sequence
 
-from . import ifeval, models
+from . import constraints, ifeval, models
 from .engine import Completion, EngineBase, Sampling
 from .progress import progress_bar
 from .recipe import Recipe
@@ -60,6 +61,84 @@ def instruction_following(
     result["strict_ci95"] = bootstrap_ci(result["strict_pass"])
     result["tokens"] = sum(c.n_tokens for c in outs)
     return result
+
+
+def _data(name: str) -> list[dict[str, Any]]:
+    text = resources.files("isheep_lite").joinpath(f"data/{name}").read_text(encoding="utf-8")
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def heldout_items(n: int) -> list[dict[str, Any]]:
+    """The first `n` prompts of the second instruction-following set (data/if_heldout.jsonl: 80
+    prompts, 20 topics of its own, two or three constraints each, phrased apart from the suite's)."""
+    return _data("if_heldout.jsonl")[:n]
+
+
+def heldout_following(
+    engine: EngineBase, n_prompts: int, max_tokens: int, progress: Callable[[int], None] = lambda n: None
+) -> dict[str, Any]:
+    """Greedy answers to the second set, checked by rule: a prompt passes only if every one of its
+    constraints holds (strict: the answer as given; loose: ifeval.loose_variants); also the share of
+    single constraints kept (instruction level)."""
+    items = heldout_items(n_prompts)
+    outs = greedy_answers(engine, [it["prompt"] for it in items], max_tokens, progress)
+    kept = [[constraints.check(c, o.text) for c in it["constraints"]] for it, o in zip(items, outs)]
+    strict = [int(all(k)) for k in kept]
+    loose = [
+        int(any(all(constraints.check(c, v) for c in it["constraints"]) for v in ifeval.loose_variants(o.text)))
+        for it, o in zip(items, outs)
+    ]
+    flat = [x for k in kept for x in k]
+    n = len(items)
+    return {
+        "prompts": n,
+        "strict": round(sum(strict) / n, 4) if n else None,
+        "loose": round(sum(loose) / n, 4) if n else None,
+        "instruction_strict": round(sum(flat) / len(flat), 4) if flat else None,
+        "strict_pass": strict,
+        "strict_ci95": bootstrap_ci(strict),
+        "tokens": sum(o.n_tokens for o in outs),
+    }
+
+
+KNOWLEDGE_SUFFIX = " Answer in a few words."
+ANSWER_WORDS = 30  # an accepted answer counts only within the reply's first line, up to this many words
+
+
+def _normalise(text: str) -> str:
+    return " " + " ".join(re.findall(r"[a-z0-9]+", text.lower())) + " "
+
+
+def answer_matches(response: str, answers: Sequence[str]) -> bool:
+    """Whether an accepted answer appears, as whole words, at the start of the reply (its first
+    non-empty line, first ANSWER_WORDS words): "The capital of Japan is Tokyo." matches "tokyo";
+    case, punctuation and hyphens are ignored ("yo-yo" = "yo yo", "1,000" = "1 000")."""
+    first = next((line for line in response.splitlines() if line.strip()), "")
+    head = _normalise(" ".join(first.split()[:ANSWER_WORDS]))
+    return any(_normalise(a) in head for a in answers)
+
+
+def knowledge_questions(n: int) -> list[dict[str, Any]]:
+    """The first `n` of the knowledge probe's questions (data/knowledge.jsonl: 120 short-answer
+    facts with their accepted answers, held out from every generation prompt)."""
+    return _data("knowledge.jsonl")[:n]
+
+
+def knowledge(
+    engine: EngineBase, n_questions: int, max_tokens: int = 48, progress: Callable[[int], None] = lambda n: None
+) -> dict[str, Any]:
+    """Accuracy on the knowledge probe (greedy short answers): what self-training must not make the model forget."""
+    qs = knowledge_questions(n_questions)
+    outs = greedy_answers(engine, [q["question"] + KNOWLEDGE_SUFFIX for q in qs], max_tokens, progress)
+    correct = [int(answer_matches(o.text, q["answers"])) for q, o in zip(qs, outs)]
+    n = len(qs)
+    return {
+        "prompts": n,
+        "accuracy": round(sum(correct) / n, 4) if n else None,
+        "correct": correct,
+        "accuracy_ci95": bootstrap_ci(correct),
+        "tokens": sum(o.n_tokens for o in outs),
+    }
 
 
 # ---- pairwise judge -----------------------------------------------------------------------------
@@ -182,6 +261,12 @@ def checks(
     if r.eval.suite_prompts:
         with progress_bar("eval: instruction suite", r.eval.suite_prompts) as bar:
             out["ifeval"] = instruction_following(engine, r.eval.suite_prompts, r.eval.suite_max_tokens, bar)
+    if r.eval.heldout_prompts:
+        with progress_bar("eval: held-out set", r.eval.heldout_prompts) as bar:
+            out["heldout"] = heldout_following(engine, r.eval.heldout_prompts, r.eval.suite_max_tokens, bar)
+    if r.eval.knowledge_questions:
+        with progress_bar("eval: knowledge probe", r.eval.knowledge_questions) as bar:
+            out["knowledge"] = knowledge(engine, r.eval.knowledge_questions, progress=bar)
     if reference and r.eval.pairwise and out.get("samples"):
         old = {x["id"]: x["text"] for x in reference.get("samples") or []}
         rows = [x for x in out["samples"] if x["id"] in old]

@@ -174,8 +174,21 @@ class ExportConfig:
 class EvalConfig:
     stop_prompts: int = knob(20, "held-out prompts for the stop-rate check (0 = skip)", **NONNEG)
     max_tokens: int = knob(512, 'an answer still going at this length counts as "never stops"', **POS)
-    suite_prompts: int = knob(40, "instruction-following suite prompts, balanced over 20 constraint kinds (0 = skip; max 160)", **NONNEG)
-    suite_max_tokens: int = knob(384, "tokens per suite answer", **POS)
+    suite_prompts: int = knob(
+        40, "instruction-following suite prompts, balanced over 20 constraint kinds (0 = skip; max 160)", ge=0, le=160
+    )
+    suite_max_tokens: int = knob(384, "tokens per answer of the suite and of the held-out set", **POS)
+    heldout_prompts: int = knob(
+        0,
+        "the second instruction-following set: its own topics and phrasings, 2-3 constraints per prompt, a prompt passes "
+        "only if all hold (0 = skip; max 80)",
+        ge=0,
+        le=80,
+    )
+    knowledge_questions: int = knob(0, "short-answer factual questions that catch forgetting (0 = skip; max 120)", ge=0, le=120)
+    knowledge_tolerance: float = knob(
+        0.03, "M_t is not promoted if its knowledge-probe accuracy is below the best model's by more than this", ge=0, le=1
+    )
     pairwise: bool = knob(True, "judge M_t's answers to the stop-rate prompts against M_0's, in both orders")
     judge: str = knob("base", "base: M_0 judges every iteration | current: M_t judges | a GGUF path")
     worse_confidence: float = knob(0.9, "M_t is flagged worse when P(worse than the best) ≥ this (paired bootstrap)", ge=0.5, lt=1)

@@ -35,6 +35,10 @@ def eval_rows(m: Manifest) -> list[dict[str, Any]]:
         if e.ifeval:
             row["strict"] = (e.ifeval["strict"], e.ifeval["strict_ci95"])
             row["loose"] = (e.ifeval["loose"], None)
+        if e.heldout:
+            row["heldout"] = (e.heldout["strict"], e.heldout["strict_ci95"])
+        if e.knowledge:
+            row["knowledge"] = (e.knowledge["accuracy"], e.knowledge["accuracy_ci95"])
         if e.pairwise:
             p = e.pairwise
             row["pairwise"] = (p["score"], p["score_ci95"])
@@ -158,10 +162,15 @@ def plot_eval(m: Manifest, path: Path) -> None:
     plt, fig = _figure()
     ax = fig.add_subplot(1, 1, 1)
     rows = eval_rows(m)
-    for k, (metric, label) in enumerate(
-        (("strict", "suite strict accuracy"), ("stop_rate", "stop rate"), ("pairwise", "pairwise score vs M_0 (0.5 = same)"))
-    ):
-        pts = [(r["t"] + 0.06 * (k - 1), *r[metric]) for r in rows if metric in r]
+    metrics = (
+        ("strict", "suite strict accuracy"),
+        ("heldout", "held-out set strict accuracy"),
+        ("knowledge", "knowledge-probe accuracy"),
+        ("stop_rate", "stop rate"),
+        ("pairwise", "pairwise score vs M_0 (0.5 = same)"),
+    )
+    for k, (metric, label) in enumerate(metrics):
+        pts = [(r["t"] + 0.06 * (k - 2), *r[metric]) for r in rows if metric in r]
         if not pts:
             continue
         xs, ys = [p[0] for p in pts], [p[1] for p in pts]
@@ -215,21 +224,32 @@ def markdown(m: Manifest) -> str:
     lines += [
         "## Held-out checks per model",
         "",
-        "| model | suite strict (95 % CI) | suite loose | stop rate (95 % CI) | pairwise vs M_0 (95 % CI) | win/tie/loss | verdict |",
-        "|---|---|---:|---|---|---|---|",
+        "| model | suite strict (95 % CI) | suite loose | held-out set strict (95 % CI) | knowledge (95 % CI) | stop rate (95 % CI) "
+        "| pairwise vs M_0 (95 % CI) | win/tie/loss | verdict |",
+        "|---|---|---:|---|---|---|---|---|---|",
     ]
     for r in eval_rows(m):
         p = r["promote"]
         verdict = (
             ""
             if r["t"] == 0 or not p
-            else ("flagged worse, not promoted" if p.worse else "promoted" if p.best == r["t"] else "not promoted (lower mean)")
+            else (
+                "flagged worse, not promoted"
+                if p.worse
+                else "promoted"
+                if p.best == r["t"]
+                else f"not promoted ({p.reason or 'lower mean'})"
+            )
         )
-        if p and p.compared and p.ci95:
-            verdict += f"; Δ strict vs M_{p.against} {p.delta:+.3f} ({p.ci95[0]:+.3f}–{p.ci95[1]:+.3f}), P(worse) {p.p_worse:.2f}"
+        sets = (p.sets or {"suite": {"delta": p.delta, "ci95": p.ci95, "p_worse": p.p_worse}}) if p and p.compared and p.ci95 else {}
+        for name, c in sets.items():
+            verdict += (
+                f"; Δ {name} vs M_{p.against} {c['delta']:+.3f} ({c['ci95'][0]:+.3f}–{c['ci95'][1]:+.3f}), P(worse) {c['p_worse']:.2f}"
+            )
         wtl = "/".join(map(str, r["wtl"])) if "wtl" in r else "–"
         lines.append(
-            f"| M_{r['t']} | {_fmt(r.get('strict'))} | {_fmt(r.get('loose'))} | {_fmt(r.get('stop_rate'))} | "
+            f"| M_{r['t']} | {_fmt(r.get('strict'))} | {_fmt(r.get('loose'))} | {_fmt(r.get('heldout'))} | {_fmt(r.get('knowledge'))} | "
+            f"{_fmt(r.get('stop_rate'))} | "
             f"{_fmt(r.get('pairwise'))} | {wtl} | {verdict} |"
         )
     lines += [

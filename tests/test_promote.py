@@ -86,6 +86,67 @@ def test_promote_latest_keeps_the_flag_but_promotes(tmp_path: Path, tiny: dict[s
     assert seen[3][0] == store.iter_dir(2) / "model-f16.gguf"
 
 
+def _passes(rate: float, n: int) -> list[int]:
+    k = round(rate * n)
+    return [1] * k + [0] * (n - k)
+
+
+def _three_set_run(tmp_path: Path, tiny: dict[str, Path], monkeypatch: pytest.MonkeyPatch, scores: dict[int, tuple[float, float, float]]):
+    """loop.run where iteration t's model scores (suite, held-out set, knowledge probe) = scores[t]."""
+
+    def fake_checks(model: Served, r: recipe.Recipe, engines: Any, reference: Any = None, judge: Any = None) -> dict[str, Any]:
+        t = int(model.gguf.parent.name[5:]) if model.gguf.parent.name.startswith("iter_") else 0
+        suite, held, know = scores[t]
+        return {
+            "ifeval": {"strict_pass": _passes(suite, 40), "strict": suite, "loose": suite, "strict_ci95": [0, 1]},
+            "heldout": {"strict_pass": _passes(held, 80), "strict": held, "loose": held, "strict_ci95": [0, 1]},
+            "knowledge": {"correct": _passes(know, 120), "accuracy": know, "accuracy_ci95": [0, 1]},
+        }
+
+    def fake_iteration(ctx: Context) -> Served:
+        gguf = ctx.dir / "model-f16.gguf"
+        gguf.write_bytes(b"not a real model")
+        evaluation.run(replace(ctx, model=Served(gguf)))
+        return Served(gguf)
+
+    monkeypatch.setattr(evaluate, "checks", fake_checks)
+    monkeypatch.setattr(loop, "iteration", fake_iteration)
+    r = recipe.load(
+        None,
+        [
+            f"runs_dir={tmp_path}",
+            "name=three",
+            f"model.gguf={tiny['gguf']}",
+            f"model.hf={tiny['hf']}",
+            "model.serve_base=original",
+            f"loop.iterations={len(scores) - 1}",
+            "eval.heldout_prompts=80",
+            "eval.knowledge_questions=120",
+        ],
+    )
+    return loop.run(r).manifest["iterations"]
+
+
+def test_a_gain_on_one_set_and_a_loss_on_the_other_is_not_promoted(
+    tmp_path: Path, tiny: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # M_1 gains 20 points on the suite but loses 20 on the held-out set: not promoted, and flagged worse.
+    m = _three_set_run(tmp_path, tiny, monkeypatch, {0: (0.3, 0.4, 0.5), 1: (0.5, 0.2, 0.5)})
+    p = m["1"]["promote"]
+    assert p["compared"] and p["best"] == 0 and p["worse"], p
+    assert set(p["sets"]) == {"suite", "heldout", "knowledge"} and p["reason"] == "lower on heldout"
+    assert p["sets"]["suite"]["delta"] == 0.2 and p["sets"]["heldout"]["delta"] == -0.2
+
+
+def test_forgetting_beyond_the_tolerance_blocks_promotion(tmp_path: Path, tiny: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    # M_1 gains on both following sets but forgets 10 points of knowledge (tolerance 3): not promoted.
+    # M_2 gains on both and loses 2 points of knowledge, within the tolerance: promoted.
+    m = _three_set_run(tmp_path, tiny, monkeypatch, {0: (0.3, 0.3, 0.5), 1: (0.4, 0.4, 0.4), 2: (0.4, 0.4, 0.48)})
+    assert m["1"]["promote"]["best"] == 0 and m["1"]["promote"]["reason"] == "lower on knowledge"
+    assert m["2"]["promote"]["best"] == 2 and m["2"]["promote"]["reason"].startswith("at least as good on")
+    assert m["2"]["promote"]["sets"]["knowledge"]["delta"] == pytest.approx(-0.0167, abs=1e-3)
+
+
 def test_paired_bootstrap() -> None:
     same = evaluate.paired_bootstrap([1, 0, 1, 0], [1, 0, 1, 0])
     assert same["delta"] == 0 and same["p_worse"] == 0

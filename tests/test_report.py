@@ -39,6 +39,8 @@ def _eval(strict: float, n: int = 20) -> dict:
         "prompts": 4,
         "samples": [{"id": f"s{i}", "finish": "stop" if i else "length", "tokens": 50, "text": "x"} for i in range(4)],
         "ifeval": {"strict": k / n, "loose": k / n, "strict_pass": [1] * k + [0] * (n - k), "strict_ci95": [0.1, 0.6], "tokens": 900},
+        "heldout": {"strict": 0.25, "loose": 0.3, "strict_pass": [1, 0, 0, 0], "strict_ci95": [0.0, 0.75], "tokens": 300},
+        "knowledge": {"accuracy": 0.375, "correct": [1, 1, 1, 0, 0, 0, 0, 0], "accuracy_ci95": [0.125, 0.75], "tokens": 80},
     }
 
 
@@ -110,6 +112,7 @@ def test_report_from_a_handmade_run(tmp_path: Path) -> None:
     assert_report(md)
     text = md.read_text()
     assert "| M_2 |" in text and "flagged worse, not promoted" in text and "Best model: **M_1**" in text
+    assert "| 0.25 (0.00–0.75) | 0.38 (0.12–0.75) |" in text, "the held-out set and the knowledge probe, with intervals"
 
 
 def test_report_refuses_a_directory_that_is_not_a_run(tmp_path: Path) -> None:

@@ -25,16 +25,24 @@ class EvalSummary(Summary):
     samples: list[dict[str, Any]] | None = None  # the stop-rate answers: id, prompt, finish, tokens, text
     ifeval: dict[str, Any] | None = None  # the suite: strict, loose, strict_ci95, strict_pass per prompt, …
     pairwise: dict[str, Any] | None = None  # vs M_0: win/tie/loss, score, score_ci95, judge
+    heldout: dict[str, Any] | None = None  # the second set: strict, loose, instruction_strict, strict_pass, strict_ci95
+    knowledge: dict[str, Any] | None = None  # the knowledge probe: accuracy, accuracy_ci95, correct per question
 
-    def passes(self) -> list[float]:
-        """Per-prompt outcome used to rank models: suite strict passes, else stopped answers."""
-        return evaluate.passes(self.to_entry())
+    def outcomes(self) -> dict[str, list[float]]:
+        """Per-prompt outcomes per set, what promotion compares: `suite` (strict passes; without the
+        suite, `stop`: answers that ended), `heldout` (strict passes), `knowledge` (right answers)."""
+        out = {"suite" if self.ifeval else "stop": evaluate.passes(self.to_entry())}
+        if self.heldout:
+            out["heldout"] = [float(x) for x in self.heldout["strict_pass"]]
+        if self.knowledge:
+            out["knowledge"] = [float(x) for x in self.knowledge["correct"]]
+        return {k: v for k, v in out.items() if v}
 
 
 def run(ctx: Context) -> EvalSummary | None:
     """Evaluate `ctx.model` (None when every check is switched off)."""
     r = ctx.recipe
-    if not (r.eval.stop_prompts or r.eval.suite_prompts):
+    if not (r.eval.stop_prompts or r.eval.suite_prompts or r.eval.heldout_prompts or r.eval.knowledge_questions):
         return None
     return once(ctx, EvalSummary, _evaluate)
 
