@@ -61,3 +61,55 @@ def check(constraint: dict[str, Any], response: str) -> bool:
     """Whether `response` keeps `constraint` ({"kind", **args})."""
     args = {k: v for k, v in constraint.items() if k != "kind"}
     return bool(CHECKS[constraint["kind"]](response, **args))
+
+
+# ---- verifiable self-feedback: constraints appended to self-written instructions ------------------
+# Worded apart from both evaluation sets (the suite in ifeval.py, the held-out set in
+# data/if_heldout.jsonl) with other parameter values, so training on them teaches following a
+# constraint, not the evaluation's sentences (tests/test_constraints.py checks the disjointness).
+TRAINING: tuple[tuple[str, dict[str, Any]], ...] = (
+    ("Reply in 50 words or less.", {"kind": "word_range", "hi": 50}),
+    ("Aim for somewhere from 40 to 90 words.", {"kind": "word_range", "lo": 40, "hi": 90}),
+    ("Say it in two sentences at most.", {"kind": "sentence_range", "hi": 2}),
+    ("Stretch your answer over five or more sentences.", {"kind": "sentence_range", "lo": 5}),
+    ("Format the answer as two paragraphs separated by one blank line.", {"kind": "paragraph_count", "n": 2}),
+    ("Answer with three dash-led lines, each starting '- '.", {"kind": "dash_items", "n": 3}),
+    ("Answer with a list numbered 1. to 4.", {"kind": "numbered_items", "n": 4}),
+    ("Write the answer without any uppercase letters.", {"kind": "all_lowercase"}),
+    ("Write the answer in uppercase only.", {"kind": "all_uppercase"}),
+    ("Be sure the word 'clearly' appears in the answer.", {"kind": "include_words", "words": ["clearly"]}),
+    ("Use the words 'first' and 'finally' in the answer.", {"kind": "include_words", "words": ["first", "finally"]}),
+    ("Steer clear of the word 'just'.", {"kind": "exclude_words", "words": ["just"]}),
+    ("Keep the words 'thing' and 'stuff' out of the answer.", {"kind": "exclude_words", "words": ["thing", "stuff"]}),
+    ("Start the answer with 'In short,'.", {"kind": "starts_with", "text": "In short,"}),
+    ("Make 'Sure.' the answer's opening word.", {"kind": "starts_with", "text": "Sure."}),
+    ("End the answer with the words 'That is all.'", {"kind": "ends_with", "text": "That is all."}),
+    ("No semicolons anywhere in the answer.", {"kind": "no_char", "char": ";"}),
+    ("Skip question marks entirely in the answer.", {"kind": "no_char", "char": "?"}),
+    ('Return the answer as JSON with an "answer" field.', {"kind": "json_keys", "keys": ["answer"]}),
+    ("Put 'Answer:' at the start of the first line.", {"kind": "first_line_prefix", "text": "Answer:"}),
+)
+
+
+def attach(records: list[dict[str, Any]], fraction: float, seed: int) -> list[dict[str, Any]]:
+    """A seeded `fraction` of the records, each with one TRAINING constraint appended to its
+    instruction (the text before it kept as `base_instruction`, the rule as `constraint`); the rest
+    unchanged. Which record gets which constraint depends only on `seed` and the record's id."""
+    import random
+
+    out = []
+    for rec in records:
+        rng = random.Random(f"{seed}:verifiable:{rec['id']}")
+        if rng.random() >= fraction:
+            out.append(rec)
+            continue
+        phrase, rule = TRAINING[rng.randrange(len(TRAINING))]
+        out.append(
+            {
+                **rec,
+                "base_instruction": rec["instruction"],
+                "instruction": f"{rec['instruction'].rstrip()} {phrase}",
+                "constraint": {"kind": rule["kind"], **{k: v for k, v in rule.items() if k != "kind"}},
+            }
+        )
+    return out

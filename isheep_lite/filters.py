@@ -14,6 +14,7 @@ import re
 from collections import Counter
 from typing import Any, Iterable, Sequence
 
+from . import constraints
 from .recipe import FilterConfig
 
 UNUSABLE_KEYWORDS = (
@@ -165,6 +166,8 @@ def split_pairs(responses: list[dict[str, Any]], cfg: FilterConfig) -> tuple[lis
     candidates, rejected = [], []
     for x in responses:
         reason = response_reject_reason(x["instruction"], x["response"], x["gen"]["finish"], cfg)
+        if reason is None and "constraint" in x and not constraints.check(x["constraint"], x["response"]):
+            reason = "fails_constraint"  # verifiable self-feedback: the rule decides before any grade
         if reason:
             rejected.append({**x, "stage": "pair", "reason": reason})
         else:
@@ -206,6 +209,29 @@ def rank_keys(records: list[dict[str, Any]], aspects: Sequence[str], rank_by: st
     if rank_by == "ifd":
         return by_ifd
     return [(a + b) / 2 for a, b in zip(ranks(by_score), ranks(by_ifd))]
+
+
+def best_of_n(records: list[dict[str, Any]], aspects: Sequence[str]) -> tuple[list[dict], list[dict]]:
+    """The best-graded answer of each instruction (records grouped by `instruction_id`; ties go to
+    the lower sample), with `candidates` (how many competed) and `score_spread` (best minus worst
+    mean score) added; the other answers are returned with reason `not_best_of_n`. Unscored
+    answers compete below every scored one."""
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for r in records:
+        groups.setdefault(r.get("instruction_id", r["id"]), []).append(r)
+
+    def key(r: dict[str, Any]) -> tuple[int, float, int]:
+        scored = all(r["scores"].get(a) is not None for a in aspects)
+        return (int(scored), mean_score(r, aspects) if scored else 0.0, -r.get("sample", 0))
+
+    best, others = [], []
+    for group in groups.values():
+        ranked = sorted(group, key=key, reverse=True)
+        scores = [mean_score(r, aspects) for r in group if all(r["scores"].get(a) is not None for a in aspects)]
+        spread = round(max(scores) - min(scores), 4) if scores else None
+        best.append({**ranked[0], "candidates": len(group), "score_spread": spread})
+        others += [{**r, "reason": "not_best_of_n"} for r in ranked[1:]]
+    return best, others
 
 
 def select(records: list[dict[str, Any]], aspects: Sequence[str], cfg: FilterConfig) -> tuple[list[dict], list[dict]]:

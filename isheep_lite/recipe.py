@@ -91,6 +91,16 @@ class SynthConfig:
     response_temperature: float = knob(0.7, "response sampling temperature", **NONNEG)
     response_top_p: float = knob(0.95, "response sampling nucleus", gt=0, le=1)
     response_max_tokens: int = knob(320, "a response that hits this is dropped as truncated", **POS)
+    verifiable_fraction: float = knob(
+        0.0,
+        "verifiable self-feedback: this share of the instructions gets a checkable constraint appended (worded apart from the "
+        "evaluation sets); answers that break it are dropped before grading",
+        ge=0,
+        le=1,
+    )
+    responses_per_instruction: int = knob(
+        1, "best-of-n: answers sampled per instruction; the self-assessment keeps the best-graded one (needs assess.enabled)", ge=1, le=16
+    )
 
 
 @dataclass
@@ -397,6 +407,8 @@ def validate(r: Recipe) -> None:
             "recipe: assess.enabled: false selects by rule filters alone; set filter.keep_top: null, "
             "filter.min_score: null and assess.ifd: false"
         )
+    if r.synth.responses_per_instruction > 1 and not r.assess.enabled:
+        raise UserError("recipe: synth.responses_per_instruction > 1 picks the best-graded answer: it needs assess.enabled: true")
     if r.model.backend == "openai" and not r.model.base_url:
         raise UserError("recipe: model.backend=openai needs model.base_url (e.g. http://127.0.0.1:8080/v1)")
     if r.model.backend == "openai" and r.assess.ifd:

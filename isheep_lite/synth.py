@@ -198,6 +198,17 @@ def generate_instructions(
 
 
 # ---- responses ----------------------------------------------------------------------------------
+def candidates(instructions: list[dict[str, Any]], n: int) -> list[dict[str, Any]]:
+    """Each instruction `n` times, to be answered independently (best-of-n): sample 0 keeps the
+    instruction's id (so its answer is the one n = 1 would give), sample k its id + "~k"; every
+    candidate records its `instruction_id` and `sample`. Answer seeds derive from the candidate's id."""
+    return [
+        {**rec, "id": rec["id"] if k == 0 else f"{rec['id']}~{k}", "instruction_id": rec["id"], "sample": k}
+        for rec in instructions
+        for k in range(n)
+    ]
+
+
 def generate_responses(
     engine: EngineBase,
     instructions: list[dict[str, Any]],

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from isheep_lite import filters
 from isheep_lite.filters import RougeIndex, instruction_reject_reason, ranks, response_reject_reason, rouge_l, select
 from isheep_lite.assess import histogram
 from isheep_lite.recipe import FilterConfig
@@ -116,3 +117,32 @@ def test_without_assessment_the_rule_filters_alone_select() -> None:
 
 def test_score_histogram_bins() -> None:
     assert histogram([1.0, 1.9, 2.0, 8.5, 9.0], 9) == {"1-2": 2, "2-3": 1, "3-4": 0, "4-5": 0, "5-6": 0, "6-7": 0, "7-8": 0, "8-9": 2}
+
+
+def _graded(id_: str, instruction_id: str, sample: int, score: float | None) -> dict:
+    return {"id": id_, "instruction_id": instruction_id, "sample": sample, "scores": {"verdict": score}, "score": score}
+
+
+def test_best_of_n_keeps_each_instructions_best_graded_answer() -> None:
+    records = [
+        _graded("a", "a", 0, 4.0),
+        _graded("a~1", "a", 1, 6.5),
+        _graded("a~2", "a", 2, 5.0),
+        _graded("b", "b", 0, 5.0),
+        _graded("b~1", "b", 1, 5.0),  # a tie goes to the lower sample
+        _graded("c", "c", 0, None),
+        _graded("c~1", "c", 1, 3.0),  # a graded answer beats an unparsed one
+    ]
+    best, others = filters.best_of_n(records, ["verdict"])
+    assert [x["id"] for x in best] == ["a~1", "b", "c~1"]
+    assert [x["candidates"] for x in best] == [3, 2, 2] and [x["score_spread"] for x in best] == [2.5, 0.0, 0.0]
+    assert sorted(x["id"] for x in others) == ["a", "a~2", "b~1", "c"] and {x["reason"] for x in others} == {"not_best_of_n"}
+
+
+def test_candidates_keep_sample_zero_as_the_single_answer() -> None:
+    from isheep_lite import synth
+
+    rows = synth.candidates([{"id": "i-1", "instruction": "x", "input": ""}, {"id": "i-2", "instruction": "y", "input": ""}], 3)
+    assert [r["id"] for r in rows] == ["i-1", "i-1~1", "i-1~2", "i-2", "i-2~1", "i-2~2"]
+    assert {r["instruction_id"] for r in rows[:3]} == {"i-1"} and [r["sample"] for r in rows[:3]] == [0, 1, 2]
+    assert [r["id"] for r in synth.candidates(rows[:1], 1)] == ["i-1"]

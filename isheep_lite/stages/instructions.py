@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .. import filters, synth
+from .. import constraints, filters, synth
 from ..progress import progress_bar
 from ..store import read_jsonl, write_jsonl
 from .context import Context, Summary, once
@@ -21,6 +21,7 @@ class InstructionsSummary(Summary):
     instructions: int  # usable instructions kept
     rejected: int
     rejected_by_reason: dict[str, int]
+    constrained: int = 0  # kept instructions with a verifiable constraint appended (synth.verifiable_fraction)
 
 
 def run(ctx: Context) -> InstructionsSummary:
@@ -35,6 +36,8 @@ def _generate(ctx: Context) -> InstructionsSummary:
         kept, rejected = synth.generate_instructions(
             engine, ctx.seeds, r.synth, r.filter, r.loop.seed, ctx.t, d / COMPLETIONS, progress=bar
         )
+    if r.synth.verifiable_fraction:  # verifiable self-feedback: a checkable constraint on some instructions
+        kept = constraints.attach(kept, r.synth.verifiable_fraction, synth.derive_seed(r.loop.seed, ctx.t, "verifiable"))
     write_jsonl(d / KEPT, kept)
     write_jsonl(d / REJECTED, rejected)
     return InstructionsSummary(
@@ -42,4 +45,5 @@ def _generate(ctx: Context) -> InstructionsSummary:
         instructions=len(kept),
         rejected=len(rejected),
         rejected_by_reason=filters.count_by(rejected, "reason"),
+        constrained=sum("constraint" in x for x in kept),
     )

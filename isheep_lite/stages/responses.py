@@ -19,6 +19,7 @@ class ResponsesSummary(Summary):
     STAGE = "responses"
     FILES = (RESPONSES,)
     responses: int
+    per_instruction: int = 1  # answers sampled per instruction (synth.responses_per_instruction)
     tokens: int  # generated tokens
     finished: int  # answers ended by the end-of-turn token (the rest hit synth.response_max_tokens)
 
@@ -30,10 +31,13 @@ def run(ctx: Context) -> ResponsesSummary:
 def _answer(ctx: Context) -> ResponsesSummary:
     r, d = ctx.recipe, ctx.dir
     assert ctx.current is not None
-    todo = read_jsonl(d / instructions.KEPT)
+    todo = synth.candidates(read_jsonl(d / instructions.KEPT), r.synth.responses_per_instruction)
     engine = ctx.engines.get(ctx.current)
     with progress_bar(f"it{ctx.t} responses", len(todo)) as bar:
         rows = synth.generate_responses(engine, todo, r.synth, r.loop.seed, ctx.t, d / RESPONSES, progress=bar)
     return ResponsesSummary(
-        responses=len(rows), tokens=sum(x["gen"]["tokens"] for x in rows), finished=sum(x["gen"]["finish"] == "stop" for x in rows)
+        responses=len(rows),
+        per_instruction=r.synth.responses_per_instruction,
+        tokens=sum(x["gen"]["tokens"] for x in rows),
+        finished=sum(x["gen"]["finish"] == "stop" for x in rows),
     )

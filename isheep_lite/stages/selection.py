@@ -19,8 +19,9 @@ class FilterSummary(Summary):
     FILES = (KEPT, REJECTED)
     kept: int
     rejected: int
-    kept_ratio: float  # kept / answered
+    kept_ratio: float  # kept / instructions answered
     rejected_by_reason: dict[str, int]
+    score_spread: float | None = None  # best-of-n: mean over instructions of best minus worst graded answer
 
 
 def run(ctx: Context) -> FilterSummary:
@@ -32,12 +33,20 @@ def _select(ctx: Context) -> FilterSummary:
     answered = read_jsonl(d / responses.RESPONSES)
     candidates, rejected = filters.split_pairs(answered, r.filter)
     scored = {x["id"]: x for x in read_jsonl(d / assess.SCORED)}
-    kept, dropped = filters.select([scored[x["id"]] for x in candidates], r.assess.aspects if r.assess.enabled else [], r.filter)
+    aspects = r.assess.aspects if r.assess.enabled else []
+    pool, not_best = [scored[x["id"]] for x in candidates], []
+    if r.synth.responses_per_instruction > 1:  # best-of-n: each instruction's best-graded answer goes on
+        pool, not_best = filters.best_of_n(pool, aspects)
+    kept, dropped = filters.select(pool, aspects, r.filter)
+    dropped = not_best + dropped
+    spreads = [x["score_spread"] for x in pool if x.get("score_spread") is not None]
+    instructions = len({x.get("instruction_id", x["id"]) for x in answered})
     write_jsonl(d / KEPT, [{"id": x["id"], "messages": synth.conversation(x), "score": x["score"]} for x in kept])
     write_jsonl(d / REJECTED, rejected + dropped)
     return FilterSummary(
         kept=len(kept),
         rejected=len(rejected) + len(dropped),
-        kept_ratio=round(len(kept) / max(1, len(answered)), 4),
+        kept_ratio=round(len(kept) / max(1, instructions), 4),
         rejected_by_reason=filters.count_by(rejected + dropped, "reason"),
+        score_spread=round(sum(spreads) / len(spreads), 4) if spreads else None,
     )

@@ -7,23 +7,12 @@ from pathlib import Path
 import pytest
 import yaml
 
+from pools import ABLATIONS, OTHERS, SMALL, THRESHOLDS
+
 from isheep_lite import recipe
 from isheep_lite.loop import run
 from isheep_lite.manifest import fork
 from isheep_lite.store import RunStore, read_jsonl
-
-ABLATIONS = sorted((Path(__file__).resolve().parents[2] / "recipes" / "ablations").glob("*.yaml"))
-# what these tests check is that each recipe's stages run and record what it ablates, not the
-# models' quality, so eval is skipped (its stage still runs) and the pools are small
-SMALL = [
-    "loop.iterations=1",
-    "synth.num_instructions=8",
-    "synth.response_max_tokens=128",
-    "train.epochs=1",
-    "eval.stop_prompts=0",
-    "eval.suite_prompts=0",
-    "eval.pairwise=false",
-]
 
 
 def test_the_ablation_set_is_complete() -> None:
@@ -35,7 +24,6 @@ def test_the_ablation_set_is_complete() -> None:
         assert p.read_text().startswith(f"# isheep run recipes/ablations/{p.name}\n#\n# Ablation")
 
 
-THRESHOLDS = sorted((p for p in ABLATIONS if p.stem.startswith("threshold_")), key=lambda p: float(p.stem.split("_")[1]))
 # A threshold keeps only some scored pairs, so those runs need a pool large enough that the highest
 # cut-off keeps a few, and answers long enough to end by themselves (at 160 tokens most are truncated).
 POOL = ["synth.num_instructions=32", "synth.response_max_tokens=320"]
@@ -64,9 +52,6 @@ def threshold_pool(tmp_path_factory: pytest.TempPathFactory, smol_hf: Path) -> P
     return runs / r.name
 
 
-OTHERS = [p for p in ABLATIONS if p not in THRESHOLDS]
-
-
 def _sections(r: recipe.Recipe) -> dict:
     d = yaml.safe_load(recipe.dump_yaml(r))
     d.pop("name"), d.pop("runs_dir")
@@ -82,16 +67,6 @@ def shared_stages(mine: recipe.Recipe, pool: recipe.Recipe) -> tuple[str, ...]:
     if differ & {"model", "synth"} or a["loop"]["seed"] != b["loop"]["seed"]:
         return ()
     return ("instructions", "responses") if "assess" in differ else ("instructions", "responses", "assess")
-
-
-@pytest.fixture(scope="module")
-def ablation_pool(tmp_path_factory: pytest.TempPathFactory, smol_hf: Path) -> Path:
-    """The first other ablation's run; each of the rest starts from a copy of the stages it shares
-    with it (shared_stages) and runs the stages it changes itself, as the threshold runs do."""
-    runs = tmp_path_factory.mktemp("ablations")
-    r = recipe.load(OTHERS[0], [f"runs_dir={runs}", *SMALL])
-    run(r)
-    return runs / r.name
 
 
 @pytest.mark.slow
