@@ -234,6 +234,30 @@ def best_of_n(records: list[dict[str, Any]], aspects: Sequence[str]) -> tuple[li
     return best, others
 
 
+def preference_pairs(kept: list[dict[str, Any]], graded: list[dict[str, Any]], aspects: Sequence[str], margin: float) -> list[dict]:
+    """Self-rewarding preference pairs: for each kept answer (its instruction's best-graded), the worst-
+    graded answer to the same instruction, when their mean scores differ by at least `margin`."""
+    worst: dict[str, dict[str, Any]] = {}
+    for r in graded:
+        if all(r["scores"].get(a) is not None for a in aspects):
+            i = r.get("instruction_id", r["id"])
+            if i not in worst or mean_score(r, aspects) < mean_score(worst[i], aspects):
+                worst[i] = r
+    pairs = []
+    for best in kept:
+        low = worst.get(best.get("instruction_id", best["id"]))
+        if low is not None and low["id"] != best["id"] and mean_score(best, aspects) - mean_score(low, aspects) >= margin:
+            pairs.append(
+                {
+                    "id": best["id"],
+                    "chosen": best,
+                    "rejected": low,
+                    "margin": round(mean_score(best, aspects) - mean_score(low, aspects), 4),
+                }
+            )
+    return pairs
+
+
 def select(records: list[dict[str, Any]], aspects: Sequence[str], cfg: FilterConfig) -> tuple[list[dict], list[dict]]:
     """IFD ceiling, absolute threshold on every aspect, then the top fraction by `cfg.rank_by`.
 

@@ -160,6 +160,14 @@ class TrainConfig:
         "auto: every linear layer of the decoder blocks, read from the model (q/k/v/o and gate/up/down; Phi-3: "
         "qkv_proj, gate_up_proj; never lm_head, embeddings or a vision tower) | a list, e.g. [q_proj, v_proj]",
     )
+    objective: Literal["sft", "dpo", "sft+dpo"] = knob(
+        "sft",
+        "sft: fine-tune on the kept answers (the paper) | dpo: a preference step instead, from each instruction's best- and "
+        "worst-graded answers (needs synth.responses_per_instruction ≥ 2) | sft+dpo: SFT, then that preference step",
+    )
+    dpo_beta: float = knob(0.1, "DPO's β: how far the preference step may move from the reference (the model without the adapter)", **POS)
+    dpo_lr: float = knob(5.0e-5, "learning rate of the preference step", **POS)
+    dpo_margin: float = knob(1.0, "a pair counts as a preference only if its two answers' scores differ by at least this", **NONNEG)
     epochs: float = knob(2.0, "paper: 2", **POS)
     lr: float = knob(1.0e-4, "learning rate", **POS)
     batch_size: int = knob(4, "micro-batch", **POS)
@@ -406,6 +414,11 @@ def validate(r: Recipe) -> None:
         raise UserError(
             "recipe: assess.enabled: false selects by rule filters alone; set filter.keep_top: null, "
             "filter.min_score: null and assess.ifd: false"
+        )
+    if r.train.objective != "sft" and r.synth.responses_per_instruction < 2:
+        raise UserError(
+            f"recipe: train.objective={r.train.objective} learns from two answers to one instruction: "
+            "set synth.responses_per_instruction ≥ 2"
         )
     if r.synth.responses_per_instruction > 1 and not r.assess.enabled:
         raise UserError("recipe: synth.responses_per_instruction > 1 picks the best-graded answer: it needs assess.enabled: true")

@@ -62,6 +62,33 @@ def build_examples(conversations: list[list[dict[str, str]]], gguf_path: Path, m
     return examples, dropped
 
 
+def build_preferences(pairs: list[dict[str, Any]], gguf_path: Path, max_seq_len: int) -> tuple[list[dict[str, list[int]]], int]:
+    """Preference pairs {"prompt": [user message], "chosen": text, "rejected": text} → [{"prompt_ids",
+    "chosen_ids", "rejected_ids"}] tokenized exactly as `build_examples` tokenizes SFT data (llama.cpp's
+    tokenizer, one BOS, each answer with its end-of-turn token); pairs longer than `max_seq_len` dropped."""
+    from llama_cpp import Llama
+
+    from .tokens import prompt_ids
+
+    info = models.gguf_info(gguf_path)
+    vocab = Llama(model_path=str(gguf_path), vocab_only=True, verbose=False)
+    try:
+        examples, dropped = [], 0
+        for pair in pairs:
+            ids = {}
+            for side in ("chosen", "rejected"):
+                prompt, completion = models.split_prompt_completion(info, [*pair["prompt"], {"role": "assistant", "content": pair[side]}])
+                ids["prompt_ids"] = prompt_ids(vocab, prompt)
+                ids[f"{side}_ids"] = vocab.tokenize(completion.encode("utf-8"), add_bos=False, special=True)
+            if len(ids["prompt_ids"]) + max(len(ids["chosen_ids"]), len(ids["rejected_ids"])) > max_seq_len:
+                dropped += 1
+                continue
+            examples.append(ids)
+    finally:
+        vocab.close()
+    return examples, dropped
+
+
 def resolve_backend(name: str, cuda: bool, has_unsloth: bool, has_triton: bool = False) -> str:
     """`auto` → unsloth wherever it is installed, else hf; `unsloth` must be installed.
 
@@ -364,6 +391,49 @@ def make_trainer(
     return with_oom_backoff(SFTTrainer)(model=model, args=args, train_dataset=Dataset.from_list(examples), processing_class=tokenizer)
 
 
+def make_dpo_trainer(model: Any, tokenizer: Any, examples: list[dict[str, list[int]]], cfg: TrainConfig, out_dir: Path, seed: int) -> Any:
+    """A TRL DPOTrainer over the LoRA-wrapped `model` (its reference: the same model with the adapter
+    switched off), on pairs tokenized by `build_preferences` (TRL's own tokenization is skipped so
+    preference data sees the same token ids as SFT data and generation)."""
+    import torch
+    from datasets import Dataset
+    from trl import DPOConfig, DPOTrainer
+
+    class PreTokenizedDPO(DPOTrainer):
+        def _prepare_dataset(self, dataset: Any, *args: Any, **kwargs: Any) -> Any:
+            return dataset  # already prompt_ids / chosen_ids / rejected_ids
+
+    torch.manual_seed(seed)
+    cuda = torch.cuda.is_available()
+    args = DPOConfig(
+        output_dir=str(out_dir / "checkpoints-dpo"),
+        beta=cfg.dpo_beta,
+        per_device_train_batch_size=max(1, cfg.batch_size // 2),  # each pair is two sequences
+        gradient_accumulation_steps=cfg.grad_accum,
+        num_train_epochs=cfg.epochs,
+        learning_rate=cfg.dpo_lr,
+        lr_scheduler_type="cosine",
+        warmup_steps=cfg.warmup_steps,
+        logging_steps=1,
+        save_strategy="steps" if cfg.checkpoint_steps else "no",
+        save_steps=cfg.checkpoint_steps or 500,
+        save_total_limit=1,
+        report_to=[],
+        seed=seed,
+        data_seed=seed,
+        max_length=cfg.max_seq_len,
+        **sft_precision_flags(device_precision()),
+        use_cpu=not cuda,
+        dataloader_num_workers=0,
+        disable_tqdm=False,
+    )
+    return PreTokenizedDPO(model=model, args=args, train_dataset=Dataset.from_list(examples), processing_class=tokenizer)
+
+
+def _losses(trainer: Any) -> list[float]:
+    return [round(h["loss"], 4) for h in trainer.state.log_history if "loss" in h]
+
+
 def run_training(job: dict[str, Any]) -> dict[str, Any]:
     """The child's work: tokenize, train, save the adapter and the loss curve."""
     import torch
@@ -376,46 +446,83 @@ def run_training(job: dict[str, Any]) -> dict[str, Any]:
     if backend == "unsloth":
         import unsloth  # noqa: F401  — before transformers, trl and peft, which it patches
     out_dir = Path(job["out_dir"])
-    examples, dropped = build_examples(job["conversations"], Path(job["gguf"]), cfg.max_seq_len)
-    if not examples:
+    hf_dir, gguf, key = Path(job["hf_dir"]), Path(job["gguf"]), job_key(job)
+    sft, dpo = cfg.objective in ("sft", "sft+dpo"), cfg.objective in ("dpo", "sft+dpo")
+    examples, dropped = build_examples(job["conversations"], gguf, cfg.max_seq_len) if sft else ([], 0)
+    pairs, dropped_pairs = build_preferences(job.get("preferences", []), gguf, cfg.max_seq_len) if dpo else ([], 0)
+    if sft and not examples:
         raise UserError("no training example fits train.max_seq_len")
-    micro, accum, plan = choose_batches(cfg, Path(job["hf_dir"]), examples, backend, torch.cuda.mem_get_info()[0] if cuda else None)
+    if dpo and not pairs:
+        raise UserError("no preference pair (best- and worst-graded answer of one instruction) fits train.max_seq_len")
+    sized = examples or [{"input_ids": e["prompt_ids"] + e["chosen_ids"]} for e in pairs]
+    micro, accum, plan = choose_batches(cfg, hf_dir, sized, backend, torch.cuda.mem_get_info()[0] if cuda else None)
     cfg = replace(cfg, batch_size=micro, grad_accum=accum)
-    resume = last_checkpoint(out_dir / "checkpoints", job_key(job))
-    trainer = make_trainer(Path(job["hf_dir"]), examples, cfg, out_dir, job["seed"], backend)
     if cuda:
         torch.cuda.reset_peak_memory_stats()
-    result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    resume = last_checkpoint(out_dir / "checkpoints", key) if sft else None
+    trainer, result = None, None
+    if sft:
+        trainer = make_trainer(hf_dir, examples, cfg, out_dir, job["seed"], backend)
+        result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+        model, tokenizer = trainer.model, trainer.processing_class
+    else:
+        model, tokenizer = load_model(hf_dir, cfg, backend, cuda, job["seed"])
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+    preference = None
+    if dpo:  # after SFT (sft+dpo) or instead of it: from the best- and worst-graded answers to one instruction
+        dpo_resume = last_checkpoint(out_dir / "checkpoints-dpo", key)
+        dpo_trainer = make_dpo_trainer(model, tokenizer, pairs, cfg, out_dir, job["seed"])
+        dpo_result = dpo_trainer.train(resume_from_checkpoint=str(dpo_resume) if dpo_resume else None)
+        model = dpo_trainer.model
+        rewards = [h["rewards/accuracies"] for h in dpo_trainer.state.log_history if "rewards/accuracies" in h]
+        preference = {
+            "pairs": len(pairs),
+            "dropped_too_long": dropped_pairs,
+            "steps": int(dpo_trainer.state.global_step),
+            "train_loss": round(float(dpo_result.training_loss), 4),
+            "losses": _losses(dpo_trainer),
+            "reward_accuracy_last": round(rewards[-1], 4) if rewards else None,
+            "resumed_from_step": int(dpo_resume.name.split("-")[1]) if dpo_resume else None,
+        }
+        if not sft:
+            trainer, result, resume = dpo_trainer, dpo_result, dpo_resume
+    assert trainer is not None and result is not None
     adapter = out_dir / "adapter"
     tmp = out_dir / "adapter.tmp"
-    trainer.model.save_pretrained(str(tmp))
+    model.save_pretrained(str(tmp))
     replace_dir(tmp, adapter)
-    shutil.rmtree(out_dir / "checkpoints", ignore_errors=True)  # optimizer state is dead weight once trained
-    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    for ckpt in ("checkpoints", "checkpoints-dpo"):  # optimizer state is dead weight once trained
+        shutil.rmtree(out_dir / ckpt, ignore_errors=True)
+    losses = _losses(trainer)
     return {
-        "examples": len(examples),
-        "dropped_too_long": dropped,
+        "objective": cfg.objective,
+        "examples": len(examples) if sft else len(pairs),
+        "dropped_too_long": dropped if sft else dropped_pairs,
         "steps": int(trainer.state.global_step),
         "train_loss": round(float(result.training_loss), 4),
-        "loss_first": round(losses[0], 4) if losses else None,
-        "loss_last": round(losses[-1], 4) if losses else None,
-        "losses": [round(x, 4) for x in losses],
-        "tokens": sum(len(e["input_ids"]) for e in examples),
+        "loss_first": losses[0] if losses else None,
+        "loss_last": losses[-1] if losses else None,
+        "losses": losses,
+        "tokens": sum(len(e["input_ids"]) for e in sized),
         "resumed_from_step": int(resume.name.split("-")[1]) if resume else None,
         "backend": backend,
         "device": torch.cuda.get_device_name() if cuda else "cpu",
         "micro_batch": micro,
         "grad_accum": accum,
         "memory_plan": plan,
-        "oom_splits": trainer.oom_splits,
+        "oom_splits": getattr(trainer, "oom_splits", 0),
         "peak_vram_gb": round(torch.cuda.max_memory_allocated() / 1e9, 2) if cuda else None,
         "seconds_per_step": round(result.metrics.get("train_runtime", 0) / max(1, trainer.state.global_step), 3),
+        "dpo": preference,
     }
 
 
 def job_key(job: dict[str, Any]) -> str:
     """What a checkpoint was made from: resume only a training of the same data, weights, settings and seed."""
     keyed = {k: job[k] for k in ("conversations", "hf_dir", "gguf", "cfg", "seed")}
+    if job.get("preferences"):
+        keyed["preferences"] = job["preferences"]
     return hashlib.sha256(json.dumps(keyed, sort_keys=True).encode()).hexdigest()
 
 
@@ -455,8 +562,10 @@ def train(
     cfg: TrainConfig,
     seed: int,
     python: str = sys.executable,
+    preferences: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """Run `run_training` in a fresh Python process (`python`: e.g. a venv with the gpu extra) and return its summary."""
+    """Run `run_training` in a fresh Python process (`python`: e.g. a venv with the gpu extra) and return its summary.
+    `preferences` ({"prompt", "chosen", "rejected"}) are what train.objective dpo and sft+dpo learn from."""
     out_dir.mkdir(parents=True, exist_ok=True)
     job_path = out_dir / "train_job.json"
     result_path = out_dir / "train_result.json"
@@ -469,6 +578,8 @@ def train(
         "cfg": asdict(cfg),
         "seed": seed,
     }
+    if preferences:
+        job["preferences"] = preferences
     job_path.write_text(json.dumps(job))
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     proc = subprocess.run([python, "-m", "isheep_lite.train", str(job_path)], env=env, preexec_fn=_die_with_parent)

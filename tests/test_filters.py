@@ -146,3 +146,17 @@ def test_candidates_keep_sample_zero_as_the_single_answer() -> None:
     assert [r["id"] for r in rows] == ["i-1", "i-1~1", "i-1~2", "i-2", "i-2~1", "i-2~2"]
     assert {r["instruction_id"] for r in rows[:3]} == {"i-1"} and [r["sample"] for r in rows[:3]] == [0, 1, 2]
     assert [r["id"] for r in synth.candidates(rows[:1], 1)] == ["i-1"]
+
+
+def test_preference_pairs_take_each_kept_answers_worst_rival_beyond_the_margin() -> None:
+    graded = [
+        _graded("a", "a", 0, 4.0),
+        _graded("a~1", "a", 1, 6.5),
+        _graded("a~2", "a", 2, 5.0),
+        _graded("b", "b", 0, 5.0),
+        _graded("b~1", "b", 1, 5.5),
+    ]
+    kept = [x for x in graded if x["id"] in ("a~1", "b~1")]
+    pairs = filters.preference_pairs(kept, graded, ["verdict"], margin=1.0)
+    assert [(p["chosen"]["id"], p["rejected"]["id"], p["margin"]) for p in pairs] == [("a~1", "a", 2.5)], "b's spread 0.5 < margin"
+    assert len(filters.preference_pairs(kept, graded, ["verdict"], margin=0.5)) == 2

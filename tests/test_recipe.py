@@ -69,6 +69,8 @@ def test_overrides_are_typed_yaml_values() -> None:
         ("filter.rank_by=random", "filter.rank_by must be one of"),
         ("assess.enabled=false", "rule filters alone"),
         ("assess.aspects=[quality,style]", "assess.aspects must be"),
+        ("train.objective=dpo", "synth.responses_per_instruction ≥ 2"),
+        ("synth.responses_per_instruction=0", "synth.responses_per_instruction must be in [1, 16]"),
         ("noequals", "section.key=value"),
     ],
 )

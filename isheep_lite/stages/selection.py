@@ -10,17 +10,18 @@ from ..store import read_jsonl, write_jsonl
 from . import assess, responses
 from .context import Context, Summary, once
 
-KEPT, REJECTED = "kept.jsonl", "rejected.jsonl"
+KEPT, REJECTED, PREFERENCES = "kept.jsonl", "rejected.jsonl", "preferences.jsonl"
 
 
 @dataclass(frozen=True, kw_only=True)
 class FilterSummary(Summary):
     STAGE = "filter"
-    FILES = (KEPT, REJECTED)
+    FILES = (KEPT, REJECTED, PREFERENCES)
     kept: int
     rejected: int
     kept_ratio: float  # kept / instructions answered
     rejected_by_reason: dict[str, int]
+    preferences: int = 0  # best/worst answer pairs for a preference step (train.objective dpo, sft+dpo)
     score_spread: float | None = None  # best-of-n: mean over instructions of best minus worst graded answer
 
 
@@ -43,10 +44,25 @@ def _select(ctx: Context) -> FilterSummary:
     instructions = len({x.get("instruction_id", x["id"]) for x in answered})
     write_jsonl(d / KEPT, [{"id": x["id"], "messages": synth.conversation(x), "score": x["score"]} for x in kept])
     write_jsonl(d / REJECTED, rejected + dropped)
+    pairs = filters.preference_pairs(kept, pool + not_best, aspects, r.train.dpo_margin) if r.train.objective != "sft" else []
+    write_jsonl(
+        d / PREFERENCES,
+        [
+            {
+                "id": p["id"],
+                "prompt": synth.conversation(p["chosen"])[:1],
+                "chosen": p["chosen"]["response"],
+                "rejected": p["rejected"]["response"],
+                "margin": p["margin"],
+            }
+            for p in pairs
+        ],
+    )
     return FilterSummary(
         kept=len(kept),
         rejected=len(rejected) + len(dropped),
         kept_ratio=round(len(kept) / max(1, instructions), 4),
         rejected_by_reason=filters.count_by(rejected + dropped, "reason"),
+        preferences=len(pairs),
         score_spread=round(sum(spreads) / len(spreads), 4) if spreads else None,
     )

@@ -35,6 +35,8 @@ class TrainSummary(Summary):
     oom_splits: int  # micro-batches split after running out of memory
     peak_vram_gb: float | None
     seconds_per_step: float
+    objective: str = "sft"  # train.objective
+    dpo: dict[str, Any] | None = None  # the preference step: pairs, steps, losses, reward_accuracy_last
 
 
 def run(ctx: Context) -> TrainSummary:
@@ -46,11 +48,17 @@ def _train(ctx: Context) -> TrainSummary:
     assert ctx.train_hf is not None
     iters = range(1, t + 1) if r.loop.data == "cumulative" else [t]
     data = [x["messages"] for i in iters for x in read_jsonl(ctx.store.iter_dir(i) / selection.KEPT)]
-    if not data:
+    preferences = [x for i in iters for x in read_jsonl(ctx.store.iter_dir(i) / selection.PREFERENCES)]
+    if r.train.objective != "sft" and not preferences:
+        raise UserError(
+            f"iteration {t}: no preference pair (best and worst answer of one instruction, scores at least "
+            f"train.dpo_margin apart) to learn from; lower train.dpo_margin or raise synth.responses_per_instruction"
+        )
+    if r.train.objective != "dpo" and not data:
         raise UserError(
             f"iteration {t}: no pair passed selection, nothing to train on (reasons in {ctx.dir / selection.REJECTED}); "
             "rerun under a new name with a lower filter.min_score or more synth.num_instructions"
         )
     ctx.engines.release()  # training needs the memory
-    result = trainer.train(data, ctx.train_hf, ctx.given, ctx.dir, r.train, r.loop.seed + t)
+    result = trainer.train(data, ctx.train_hf, ctx.given, ctx.dir, r.train, r.loop.seed + t, preferences=preferences)
     return TrainSummary(trained_on=str(ctx.train_hf), **result)
