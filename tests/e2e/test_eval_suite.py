@@ -38,7 +38,7 @@ def empty_answer_gguf(smol_hf: Path, smol_gguf: Path, out: Path) -> Path:
 
 @pytest.mark.slow
 def test_suite_is_deterministic_and_fails_a_broken_model(smol_hf: Path, smol_gguf: Path, tmp_path: Path) -> None:
-    args = ("--stop-prompts", "4", "--suite-prompts", "20")
+    args = ("--stop-prompts", "4", "--suite-prompts", "20", "--heldout-prompts", "8", "--knowledge", "24")
     first = _eval("embedded:smollm2-135m-instruct", *args)
     second = _eval("embedded:smollm2-135m-instruct", *args)
     assert first == second, "greedy evaluation must be deterministic"
@@ -47,6 +47,11 @@ def test_suite_is_deterministic_and_fails_a_broken_model(smol_hf: Path, smol_ggu
     broken = _eval(str(empty_answer_gguf(smol_hf, smol_gguf, tmp_path)), *args)
     assert broken["mean_tokens"] == 0, "the broken model answers nothing"
     assert broken["ifeval"]["strict"] < suite["strict"] and broken["ifeval"]["loose"] < suite["loose"]
+    # The second set and the knowledge probe run through the CLI too; an empty answer knows nothing.
+    held, know = first["heldout"], first["knowledge"]
+    assert held["prompts"] == 8 and 0 <= held["strict"] <= held["loose"] <= 1 and held["instruction_strict"] >= held["strict"]
+    assert know["prompts"] == 24 and know["accuracy"] > 0.1, "the embedded model knows some capitals and planets"
+    assert broken["knowledge"]["accuracy"] == 0
     # And judged pairwise against the base, the empty answers lose.
     verdict = _eval(
         str(tmp_path / "model-f16.gguf"),
