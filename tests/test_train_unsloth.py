@@ -60,3 +60,18 @@ def test_auto_takes_unsloth_where_installed_and_hf_matches_it(gpu_python: str, t
     hf = train.train([convo] * 4, tiny["hf"], tiny["gguf"], tmp_path / "hf", cfg, seed=0)
     assert auto["backend"] == "unsloth" and hf["backend"] == "hf"
     assert auto["losses"] == pytest.approx(hf["losses"], abs=0.02)
+
+
+@pytest.mark.slow
+def test_the_preference_step_runs_on_unsloth(gpu_python: str, tiny: dict[str, Path], tmp_path: Path) -> None:
+    """train.objective dpo in the Unsloth venv: TRL's DPOTrainer as Unsloth patches it, on the same pairs."""
+    from test_train_dpo import PAIRS
+
+    cfg = TrainConfig(
+        backend="unsloth", objective="dpo", dpo_lr=2e-3, lora_dropout=0.0, batch_size=4, epochs=4, warmup_steps=0, checkpoint_steps=0
+    )
+    result = train.train([], tiny["hf"], tiny["gguf"], tmp_path, cfg, seed=0, python=gpu_python, preferences=PAIRS)
+    assert result["backend"] == "unsloth" and result["objective"] == "dpo" and result["dpo"]["pairs"] == len(PAIRS)
+    losses = result["losses"]
+    assert sum(losses[-3:]) / 3 < losses[0], losses
+    assert (tmp_path / "adapter" / "adapter_model.safetensors").is_file()

@@ -1,6 +1,8 @@
-"""Each quality lever runs for real on the embedded model, records what it did, and resumes after a
-kill. A lever run starts from the ablation pool's instructions (manifest.fork) and runs every later
-stage itself."""
+"""The quality levers run for real on the embedded model, record what they did, and resume after a
+kill — in one run, to keep CI short: verifiable constraints on half the instructions, best-of-3
+answers, and SFT followed by the preference step. The run starts from the ablation pool's M_0
+(manifest.fork) and runs every stage of iteration 1 itself. Each lever alone is tested on
+handmade records in tests/test_constraints.py, test_filters.py and test_train_dpo.py."""
 
 from __future__ import annotations
 
@@ -30,55 +32,38 @@ def _forget_from(run_dir: Path, stage: str, records: str, keep_lines: int) -> No
 
 
 @pytest.mark.slow
-def test_best_of_n_grades_every_answer_keeps_the_best_and_resumes(tmp_path: Path, ablation_pool: Path) -> None:
-    r = recipe.load(OTHERS[0], [f"runs_dir={tmp_path}", "name=best_of_3", *SMALL, "synth.responses_per_instruction=3"])
-    run_dir = tmp_path / r.name
-    fork(ablation_pool, run_dir, ("instructions",))
+def test_levers_run_record_what_they_did_and_resume_after_a_kill(tmp_path: Path, ablation_pool: Path) -> None:
+    levers = ["synth.verifiable_fraction=0.5", "synth.responses_per_instruction=3", "train.objective=sft+dpo", "train.dpo_margin=0"]
+    r = recipe.load(OTHERS[0], [f"runs_dir={tmp_path}", "name=levers", *SMALL, *levers])
+    run_dir, it = tmp_path / r.name, tmp_path / r.name / "iter_01"
+    fork(ablation_pool, run_dir, ())
     m = Manifest.of(run(r, force=True))
-    answers, sel = m.get(1, ResponsesSummary), m.get(1, FilterSummary)
-    assert answers and answers.per_instruction == 3 and answers.responses == 3 * 8
-    responses = read_jsonl(run_dir / "iter_01" / "responses.jsonl")
-    assert sorted({x["instruction_id"] for x in responses}) == sorted(
-        x["id"] for x in read_jsonl(run_dir / "iter_01" / "instructions.jsonl")
-    )
-    assert len({x["response"] for x in responses}) > 8, "the samples of one instruction differ"
-    kept = read_jsonl(run_dir / "iter_01" / "kept.jsonl")
-    rejected = read_jsonl(run_dir / "iter_01" / "rejected.jsonl")
-    assert sel and sel.kept == len(kept) >= 1 and sel.score_spread is not None and sel.score_spread >= 0
-    assert "not_best_of_n" in sel.rejected_by_reason
-    instruction_of = {x["id"]: x["instruction_id"] for x in responses}
-    assert len({instruction_of[x["id"]] for x in kept}) == len(kept), "at most one answer per instruction"
-    assert all(x["reason"] for x in rejected)
-    # Killed while answering: the rerun ends with the same answers and the same selection.
-    before = (run_dir / "iter_01" / "responses.jsonl").read_text(), (run_dir / "iter_01" / "kept.jsonl").read_text()
-    _forget_from(run_dir, "responses", "responses", keep_lines=10)
-    run(r)
-    assert ((run_dir / "iter_01" / "responses.jsonl").read_text(), (run_dir / "iter_01" / "kept.jsonl").read_text()) == before
-
-
-@pytest.mark.slow
-def test_verifiable_constraints_and_the_preference_step_run_record_and_resume(tmp_path: Path, ablation_pool: Path) -> None:
-    """Verifiable self-feedback on half the instructions, two answers each, SFT then DPO on the pairs."""
-    levers = ["synth.verifiable_fraction=0.5", "synth.responses_per_instruction=2", "train.objective=sft+dpo", "train.dpo_margin=0"]
-    r = recipe.load(OTHERS[0], [f"runs_dir={tmp_path}", "name=verifiable_dpo", *SMALL, *levers])
-    run_dir = tmp_path / r.name
-    fork(ablation_pool, run_dir, ())  # M_0 only: the instructions get their constraints here
-    m = Manifest.of(run(r, force=True))
-    ins, sel, tr = m.get(1, InstructionsSummary), m.get(1, FilterSummary), m.get(1, TrainSummary)
-    written = read_jsonl(run_dir / "iter_01" / "instructions.jsonl")
+    ins, answers, sel, tr = m.get(1, InstructionsSummary), m.get(1, ResponsesSummary), m.get(1, FilterSummary), m.get(1, TrainSummary)
+    # verifiable self-feedback: constraints attached, and answers that break them dropped before grading
+    written = read_jsonl(it / "instructions.jsonl")
     constrained = [x for x in written if "constraint" in x]
     assert ins and ins.constrained == len(constrained) >= 1 and len(written) == 8
     assert all(x["instruction"].startswith(x["base_instruction"] + " ") and x["constraint"]["kind"] for x in constrained)
-    rejected = read_jsonl(run_dir / "iter_01" / "rejected.jsonl")
+    rejected = read_jsonl(it / "rejected.jsonl")
     broken = [x for x in rejected if x["reason"] == "fails_constraint"]
     assert sel and sel.rejected_by_reason.get("fails_constraint", 0) == len(broken)
     assert all("scores" not in x for x in broken), "a broken constraint is dropped before any grading"
-    pairs = read_jsonl(run_dir / "iter_01" / "preferences.jsonl")
+    # best-of-n: three different answers per instruction, at most one kept per instruction
+    assert answers and answers.per_instruction == 3 and answers.responses == 3 * 8
+    responses = read_jsonl(it / "responses.jsonl")
+    assert sorted({x["instruction_id"] for x in responses}) == sorted(x["id"] for x in written)
+    assert len({x["response"] for x in responses}) > 8, "the samples of one instruction differ"
+    kept = read_jsonl(it / "kept.jsonl")
+    instruction_of = {x["id"]: x["instruction_id"] for x in responses}
+    assert sel.kept == len(kept) >= 1 and len({instruction_of[x["id"]] for x in kept}) == len(kept)
+    assert "not_best_of_n" in sel.rejected_by_reason and sel.score_spread is not None and sel.score_spread >= 0
+    # the preference step: pairs from the graded answers, learned after SFT
+    pairs = read_jsonl(it / "preferences.jsonl")
     assert sel.preferences == len(pairs) >= 1 and all(p["chosen"] != p["rejected"] for p in pairs)
     assert tr and tr.objective == "sft+dpo" and tr.dpo and tr.dpo["pairs"] == len(pairs) and tr.dpo["steps"] >= 1
-    # Killed while writing instructions: the rerun ends with the same constrained instructions.
-    before = (run_dir / "iter_01" / "instructions.jsonl").read_text()
-    _forget_from(run_dir, "instructions", "completions", keep_lines=2)
-    (run_dir / "iter_01" / "instructions.jsonl").unlink()
+    # killed while answering: the rerun ends with the same answers, selection and preference pairs
+    files = ("responses.jsonl", "kept.jsonl", "preferences.jsonl")
+    before = [(it / f).read_text() for f in files]
+    _forget_from(run_dir, "responses", "responses", keep_lines=10)
     run(r)
-    assert (run_dir / "iter_01" / "instructions.jsonl").read_text() == before
+    assert [(it / f).read_text() for f in files] == before
