@@ -18,3 +18,6 @@ SMALL = [
     "eval.suite_prompts=0",
     "eval.pairwise=false",
 ]
+# A threshold keeps only some scored pairs, so the shared pool needs enough pairs that the highest
+# cut-off keeps a few, and answers long enough to end by themselves (at 160 tokens most are truncated).
+POOL = ["synth.num_instructions=32", "synth.response_max_tokens=320"]

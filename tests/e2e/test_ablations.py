@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pools import ABLATIONS, OTHERS, SMALL, THRESHOLDS
+from pools import ABLATIONS, OTHERS, POOL, SMALL, THRESHOLDS
 
 from isheep_lite import recipe
 from isheep_lite.loop import run
@@ -24,11 +24,6 @@ def test_the_ablation_set_is_complete() -> None:
         assert p.read_text().startswith(f"# isheep run recipes/ablations/{p.name}\n#\n# Ablation")
 
 
-# A threshold keeps only some scored pairs, so those runs need a pool large enough that the highest
-# cut-off keeps a few, and answers long enough to end by themselves (at 160 tokens most are truncated).
-POOL = ["synth.num_instructions=32", "synth.response_max_tokens=320"]
-
-
 def check_iteration(store: RunStore) -> dict:
     """Iteration 1's manifest entry, once every stage of it is done and its model exported (eval is
     off in these runs: with no eval prompt the loop records no eval stage)."""
@@ -38,18 +33,6 @@ def check_iteration(store: RunStore) -> dict:
         assert it[stage]["status"] == "done", stage
     assert it["train"]["steps"] >= 1 and Path(it["export"]["files"]["f16"]).is_file()
     return it
-
-
-@pytest.fixture(scope="module")
-def threshold_pool(tmp_path_factory: pytest.TempPathFactory, smol_hf: Path) -> Path:
-    """The lowest threshold recipe's run. The threshold recipes differ only in filter.min_score (and
-    name), which acts after self-assessment, so their M_0, instructions, responses and self-scores are
-    this run's; each other threshold run starts from a copy of them and runs its own filter → train →
-    export (manifest.fork, as bench/sweep_levers.py does) instead of generating the same pool again."""
-    runs = tmp_path_factory.mktemp("threshold")
-    r = recipe.load(THRESHOLDS[0], [f"runs_dir={runs}", *SMALL, *POOL])
-    run(r)
-    return runs / r.name
 
 
 def _sections(r: recipe.Recipe) -> dict:
@@ -71,14 +54,12 @@ def shared_stages(mine: recipe.Recipe, pool: recipe.Recipe) -> tuple[str, ...]:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("path", OTHERS, ids=lambda p: p.stem)
-def test_ablation_runs_one_iteration(path: Path, tmp_path: Path, ablation_pool: Path) -> None:
-    runs = ablation_pool.parent if path == OTHERS[0] else tmp_path
-    r = recipe.load(path, [f"runs_dir={runs}", *SMALL])
-    run_dir = runs / r.name
-    if path != OTHERS[0]:
-        shared = shared_stages(r, recipe.load(OTHERS[0], [f"runs_dir={runs}", *SMALL]))
-        assert "instructions" in shared, "every ablation here changes what acts after generation"
-        fork(ablation_pool, run_dir, shared)
+def test_ablation_runs_one_iteration(path: Path, tmp_path: Path, pool: Path) -> None:
+    r = recipe.load(path, [f"runs_dir={tmp_path}", *SMALL, *POOL])
+    run_dir = tmp_path / r.name
+    shared = shared_stages(r, recipe.load(THRESHOLDS[0], [f"runs_dir={tmp_path}", *SMALL, *POOL]))
+    assert "instructions" in shared, "every ablation here changes what acts after generation"
+    fork(pool, run_dir, shared)
     store = run(r, force=True)
     it = check_iteration(store)
     saved = yaml.safe_load((run_dir / "recipe.yaml").read_text())
@@ -96,18 +77,18 @@ def test_ablation_runs_one_iteration(path: Path, tmp_path: Path, ablation_pool: 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("path", THRESHOLDS, ids=lambda p: p.stem)
-def test_threshold_ablation_runs_one_iteration(path: Path, tmp_path: Path, threshold_pool: Path) -> None:
-    runs = threshold_pool.parent if path == THRESHOLDS[0] else tmp_path  # the lowest is the pool's own run
+def test_threshold_ablation_runs_one_iteration(path: Path, tmp_path: Path, pool: Path) -> None:
+    runs = pool.parent if path == THRESHOLDS[0] else tmp_path  # the lowest is the pool's own run
     r = recipe.load(path, [f"runs_dir={runs}", *SMALL, *POOL])
     run_dir = runs / r.name
-    pool_recipe = yaml.safe_load((threshold_pool / "recipe.yaml").read_text())
+    pool_recipe = yaml.safe_load((pool / "recipe.yaml").read_text())
     mine = yaml.safe_load(recipe.dump_yaml(r))
     for key in ("name", "runs_dir"):
         pool_recipe.pop(key), mine.pop(key)
     pool_recipe["filter"].pop("min_score"), mine["filter"].pop("min_score")
     assert pool_recipe == mine  # nothing before the filter stage differs, so the pool is this recipe's own
     if path != THRESHOLDS[0]:
-        fork(threshold_pool, run_dir, ("instructions", "responses", "assess"))
+        fork(pool, run_dir, ("instructions", "responses", "assess"))
     store = run(r, force=True)
     it = check_iteration(store)
     c = float(path.stem.split("_")[1])

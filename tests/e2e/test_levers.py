@@ -1,6 +1,6 @@
 """The quality levers run for real on the embedded model, record what they did, and resume after a
-kill — in one run, to keep CI short: verifiable constraints on half the instructions, best-of-3
-answers, and SFT followed by the preference step. The run starts from the ablation pool's M_0
+kill — in one run, to keep CI short: verifiable constraints on half the instructions, best-of-2
+answers, and SFT followed by the preference step. The run starts from the shared pool's M_0
 (manifest.fork) and runs every stage of iteration 1 itself. Each lever alone is tested on
 handmade records in tests/test_constraints.py, test_filters.py and test_train_dpo.py."""
 
@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 
 import pytest
-from pools import OTHERS, SMALL
+from pools import SMALL
 
 from isheep_lite import recipe
 from isheep_lite.loop import run
@@ -32,11 +32,11 @@ def _forget_from(run_dir: Path, stage: str, records: str, keep_lines: int) -> No
 
 
 @pytest.mark.slow
-def test_levers_run_record_what_they_did_and_resume_after_a_kill(tmp_path: Path, ablation_pool: Path) -> None:
-    levers = ["synth.verifiable_fraction=0.5", "synth.responses_per_instruction=3", "train.objective=sft+dpo", "train.dpo_margin=0"]
-    r = recipe.load(OTHERS[0], [f"runs_dir={tmp_path}", "name=levers", *SMALL, *levers])
+def test_levers_run_record_what_they_did_and_resume_after_a_kill(tmp_path: Path, pool: Path) -> None:
+    levers = ["synth.verifiable_fraction=0.5", "synth.responses_per_instruction=2", "train.objective=sft+dpo", "train.dpo_margin=0"]
+    r = recipe.load(None, [f"runs_dir={tmp_path}", "name=levers", *SMALL, *levers])
     run_dir, it = tmp_path / r.name, tmp_path / r.name / "iter_01"
-    fork(ablation_pool, run_dir, ())
+    fork(pool, run_dir, ())  # M_0 only: the instructions get their constraints in this run
     m = Manifest.of(run(r, force=True))
     ins, answers, sel, tr = m.get(1, InstructionsSummary), m.get(1, ResponsesSummary), m.get(1, FilterSummary), m.get(1, TrainSummary)
     # verifiable self-feedback: constraints attached, and answers that break them dropped before grading
@@ -48,8 +48,8 @@ def test_levers_run_record_what_they_did_and_resume_after_a_kill(tmp_path: Path,
     broken = [x for x in rejected if x["reason"] == "fails_constraint"]
     assert sel and sel.rejected_by_reason.get("fails_constraint", 0) == len(broken)
     assert all("scores" not in x for x in broken), "a broken constraint is dropped before any grading"
-    # best-of-n: three different answers per instruction, at most one kept per instruction
-    assert answers and answers.per_instruction == 3 and answers.responses == 3 * 8
+    # best-of-n: two different answers per instruction, at most one kept per instruction
+    assert answers and answers.per_instruction == 2 and answers.responses == 2 * 8
     responses = read_jsonl(it / "responses.jsonl")
     assert sorted({x["instruction_id"] for x in responses}) == sorted(x["id"] for x in written)
     assert len({x["response"] for x in responses}) > 8, "the samples of one instruction differ"
