@@ -49,6 +49,7 @@ def test_cli_imports_no_heavy_library() -> None:
     assert out.stdout.strip() == "[]"
 
 
+@pytest.mark.slow
 def test_recipe_command_prints_every_default(tmp_path: Path) -> None:
     p = cli("recipe", "synth.num_instructions=64", cwd=tmp_path)
     assert p.returncode == 0

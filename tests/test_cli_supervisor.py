@@ -73,6 +73,7 @@ def _one_line(stderr: str) -> str:
     return lines[0]
 
 
+@pytest.mark.slow
 def test_run_crash_in_a_llama_stage_is_one_line(tiny: dict[str, Path], tmp_path: Path) -> None:
     (tmp_path / "tmpdir").mkdir()
     env = {**_env(tmp_path, "instructions", "segv"), "TMPDIR": str(tmp_path / "tmpdir")}

@@ -76,6 +76,7 @@ def _keys(path: Path) -> list[str]:
     return [k for k in gguf.GGUFReader(str(path)).fields if not k.startswith("GGUF.")]
 
 
+@pytest.mark.slow
 def test_first_shard_counts_every_shard_and_matches_its_hf_model(split: dict[str, Any], tiny: dict[str, Path]) -> None:
     first = models.resolve_gguf(str(split["shards"][0]))
     info, whole = models.gguf_info(first), models.gguf_info(tiny["gguf"])
@@ -86,6 +87,7 @@ def test_first_shard_counts_every_shard_and_matches_its_hf_model(split: dict[str
     assert models.gguf_shards(tiny["gguf"]) == [tiny["gguf"]]
 
 
+@pytest.mark.slow
 def test_shards_join_into_the_whole_file_once(split: dict[str, Any], tiny: dict[str, Path]) -> None:
     import filecmp
 

@@ -103,7 +103,21 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("args, words", CASES, ids=[" ".join(a) for a, _ in CASES])
+# the cases that get past every recipe check and load the model's files take seconds each: the slow tier
+SLOW_CASES = {
+    "run model.hf=otherhf",
+    "run eval.judge=missing.gguf",
+    "run runs_dir=afile",
+    "run name=x",
+    "run model.hf=otherhf model.converter=missing.py",
+}
+
+
+@pytest.mark.parametrize(
+    "args, words",
+    [pytest.param(a, w, marks=[pytest.mark.slow] if " ".join(a) in SLOW_CASES else []) for a, w in CASES],
+    ids=[" ".join(a) for a, _ in CASES],
+)
 def test_bad_input_is_one_line_exit_2_and_touches_nothing(args: list[str], words: str, workspace: Path) -> None:
     before = _snapshot(workspace)
     p = cli(*args, cwd=workspace)

@@ -136,6 +136,7 @@ def test_isheep_clean_refuses_a_path_that_is_no_run(tmp_path: Path, cache: Path)
     assert p.returncode == 2 and "not a run directory" in p.stderr and len(p.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.slow
 def test_failed_dequantisation_leaves_no_temporary(tiny: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     out = tmp_path / "hf" / "tiny"
     stale = _tmp_dir(tmp_path / "hf" / f"other.tmp{_dead_pid()}")
