@@ -353,26 +353,17 @@ def load_model(hf_dir: Path, cfg: TrainConfig, backend: str, cuda: bool, seed: i
     return get_peft_model(model, lora), tokenizer
 
 
-def make_trainer(
-    hf_dir: Path, examples: list[dict[str, list[int]]], cfg: TrainConfig, out_dir: Path, seed: int, backend: str = "hf"
-) -> Any:
-    """A TRL SFTTrainer (with the OOM back-off) over a LoRA-wrapped model; kept separate so tests can inspect its batches."""
-    import torch
-    from datasets import Dataset
-    from trl import SFTConfig, SFTTrainer
-
-    torch.manual_seed(seed)
-    cuda = torch.cuda.is_available()
-    precision = device_precision()
-    model, tokenizer = load_model(hf_dir, cfg, backend, cuda, seed, precision)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    args = SFTConfig(
-        output_dir=str(out_dir / "checkpoints"),
-        per_device_train_batch_size=cfg.batch_size,
+def trainer_args(
+    cfg: TrainConfig, ckpt_dir: Path, seed: int, cuda: bool, precision: Precision, micro_batch: int, lr: float
+) -> dict[str, Any]:
+    """The TrainingArguments SFT and the preference step share: cosine schedule, a loss logged every
+    step, resumable checkpoints every train.checkpoint_steps, seeded data order, the model's precision."""
+    return dict(
+        output_dir=str(ckpt_dir),
+        per_device_train_batch_size=micro_batch,
         gradient_accumulation_steps=cfg.grad_accum,
         num_train_epochs=cfg.epochs,
-        learning_rate=cfg.lr,
+        learning_rate=lr,
         lr_scheduler_type="cosine",
         warmup_steps=cfg.warmup_steps,
         logging_steps=1,
@@ -388,6 +379,23 @@ def make_trainer(
         dataloader_num_workers=0,
         disable_tqdm=False,
     )
+
+
+def make_trainer(
+    hf_dir: Path, examples: list[dict[str, list[int]]], cfg: TrainConfig, out_dir: Path, seed: int, backend: str = "hf"
+) -> Any:
+    """A TRL SFTTrainer (with the OOM back-off) over a LoRA-wrapped model; kept separate so tests can inspect its batches."""
+    import torch
+    from datasets import Dataset
+    from trl import SFTConfig, SFTTrainer
+
+    torch.manual_seed(seed)
+    cuda = torch.cuda.is_available()
+    precision = device_precision()
+    model, tokenizer = load_model(hf_dir, cfg, backend, cuda, seed, precision)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    args = SFTConfig(**trainer_args(cfg, out_dir / "checkpoints", seed, cuda, precision, cfg.batch_size, cfg.lr))
     return with_oom_backoff(SFTTrainer)(model=model, args=args, train_dataset=Dataset.from_list(examples), processing_class=tokenizer)
 
 
@@ -405,28 +413,8 @@ def make_dpo_trainer(model: Any, tokenizer: Any, examples: list[dict[str, list[i
 
     torch.manual_seed(seed)
     cuda = torch.cuda.is_available()
-    args = DPOConfig(
-        output_dir=str(out_dir / "checkpoints-dpo"),
-        beta=cfg.dpo_beta,
-        per_device_train_batch_size=max(1, cfg.batch_size // 2),  # each pair is two sequences
-        gradient_accumulation_steps=cfg.grad_accum,
-        num_train_epochs=cfg.epochs,
-        learning_rate=cfg.dpo_lr,
-        lr_scheduler_type="cosine",
-        warmup_steps=cfg.warmup_steps,
-        logging_steps=1,
-        save_strategy="steps" if cfg.checkpoint_steps else "no",
-        save_steps=cfg.checkpoint_steps or 500,
-        save_total_limit=1,
-        report_to=[],
-        seed=seed,
-        data_seed=seed,
-        max_length=cfg.max_seq_len,
-        **sft_precision_flags(device_precision()),
-        use_cpu=not cuda,
-        dataloader_num_workers=0,
-        disable_tqdm=False,
-    )
+    micro = max(1, cfg.batch_size // 2)  # each pair is two sequences
+    args = DPOConfig(beta=cfg.dpo_beta, **trainer_args(cfg, out_dir / "checkpoints-dpo", seed, cuda, device_precision(), micro, cfg.dpo_lr))
     return PreTokenizedDPO(model=model, args=args, train_dataset=Dataset.from_list(examples), processing_class=tokenizer)
 
 

@@ -17,6 +17,14 @@ from isheep_lite.stages.context import Context
 QUALITY = {0: 0.50, 1: 0.70, 2: 0.20, 3: 0.70}  # iteration 2 is much worse than iteration 1
 
 
+def _evaluated_stand_in(ctx: Context) -> Served:
+    """An iteration faked: a stand-in M_t file in iter_NN/, evaluated by the real eval stage (whose checks are faked)."""
+    gguf = ctx.dir / "model-f16.gguf"
+    gguf.write_bytes(b"not a real model")
+    evaluation.run(replace(ctx, model=Served(gguf)))
+    return Served(gguf)
+
+
 def _fake_run(tmp_path: Path, tiny: dict[str, Path], monkeypatch: pytest.MonkeyPatch, *extra: str) -> tuple[Any, dict]:
     """loop.run with every iteration and check faked: iteration t's model passes QUALITY[t] of 40 prompts."""
     seen: dict[int, tuple[Path, Path]] = {}
@@ -30,10 +38,7 @@ def _fake_run(tmp_path: Path, tiny: dict[str, Path], monkeypatch: pytest.MonkeyP
     def fake_iteration(ctx: Context) -> Served:
         assert ctx.current is not None and ctx.train_hf is not None
         seen[ctx.t] = (ctx.current.gguf, ctx.train_hf)
-        gguf = ctx.dir / "model-f16.gguf"
-        gguf.write_bytes(b"not a real model")
-        evaluation.run(replace(ctx, model=Served(gguf)))
-        return Served(gguf)
+        return _evaluated_stand_in(ctx)
 
     monkeypatch.setattr(evaluate, "checks", fake_checks)
     monkeypatch.setattr(loop, "iteration", fake_iteration)
@@ -103,14 +108,8 @@ def _three_set_run(tmp_path: Path, tiny: dict[str, Path], monkeypatch: pytest.Mo
             "knowledge": {"correct": _passes(know, 120), "accuracy": know, "accuracy_ci95": [0, 1]},
         }
 
-    def fake_iteration(ctx: Context) -> Served:
-        gguf = ctx.dir / "model-f16.gguf"
-        gguf.write_bytes(b"not a real model")
-        evaluation.run(replace(ctx, model=Served(gguf)))
-        return Served(gguf)
-
     monkeypatch.setattr(evaluate, "checks", fake_checks)
-    monkeypatch.setattr(loop, "iteration", fake_iteration)
+    monkeypatch.setattr(loop, "iteration", _evaluated_stand_in)
     r = recipe.load(
         None,
         [
