@@ -1,4 +1,4 @@
-"""The labelled assessment sets behind bench/bench_assess_quality.py are well-formed (issue: ≥ 80 pairs, bad ones of several kinds)."""
+"""The labelled assessment sets behind bench/bench_assess_quality.py are well-formed (≥ 80 pairs, bad ones of several kinds)."""
 
 from __future__ import annotations
 

@@ -46,7 +46,7 @@ def test_two_real_iterations(tmp_path: Path, smol_hf: Path, capsys: pytest.Captu
         ins, res, sel, tr = m.get(t, InstructionsSummary), m.get(t, ResponsesSummary), m.get(t, FilterSummary), m.get(t, TrainSummary)
         assert ins and ins.instructions == 8 and res and res.responses == 8
         assert sel and sel.kept >= 1 and tr and tr.steps >= 1
-        # Acceptance: each tuned model stops at least as often as the base on the 20 held-out prompts.
+        # Each tuned model stops at least as often as the base on the 20 held-out prompts.
         ev = m.get(t, EvalSummary)
         assert ev and ev.prompts == 20 and ev.ifeval and ev.stop_rate is not None
         suite = ev.ifeval
