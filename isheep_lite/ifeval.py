@@ -189,5 +189,6 @@ def score(items: list[Item], responses: list[str]) -> dict[str, Any]:
         "strict": round(sum(strict) / n, 4),
         "loose": round(sum(loose) / n, 4),
         "strict_pass": [int(x) for x in strict],
+        "loose_pass": [int(x) for x in loose],
         "by_kind": {k: round(sum(v) / len(v), 3) for k, v in per_kind.items()},
     }

@@ -1,0 +1,145 @@
+"""Seed sweep: does a configuration's M_1 beat M_0 on the full suite, the held-out set and the
+knowledge probe, once the noise of generation and training is averaged over seeds?
+
+Why this design: one run is one draw of sampling and LoRA noise, and a few points either way is
+inside it. Each configuration runs whole (`loop.run`, the shipped code path: generation,
+self-assessment, selection, training, export, evaluation) once per `loop.seed`. Evaluation is
+greedy, so M_0's answers are the same for every seed and configuration: M_0 is evaluated once and
+every later run is forked from the first (`manifest.fork`, M_0 only). Per set, the difference
+M_1 − M_0 is averaged over seeds per prompt and bootstrapped over prompts (the prompts, not the
+seeds, are the sample; bench/pool_replicates.py explains why).
+
+    python bench/sweep_seeds.py [--configs default,combined] [--seeds 1 2 3] [--out /tmp/seed-sweep]
+
+Writes bench/results/seed-sweep.json after every run (a killed sweep keeps what it measured and
+skips finished runs when started again) and prints the pooled table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from isheep_lite import evaluate, loop, recipe
+from isheep_lite.manifest import Manifest, fork
+from isheep_lite.stages import EvalSummary, FilterSummary, TrainSummary
+
+# Every configuration is the shipped default recipe plus these overrides.
+CONFIGS: dict[str, list[str]] = {
+    "default": [],
+    # I-SHEEP's two graded aspects, uncalibrated (its absolute threshold keeps nothing from a 135 M model's
+    # scores, so the same rank cut as the default)
+    "paper_aspects": ["assess.aspects=[quality,following]", "assess.calibrate=false"],
+    "verifiable": ["synth.verifiable_fraction=0.5"],
+    "best_of_3": ["synth.responses_per_instruction=3"],
+    "dpo": ["train.objective=sft+dpo"],
+    "combined": ["synth.verifiable_fraction=0.5", "synth.responses_per_instruction=3", "train.objective=sft+dpo"],
+}
+# The evaluation every run shares: the decision sets only (the stop-rate prompts and the pairwise
+# judge inform a user's report, not this comparison).
+EVAL = [
+    "eval.suite_prompts=160",
+    "eval.heldout_prompts=80",
+    "eval.knowledge_questions=120",
+    "eval.stop_prompts=0",
+    "eval.pairwise=false",
+]
+SETS = {"suite": ("ifeval", "strict_pass"), "suite_loose": ("ifeval", "loose_pass"), "heldout": ("heldout", "strict_pass")}
+SETS_KNOWLEDGE = ("knowledge", "correct")
+
+
+def per_prompt(entry: dict) -> dict[str, list[float]]:
+    """The per-prompt outcomes of one eval entry, by set."""
+    out = {name: [float(x) for x in entry[a][b]] for name, (a, b) in SETS.items() if entry.get(a) and b in entry[a]}
+    a, b = SETS_KNOWLEDGE
+    if entry.get(a):
+        out["knowledge"] = [float(x) for x in entry[a][b]]
+    return out
+
+
+def pooled(m0: list[float], runs: list[list[float]]) -> dict:
+    """M_1 − M_0 averaged over seeds per prompt, bootstrapped over prompts."""
+    diffs = [sum(col) / len(col) for col in zip(*[[y - x for x, y in zip(m0, r)] for r in runs])]
+    d = evaluate.paired_bootstrap([0.0] * len(diffs), diffs)
+    mean = [sum(col) / len(col) for col in zip(*runs)]
+    return {"m1": round(sum(mean) / len(mean), 4), "delta": d["delta"], "ci95": d["ci95"], "p_worse": d["p_worse"], "seeds": len(runs)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--configs", default="default,combined")
+    ap.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
+    ap.add_argument("--out", type=Path, default=Path("/tmp/seed-sweep"))
+    ap.add_argument("--json", type=Path, default=Path(__file__).parent / "results" / "seed-sweep.json")
+    ap.add_argument("--set", nargs="*", default=[], help="overrides added to every run")
+    args = ap.parse_args()
+    results = json.loads(args.json.read_text()) if args.json.exists() else {"runs": {}}
+    results.update(eval_overrides=EVAL, extra_overrides=args.set, configs={k: CONFIGS[k] for k in args.configs.split(",")})
+    first = next((Path(r["run_dir"]) for r in results["runs"].values() if Path(r["run_dir"]).exists()), None)
+    for seed in args.seeds:
+        for name in args.configs.split(","):
+            key = f"{name}/seed{seed}"
+            if key in results["runs"]:
+                continue
+            dest = args.out / f"{name}-seed{seed}"
+            if first is not None and not (dest / "manifest.json").exists():
+                fork(first, dest, [])  # M_0 and its evaluation, shared
+            overrides = [
+                f"name={dest.name}",
+                f"runs_dir={args.out}",
+                "loop.iterations=1",
+                f"loop.seed={seed}",
+                *EVAL,
+                *CONFIGS[name],
+                *args.set,
+            ]
+            start = time.time()
+            m = Manifest.of(loop.run(recipe.load(None, overrides), force=True))
+            first = first or dest
+            e0, e1 = m.get(0, EvalSummary), m.get(1, EvalSummary)
+            tr, fl = m.get(1, TrainSummary), m.get(1, FilterSummary)
+            assert e0 and e1 and tr and fl
+            results["m0"] = per_prompt(e0.to_entry())
+            results["runs"][key] = {
+                "config": name,
+                "seed": seed,
+                "run_dir": str(dest),
+                "kept": fl.kept,
+                "train_steps": tr.steps,
+                "train_loss": tr.train_loss,
+                "stage_seconds": m.seconds(1),
+                "seconds": round(time.time() - start, 1),
+                "m1": per_prompt(e1.to_entry()),
+            }
+            results["pooled"] = pool(results)
+            args.json.write_text(json.dumps(results, indent=1))
+    print(table(results))
+
+
+def pool(results: dict) -> dict:
+    """Per configuration and set, the seed-pooled difference from M_0."""
+    out: dict[str, dict] = {}
+    for name in sorted({r["config"] for r in results["runs"].values()}):
+        runs = [r for r in results["runs"].values() if r["config"] == name]
+        out[name] = {s: pooled(m0, [r["m1"][s] for r in runs]) for s, m0 in results["m0"].items() if all(s in r["m1"] for r in runs)}
+        out[name]["minutes_per_run"] = round(sum(r["seconds"] for r in runs) / len(runs) / 60, 1)
+    return out
+
+
+def table(results: dict) -> str:
+    sets = list(results["m0"])
+    head = "| configuration | seeds | min/run | " + " | ".join(f"{s}: M_1 (Δ vs M_0, 95 % CI)" for s in sets) + " |"
+    lines = [head, "|---|---:|---:|" + "---|" * len(sets)]
+    m0 = " | ".join(f"{sum(v) / len(v):.3f}" for v in results["m0"].values())
+    lines.append(f"| M_0 | – | – | {m0} |")
+    for name, p in results["pooled"].items():
+        cells = [f"{p[s]['m1']:.3f} ({p[s]['delta']:+.3f}, {p[s]['ci95'][0]:+.3f}…{p[s]['ci95'][1]:+.3f})" for s in sets if s in p]
+        seeds = next(iter(v["seeds"] for k, v in p.items() if isinstance(v, dict)))
+        lines.append(f"| {name} | {seeds} | {p['minutes_per_run']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
