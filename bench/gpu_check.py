@@ -11,8 +11,9 @@ child runs):
     step that crashed on a T4 now runs;
   - Unsloth, the preference step (`train.objective: dpo`).
 Each run teaches one answer to one question. Then, for a Llama-3.1-8B-shaped model (random
-weights, llama3 RoPE scaling), one short Unsloth run at 1,024 tokens records peak GPU memory next
-to the planner's estimate for the micro-batch it chose, and the time per step.
+weights, llama3 RoPE scaling), short runs at ~1,024 tokens per sequence (hf, Unsloth, Unsloth's
+preference step) record peak GPU memory next to the planner's estimate for the micro-batch it
+chose, and the time per step.
 
 Training data is token ids made by the toolkit's own tokenizer rule (`train.build_examples`,
 which uses llama-cpp-python). A GPU machine without llama-cpp-python gets them from `prepare`,
@@ -107,7 +108,12 @@ def prepare(bundle: Path) -> None:
     long_examples = [{k: v[:1024] for k, v in e.items()} for e in long_examples]
     pairs = [{"prompt": [convo[0]], "chosen": ANSWER, "rejected": "I do not know any code."}] * 4
     prefs, _ = train.build_preferences(pairs, template, 512)
-    (bundle / "examples.json").write_text(json.dumps({"memorise": memo, "long": long_examples, "preferences": prefs}))
+    half = len(words) // 2
+    long_pairs = [{"prompt": c[:1], "chosen": words[:half], "rejected": words[half:]} for c in long_convos]
+    long_prefs, _ = train.build_preferences(long_pairs, template, 100_000)
+    long_prefs = [{**e, "chosen_ids": e["chosen_ids"][:1000], "rejected_ids": e["rejected_ids"][:1000]} for e in long_prefs]
+    data = {"memorise": memo, "long": long_examples, "preferences": prefs, "long_preferences": long_prefs}
+    (bundle / "examples.json").write_text(json.dumps(data))
     (bundle / "template_name.txt").write_text(template.name)
 
 
@@ -204,18 +210,15 @@ def export_and_compare(bundle: Path, hf_dir: Path, out_dir: Path, example: dict[
     }
 
 
-def run(bundle: Path, out: Path, work: Path, budget: float) -> None:
+def run(bundle: Path, out: Path, work: Path, budget: float, only: list[str] | None = None) -> None:
+    """Every step (or `only` these), in order; results merged into `out` if it exists."""
     import torch
 
     started = time.time()
     data = json.loads((bundle / "examples.json").read_text())
-    memo, long, prefs = data["memorise"], data["long"], data["preferences"]
-    results: dict[str, Any] = {
-        "device": torch.cuda.get_device_name(),
-        "capability": list(torch.cuda.get_device_capability()),
-        "torch": torch.__version__,
-        "steps": {},
-    }
+    memo, long, prefs, long_prefs = data["memorise"], data["long"], data["preferences"], data["long_preferences"]
+    results: dict[str, Any] = json.loads(out.read_text()) if out.exists() else {"steps": {}}
+    results.update(device=torch.cuda.get_device_name(), capability=list(torch.cuda.get_device_capability()), torch=torch.__version__)
     for name in ("transformers", "trl", "peft", "bitsandbytes", "unsloth"):
         try:
             from importlib.metadata import version
@@ -223,24 +226,33 @@ def run(bundle: Path, out: Path, work: Path, budget: float) -> None:
             results[name] = version(name)
         except Exception:  # noqa: BLE001 - recorded, not fatal
             results[name] = None
-
-    def step(name: str, fn: Callable[[], dict[str, Any]]) -> None:
-        if time.time() - started > budget:
-            results["steps"][name] = {"skipped": "time budget"}
-        else:
-            try:
-                results["steps"][name] = fn()
-            except Exception as e:  # noqa: BLE001 - every step is reported, one failure does not hide the rest
-                results["steps"][name] = {"error": f"{type(e).__name__}: {e}", "trace": traceback.format_exc()[-3000:]}
-        out.write_text(json.dumps(results, indent=1))
-        print(f"[{time.time() - started:6.0f} s] {name}: {summary(results['steps'][name])}", flush=True)
-
     small = build_model(bundle, work / "small", SMALL)
-    memorise = dict(lora_dropout=0.0, lr=5e-3, epochs=60, batch_size=4, warmup_steps=0, checkpoint_steps=0, max_seq_len=512)
-    # transformers + bitsandbytes first: importing Unsloth patches transformers, trl and peft for the process
-    step("hf_nf4_bf16", lambda: fit(bundle, small, work / "hf", TrainConfig(backend="hf", **memorise), memo))
-    step("unsloth_4bit_bf16", lambda: fit(bundle, small, work / "unsloth", TrainConfig(backend="unsloth", **memorise), memo))
-    step("unsloth_export", lambda: export_and_compare(bundle, small, work / "unsloth", memo[0]))
+    made: dict[str, Any] = {}
+
+    def llama8b() -> Path:
+        if "dir" not in made:
+            t = time.time()
+            made["dir"] = build_model(bundle, work / "llama8b", LLAMA_8B)
+            made["seconds"] = round(time.time() - t, 1)
+        return made["dir"]
+
+    def big(backend: str, objective: str = "sft") -> Callable[[], dict[str, Any]]:
+        def go() -> dict[str, Any]:
+            cfg = TrainConfig(
+                backend=backend, objective=objective, lora_r=16, lora_alpha=32, batch_size=8, epochs=3, warmup_steps=0,
+                checkpoint_steps=0, max_seq_len=1024,
+            )  # fmt: skip
+            hf_dir = llama8b()
+            r = fit(bundle, hf_dir, work / f"big-{backend}-{objective}", cfg, long if objective == "sft" else [], long_prefs)
+            r.pop("losses", None)
+            seqs = (
+                [len(e["input_ids"]) for e in long]
+                if objective == "sft"
+                else [len(e["prompt_ids"]) + len(e["chosen_ids"]) for e in long_prefs]
+            )
+            return {**r, "build_seconds": made["seconds"], "seq_len": max(seqs)}
+
+        return go
 
     def fp16() -> dict[str, Any]:
         device_precision = train.device_precision
@@ -250,24 +262,31 @@ def run(bundle: Path, out: Path, work: Path, budget: float) -> None:
         finally:
             train.device_precision = device_precision
 
-    step("unsloth_4bit_fp16", fp16)
-
-    def big() -> dict[str, Any]:
-        t = time.time()
-        hf_dir = build_model(bundle, work / "llama8b", LLAMA_8B)
-        made = round(time.time() - t, 1)
-        cfg = TrainConfig(
-            backend="unsloth", lora_r=16, lora_alpha=32, batch_size=8, epochs=3, warmup_steps=0, checkpoint_steps=0, max_seq_len=1024
-        )
-        r = fit(bundle, hf_dir, work / "big", cfg, long)
-        r.pop("losses", None)
-        return {**r, "build_seconds": made, "seq_len": max(len(e["input_ids"]) for e in long)}
-
-    step("llama8b_unsloth_4bit_memory", big)
+    memorise = dict(lora_dropout=0.0, lr=5e-3, epochs=60, batch_size=4, warmup_steps=0, checkpoint_steps=0, max_seq_len=512)
     dpo = dict(objective="dpo", dpo_lr=2e-4, lora_dropout=0.0, batch_size=4, epochs=10, warmup_steps=0, checkpoint_steps=0)
-    step("unsloth_dpo", lambda: fit(bundle, small, work / "dpo", TrainConfig(backend="unsloth", **dpo), [], prefs))
-    results["wall_seconds"] = round(time.time() - started, 1)
-    out.write_text(json.dumps(results, indent=1))
+    # transformers + bitsandbytes first: importing Unsloth patches transformers, trl and peft for the process
+    steps: dict[str, Callable[[], dict[str, Any]]] = {
+        "hf_nf4_bf16": lambda: fit(bundle, small, work / "hf", TrainConfig(backend="hf", **memorise), memo),
+        "llama8b_hf_nf4_memory": big("hf"),
+        "unsloth_4bit_bf16": lambda: fit(bundle, small, work / "unsloth", TrainConfig(backend="unsloth", **memorise), memo),
+        "unsloth_export": lambda: export_and_compare(bundle, small, work / "unsloth", memo[0]),
+        "unsloth_4bit_fp16": fp16,
+        "llama8b_unsloth_4bit_memory": big("unsloth"),
+        "unsloth_dpo": lambda: fit(bundle, small, work / "dpo", TrainConfig(backend="unsloth", **dpo), [], prefs),
+        "llama8b_unsloth_dpo_memory": big("unsloth", "dpo"),
+    }
+    for name, fn in steps.items():
+        if only and name not in only:
+            continue
+        if time.time() - started > budget:
+            results["steps"][name] = {"skipped": "time budget"}
+        else:
+            try:
+                results["steps"][name] = fn()
+            except Exception as e:  # noqa: BLE001 - every step is reported, one failure does not hide the rest
+                results["steps"][name] = {"error": f"{type(e).__name__}: {e}", "trace": traceback.format_exc()[-3000:]}
+        out.write_text(json.dumps(results, indent=1))
+        print(f"[{time.time() - started:6.0f} s] {name}: {summary(results['steps'][name])}", flush=True)
     print(table(results))
 
 
@@ -295,11 +314,12 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "gpu-check.json")
     ap.add_argument("--work", type=Path, default=Path("/tmp/gpu-check"))
     ap.add_argument("--budget", type=float, default=420, help="seconds after which the remaining steps are skipped")
+    ap.add_argument("--only", default="", help="comma-separated step names")
     args = ap.parse_args()
     if args.what == "prepare":
         prepare(args.bundle)
     else:
-        run(args.bundle, args.out, args.work, args.budget)
+        run(args.bundle, args.out, args.work, args.budget, [x for x in args.only.split(",") if x])
 
 
 if __name__ == "__main__":
