@@ -122,6 +122,21 @@ def report(
 
 
 @app.command()
+def doctor(
+    runs_dir: str = typer.Option("runs", help="where runs will be written (its free disk space is checked)"),
+) -> None:
+    """Check that a run can start here and say what it will run on: each finding with its fix (exit 2 if one is missing)."""
+    from . import doctor as dr
+
+    found = dr.findings(Path(runs_dir))
+    for f in found:
+        typer.echo(f.line())
+    code = dr.exit_code(found)
+    typer.echo("ready: `isheep run` can start" if code == 0 else "not ready: fix the ✗ lines above", err=code != 0)
+    raise typer.Exit(code)
+
+
+@app.command()
 def recipe(
     args: Optional[List[str]] = typer.Argument(None, help="[RECIPE.yaml] [section.key=value ...]"),
     comments: bool = typer.Option(False, "--comments", help="every key with its documentation as a YAML comment"),

