@@ -3,14 +3,15 @@ every dropped pair is kept with its reason."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
-from .. import filters, synth
+from .. import filters, formats, synth
 from ..store import read_jsonl, write_jsonl
 from . import assess, responses
 from .context import Context, Summary, once
 
 KEPT, REJECTED, PREFERENCES = "kept.jsonl", "rejected.jsonl", "preferences.jsonl"
+DATA = "data"  # the kept pairs as messages, ShareGPT and Alpaca JSONL with a dataset card (formats.py)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -44,6 +45,16 @@ def _select(ctx: Context) -> FilterSummary:
     instructions = len({x.get("instruction_id", x["id"]) for x in answered})
     write_jsonl(d / KEPT, [{"id": x["id"], "messages": synth.conversation(x), "score": x["score"]} for x in kept])
     write_jsonl(d / REJECTED, rejected + dropped)
+    about = {
+        "iteration": ctx.t,
+        "run": r.name,
+        "model": ctx.current.gguf.name if ctx.current else r.model.gguf,
+        "answered": len(answered),
+        "rejected_by_reason": filters.count_by(rejected + dropped, "reason"),
+        "assess": asdict(r.assess),
+        "filter": asdict(r.filter),
+    }
+    formats.write_dataset(d / DATA, f"{r.name}-iter{ctx.t:02d}", kept, [synth.conversation(x) for x in kept], about)
     pairs = filters.preference_pairs(kept, pool + not_best, aspects, r.train.dpo_margin) if r.train.objective != "sft" else []
     write_jsonl(
         d / PREFERENCES,

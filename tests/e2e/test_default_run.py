@@ -57,6 +57,10 @@ def test_two_real_iterations(tmp_path: Path, smol_hf: Path, capsys: pytest.Captu
     kept = read_jsonl(run_dir / "iter_01" / "kept.jsonl")
     assert kept and all([x["role"] for x in k["messages"]] == ["user", "assistant"] for k in kept)
     assert all(r["reason"] for r in read_jsonl(run_dir / "iter_01" / "rejected.jsonl"))
+    from datasets import load_dataset  # the same pairs in the other formats, as a user loads them
+
+    alpaca = load_dataset(str(run_dir / "iter_01" / "data"), "alpaca", split="train", cache_dir=str(tmp_path / "hf-cache"))
+    assert alpaca["output"] == [k["messages"][1]["content"] for k in kept]
     # Each tuned model was judged against M_0 in both orders and compared with the best before it;
     # the final model is the best one, and it loads and answers.
     for t in (1, 2):
