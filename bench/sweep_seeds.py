@@ -46,7 +46,12 @@ EVAL = [
     "eval.stop_prompts=0",
     "eval.pairwise=false",
 ]
-SETS = {"suite": ("ifeval", "strict_pass"), "suite_loose": ("ifeval", "loose_pass"), "heldout": ("heldout", "strict_pass")}
+SETS = {
+    "suite": ("ifeval", "strict_pass"),
+    "suite_loose": ("ifeval", "loose_pass"),
+    "heldout": ("heldout", "strict_pass"),
+    "heldout_constraints": ("heldout", "constraints_kept"),
+}
 SETS_KNOWLEDGE = ("knowledge", "correct")
 
 

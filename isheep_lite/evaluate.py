@@ -97,6 +97,9 @@ def heldout_following(
         "instruction_strict": round(sum(flat) / len(flat), 4) if flat else None,
         "strict_pass": strict,
         "strict_ci95": bootstrap_ci(strict),
+        # per prompt, the share of its constraints kept: finer-grained than all-or-nothing, so a
+        # small model's gains show before it passes whole prompts
+        "constraints_kept": [round(sum(k) / len(k), 4) for k in kept],
         "tokens": sum(o.n_tokens for o in outs),
     }
 

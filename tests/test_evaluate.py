@@ -62,5 +62,8 @@ def test_both_sets_run_on_an_engine_and_report_per_prompt_outcomes(tiny_engine: 
     held = evaluate.heldout_following(tiny_engine, 6, 48)
     assert held["prompts"] == 6 and len(held["strict_pass"]) == 6 and 0 <= held["strict"] <= held["loose"] <= 1
     assert held["strict_ci95"][0] <= held["strict"] <= held["strict_ci95"][1] and held["instruction_strict"] is not None
+    kept = held["constraints_kept"]  # per prompt: the share of its constraints kept; 1 exactly where it passes
+    assert len(kept) == 6 and all(0 <= k <= 1 for k in kept) and [int(k == 1) for k in kept] == held["strict_pass"]
+    assert abs(sum(kept) / 6 - held["instruction_strict"]) < 0.2  # per prompt vs per constraint: close, not equal
     know = evaluate.knowledge(tiny_engine, 5, max_tokens=16)
     assert know["prompts"] == 5 and set(know["correct"]) <= {0, 1} and know["accuracy"] == sum(know["correct"]) / 5
