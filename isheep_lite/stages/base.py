@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .. import export, models
+from .. import export, modelfile, models
 from .context import Context, Summary, once
 
 
@@ -32,4 +32,5 @@ def _prepare(ctx: Context) -> BaseSummary:
     if r.model.serve_base == "original":
         return BaseSummary(gguf=str(ctx.given), hf=str(hf_dir))
     paths = export.export(hf_dir, None, ctx.given, ctx.dir, r.export.types[:1])
+    modelfile.write_beside(paths, ctx.given, r)
     return BaseSummary(gguf=paths[r.export.types[0]], hf=str(hf_dir))

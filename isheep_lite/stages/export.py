@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .. import export as exporter
+from .. import modelfile
 from ..serving import Served
 from .context import Context, Summary, once
 
@@ -44,6 +45,7 @@ def _export(ctx: Context) -> ExportSummary:
         paths = {"adapter": str(d / ADAPTER_GGUF)}
     else:
         paths = exporter.export(ctx.train_hf, d / "adapter", ctx.given, d, r.export.types)
+        modelfile.write_beside(paths, ctx.given, r)
     if r.loop.train_from == "previous":  # the next iteration may train on M_t's weights
         exporter.save_merged_hf(ctx.train_hf, d / "adapter", d / "merged")
     return ExportSummary(files=paths)

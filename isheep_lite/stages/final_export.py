@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .. import export as exporter
+from .. import modelfile
 from .context import Context, Summary, once
 from .train import TrainSummary
 
@@ -28,4 +29,6 @@ def _export(ctx: Context) -> FinalExportSummary:
     assert trained is not None
     ctx.engines.release()
     d = ctx.dir
-    return FinalExportSummary(files=exporter.export(Path(trained.trained_on), d / "adapter", ctx.given, d, ctx.recipe.export.types))
+    files = exporter.export(Path(trained.trained_on), d / "adapter", ctx.given, d, ctx.recipe.export.types)
+    modelfile.write_beside(files, ctx.given, ctx.recipe)
+    return FinalExportSummary(files=files)
