@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
-from . import models, planner
+from . import card, models, planner
 from .preflight import adapter_mode, preflight
 from .recipe import Recipe, dump_yaml
 from .serving import Engines, Served
@@ -55,6 +55,7 @@ def run(r: Recipe, force: bool = False) -> RunStore:
                 files = final_export.run(replace(ctx, t=best, best=best)).files
                 final = Path(files[r.export.types[0]])
             store.set_run_info(final_model=str(final))
+            card.write(store.root)
     finally:
         store.close()
     return store

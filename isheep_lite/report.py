@@ -207,7 +207,7 @@ def plot_throughput(m: Manifest, path: Path) -> None:
     _save(plt, fig, path)
 
 
-def _fmt(v: tuple[float, Any] | None) -> str:
+def fmt_ci(v: tuple[float, Any] | None) -> str:
     if v is None:
         return "–"
     value, ci = v
@@ -248,9 +248,9 @@ def markdown(m: Manifest) -> str:
             )
         wtl = "/".join(map(str, r["wtl"])) if "wtl" in r else "–"
         lines.append(
-            f"| M_{r['t']} | {_fmt(r.get('strict'))} | {_fmt(r.get('loose'))} | {_fmt(r.get('heldout'))} | {_fmt(r.get('knowledge'))} | "
-            f"{_fmt(r.get('stop_rate'))} | "
-            f"{_fmt(r.get('pairwise'))} | {wtl} | {verdict} |"
+            f"| M_{r['t']} | {fmt_ci(r.get('strict'))} | {fmt_ci(r.get('loose'))} | {fmt_ci(r.get('heldout'))} | {fmt_ci(r.get('knowledge'))} | "
+            f"{fmt_ci(r.get('stop_rate'))} | "
+            f"{fmt_ci(r.get('pairwise'))} | {wtl} | {verdict} |"
         )
     lines += [
         "",

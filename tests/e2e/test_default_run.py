@@ -79,6 +79,7 @@ def test_two_real_iterations(tmp_path: Path, smol_hf: Path, capsys: pytest.Captu
     assert base and final == (run_dir / f"iter_{best:02d}" / "model-f16.gguf" if best else Path(base.gguf))
     with Engine(final, n_ctx=512) as e:
         assert e.chat([{"role": "user", "content": "Name a fruit."}], Sampling(max_tokens=16)).text.strip()
+    assert f"Final model: `{final.name}` — M_{best}" in (run_dir / "MODEL_CARD.md").read_text()
     for t in (0, 1, 2):  # beside every exported model, a Modelfile for `ollama create`
         text = (run_dir / f"iter_{t:02d}" / "model-f16.Modelfile").read_text()
         assert text.startswith("FROM ./model-f16.gguf\n") and 'TEMPLATE """' in text and 'PARAMETER stop "<|im_end|>"' in text
