@@ -121,6 +121,19 @@ def report(
     typer.echo(f"wrote {rp.write_report(Path(run_dir), Path(out) if out else None)}")
 
 
+@app.command("export")
+def export_cmd(
+    run_dir: str = typer.Argument(..., help="a run directory (runs/<name>)"),
+    quant: List[str] = typer.Option(..., "--quant", help="q8_0, q4_0, q4_k_m, q5_k_m or q6_k (repeatable)"),
+    iteration: Optional[int] = typer.Option(None, help="which iteration's model (default: the run's best)"),
+) -> None:
+    """Quantise a finished run's model into more types, each with its Ollama Modelfile beside it."""
+    from .reexport import reexport
+
+    for q, path in reexport(Path(run_dir), iteration, quant).items():
+        typer.echo(f"{q}: {path}")
+
+
 @app.command()
 def doctor(
     runs_dir: str = typer.Option("runs", help="where runs will be written (its free disk space is checked)"),
