@@ -40,9 +40,15 @@ def _split_args(args: list[str]) -> tuple[Optional[str], list[str]]:
 def run(
     args: Optional[List[str]] = typer.Argument(None, help="[RECIPE.yaml] [section.key=value ...]; no arguments = the default recipe"),
     force: bool = typer.Option(False, "--force", help="continue a run directory made by a different recipe"),
+    json_log: Optional[str] = typer.Option(
+        None, "--json-log", help="also write every event (stages, progress) as one JSON object per line to this file"
+    ),
 ) -> None:
     """Run (or resume) the self-alignment loop."""
-    from . import loop, recipe
+    from . import loop, progress, recipe
+
+    if json_log:
+        os.environ[progress.JSON_LOG_ENV] = str(Path(json_log).resolve())  # the training child writes to it too
 
     path, overrides = _split_args(args or [])
     r = recipe.load(path, overrides)
@@ -366,6 +372,10 @@ def supervise(command: str) -> int:
 
 
 def main() -> None:
+    if not sys.stdout.isatty():  # piped: plain lines, no third-party progress bars
+        from .progress import quiet_third_party
+
+        quiet_third_party()
     if len(sys.argv) > 1 and sys.argv[1] in SUPERVISED and not os.environ.get(STATUS_ENV):
         sys.exit(supervise(sys.argv[1]))
     try:

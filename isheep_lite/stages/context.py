@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, ClassVar, TypeVar
 
+from .. import progress
 from ..recipe import Recipe
 from ..serving import Engines, Served
 from ..store import RunStore
@@ -76,8 +77,10 @@ class Context:
 def once(ctx: Context, summary: type[S], work: Callable[[Context], S]) -> S:
     """`work(ctx)` unless the manifest says the stage is done; its summary either way."""
     if not ctx.store.is_done(ctx.t, summary.STAGE):
+        progress.stage_started(ctx.t, summary.STAGE)
         with ctx.store.stage(ctx.t, summary.STAGE) as info:
             info.update(work(ctx).to_entry())
+        progress.stage_done(ctx.t, summary.STAGE, ctx.store.manifest["iterations"][str(ctx.t)][summary.STAGE])
     out = ctx.done(summary)
     assert out is not None
     return out
