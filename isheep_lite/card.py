@@ -15,6 +15,7 @@ from typing import Any
 
 import yaml
 
+from .formats import headed
 from .manifest import Manifest
 from .report import eval_rows, fmt_ci
 from .stages import BaseSummary, FilterSummary
@@ -47,11 +48,7 @@ def model_card(m: Manifest) -> str:
     }
     best = m.best.iteration if m.best else 0
     lines = [
-        "---",
-        yaml.safe_dump(front, sort_keys=False).rstrip(),
-        "---",
-        f"# {r['name']}",
-        "",
+        *headed(front, r["name"]),
         f"{base_name}, self-aligned with isheep-lite (I-SHEEP): the model wrote instructions, answered them, graded "
         "its own answers, and was LoRA-tuned on the best-graded pairs, iteration after iteration.",
         "",
