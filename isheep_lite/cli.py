@@ -58,6 +58,23 @@ def run(
     typer.echo(f"done: {store.root} (best model: {store.manifest.get('final_model')})")
 
 
+@app.command()
+def data(
+    args: Optional[List[str]] = typer.Argument(None, help="[RECIPE.yaml] [section.key=value ...]; no arguments = the default recipe"),
+    force: bool = typer.Option(False, "--force", help="continue a run directory made by a different recipe"),
+) -> None:
+    """The generation half only: instructions, answers, self-assessment and selection — a dataset, no training."""
+    from . import loop, recipe
+
+    path, overrides = _split_args(args or [])
+    r = recipe.load(path, overrides)
+    _note_engines()
+    note_status(command="data", run_model=r.model.gguf if not r.model.converter else r.model.hf)
+    store = loop.data(r, force=force)
+    kept = store.manifest["iterations"]["1"]["filter"]["kept"]
+    typer.echo(f"done: {kept} pairs in {store.root / 'iter_01' / 'data'} (messages, ShareGPT, Alpaca JSONL and a dataset card)")
+
+
 @app.command("eval")
 def eval_cmd(
     model: str = typer.Argument(..., help="a GGUF path or embedded:smollm2-135m-instruct"),
@@ -209,7 +226,7 @@ def clean(
 
 
 # ---- the supervisor of `isheep run` / `isheep eval` ---------------------------------------------
-SUPERVISED = ("run", "eval")
+SUPERVISED = ("run", "eval", "data")
 CRASHES = {signal.SIGSEGV, signal.SIGBUS, signal.SIGILL, signal.SIGFPE, signal.SIGABRT}
 
 
@@ -289,7 +306,7 @@ def death_report(signum: int, status: dict[str, Any], command: str, who: str = "
         where = f" in stage '{status['stage']}' of iteration {status.get('iteration')}"
     elif status.get("after"):
         where = f" after stage '{status['after']}' of iteration {status.get('iteration')}"
-    elif command == "run":
+    elif command in ("run", "data"):
         where = " before its first stage"
     model, adapters = status.get("model"), status.get("adapters") or []
     llama = bool(model) and status.get("backend") == "llama_cpp"
@@ -298,20 +315,20 @@ def death_report(signum: int, status: dict[str, Any], command: str, who: str = "
         where = f" loading model {served}{',' if where else ''}{where}" if status.get("loading") else f"{where} on model {served}"
     elif status.get("run_model"):
         where += f" (model {status['run_model']})"
-    resume = "rerun the same command to resume" if command == "run" else "rerun the command"
+    resume = "rerun the same command to resume" if command in ("run", "data") else "rerun the command"
     if signum in CRASHES:
         if llama and _quantised(model) is not False:  # unknown: the likeliest cause still
             fix = (
                 "serve an F16 conversion instead (model.serve_base=export serves M_0 re-exported to F16; "
                 "model.converter=/path/to/llama.cpp/convert_hf_to_gguf.py with model.hf makes an F16 GGUF to generate with; "
                 "an F16 eval.judge), or set model.backend=transformers"
-                if command == "run"
+                if command in ("run", "data")
                 else "evaluate an F16 conversion of it (llama.cpp's convert_hf_to_gguf.py --outtype f16, or a run's "
                 "iter_00/model-f16.gguf), or add --backend transformers"
             )
             hint = f"a quantised GGUF can crash llama.cpp on some CPUs: {fix}; then {resume}"
         elif llama:
-            alt = "model.backend=transformers" if command == "run" else "--backend transformers"
+            alt = "model.backend=transformers" if command in ("run", "data") else "--backend transformers"
             hint = f"{resume}; if it crashes at the same point again, try {alt}"
         else:
             hint = resume

@@ -61,6 +61,24 @@ def run(r: Recipe, force: bool = False) -> RunStore:
     return store
 
 
+def data(r: Recipe, force: bool = False) -> RunStore:
+    """The generation half only (`isheep data`): the given model writes instructions, answers them,
+    grades its answers, and selection writes the dataset (iter_01/data/) — no training, no export.
+    For people who want synthetic data from a model they will not tune here."""
+    seeds, given, _ = preflight(r)
+    store = RunStore(r.run_dir)
+    store.open(dump_yaml(r), force=force)
+    try:
+        with Engines(r) as engines:
+            m0 = Served(given)
+            ctx = Context(store, r, engines, seeds, given, adapters=False, t=1, base=m0, current=m0)
+            for stage in (instructions, responses, assess, selection):
+                stage.run(ctx)
+    finally:
+        store.close()
+    return store
+
+
 def iteration(ctx: Context) -> Served:
     """One iteration: `ctx.current` writes, answers and grades the data, LoRA is trained on
     `ctx.train_hf`, M_t is exported and evaluated; returns M_t as it is served."""
