@@ -36,6 +36,17 @@ def _split_args(args: list[str]) -> tuple[Optional[str], list[str]]:
     return (paths[0] if paths else None), [a for a in args if "=" in a]
 
 
+def _supervised_recipe(command: str, args: Optional[List[str]]) -> Any:
+    """The recipe of `isheep run`/`isheep data`, with the model noted for the supervisor's crash line."""
+    from . import recipe
+
+    path, overrides = _split_args(args or [])
+    r = recipe.load(path, overrides)
+    _note_engines()
+    note_status(command=command, run_model=r.model.gguf if not r.model.converter else r.model.hf)
+    return r
+
+
 @app.command()
 def run(
     args: Optional[List[str]] = typer.Argument(None, help="[RECIPE.yaml] [section.key=value ...]; no arguments = the default recipe"),
@@ -45,16 +56,12 @@ def run(
     ),
 ) -> None:
     """Run (or resume) the self-alignment loop."""
-    from . import loop, progress, recipe
+    from . import loop, progress
 
     if json_log:
         os.environ[progress.JSON_LOG_ENV] = str(Path(json_log).resolve())  # the training child writes to it too
 
-    path, overrides = _split_args(args or [])
-    r = recipe.load(path, overrides)
-    _note_engines()
-    note_status(command="run", run_model=r.model.gguf if not r.model.converter else r.model.hf)
-    store = loop.run(r, force=force)
+    store = loop.run(_supervised_recipe("run", args), force=force)
     typer.echo(f"done: {store.root} (best model: {store.manifest.get('final_model')})")
 
 
@@ -64,13 +71,9 @@ def data(
     force: bool = typer.Option(False, "--force", help="continue a run directory made by a different recipe"),
 ) -> None:
     """The generation half only: instructions, answers, self-assessment and selection — a dataset, no training."""
-    from . import loop, recipe
+    from . import loop
 
-    path, overrides = _split_args(args or [])
-    r = recipe.load(path, overrides)
-    _note_engines()
-    note_status(command="data", run_model=r.model.gguf if not r.model.converter else r.model.hf)
-    store = loop.data(r, force=force)
+    store = loop.data(_supervised_recipe("data", args), force=force)
     kept = store.manifest["iterations"]["1"]["filter"]["kept"]
     typer.echo(f"done: {kept} pairs in {store.root / 'iter_01' / 'data'} (messages, ShareGPT, Alpaca JSONL and a dataset card)")
 
