@@ -21,7 +21,7 @@ def master_of(m: Manifest, t: int) -> Path:
     """The F16/F32/BF16 GGUF of iteration `t`'s model, or a one-line refusal saying why there is none."""
     if t == 0:
         base = m.get(0, BaseSummary)
-        if base is None or Path(base.gguf).parent != m.root / "iter_00":
+        if base is None or Path(base.gguf).resolve().parent != (m.root / "iter_00").resolve():
             raise UserError("M_0 is the GGUF you gave (model.serve_base: original): quantise it with llama.cpp's llama-quantize")
         files = {export.MASTER_TYPES[0]: base.gguf}
     else:
