@@ -300,6 +300,7 @@ def death_report(signum: int, status: dict[str, Any], command: str, who: str = "
     last wrote to its status file (store.note_status); `who` names the process when it is not
     `isheep <command>` itself (the training child)."""
     who = who or f"isheep {command}"
+    resumable = command in ("run", "data")  # a run directory: rerunning resumes; its recipe takes overrides
     try:
         name = signal.Signals(signum).name
     except ValueError:
@@ -309,7 +310,7 @@ def death_report(signum: int, status: dict[str, Any], command: str, who: str = "
         where = f" in stage '{status['stage']}' of iteration {status.get('iteration')}"
     elif status.get("after"):
         where = f" after stage '{status['after']}' of iteration {status.get('iteration')}"
-    elif command in ("run", "data"):
+    elif resumable:
         where = " before its first stage"
     model, adapters = status.get("model"), status.get("adapters") or []
     llama = bool(model) and status.get("backend") == "llama_cpp"
@@ -318,20 +319,20 @@ def death_report(signum: int, status: dict[str, Any], command: str, who: str = "
         where = f" loading model {served}{',' if where else ''}{where}" if status.get("loading") else f"{where} on model {served}"
     elif status.get("run_model"):
         where += f" (model {status['run_model']})"
-    resume = "rerun the same command to resume" if command in ("run", "data") else "rerun the command"
+    resume = "rerun the same command to resume" if resumable else "rerun the command"
     if signum in CRASHES:
         if llama and _quantised(model) is not False:  # unknown: the likeliest cause still
             fix = (
                 "serve an F16 conversion instead (model.serve_base=export serves M_0 re-exported to F16; "
                 "model.converter=/path/to/llama.cpp/convert_hf_to_gguf.py with model.hf makes an F16 GGUF to generate with; "
                 "an F16 eval.judge), or set model.backend=transformers"
-                if command in ("run", "data")
+                if resumable
                 else "evaluate an F16 conversion of it (llama.cpp's convert_hf_to_gguf.py --outtype f16, or a run's "
                 "iter_00/model-f16.gguf), or add --backend transformers"
             )
             hint = f"a quantised GGUF can crash llama.cpp on some CPUs: {fix}; then {resume}"
         elif llama:
-            alt = "model.backend=transformers" if command in ("run", "data") else "--backend transformers"
+            alt = "model.backend=transformers" if resumable else "--backend transformers"
             hint = f"{resume}; if it crashes at the same point again, try {alt}"
         else:
             hint = resume

@@ -21,7 +21,7 @@ from typing import Any
 
 import yaml
 
-from .store import replace_dir
+from .store import replace_dir, write_jsonl
 
 ROLE_TO_SHAREGPT = {"system": "system", "user": "human", "assistant": "gpt"}
 
@@ -88,10 +88,6 @@ def card(name: str, about: dict[str, Any], kept: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
-    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
-
-
 def write_dataset(out: Path, name: str, kept: list[dict[str, Any]], messages: list[list[dict[str, str]]], about: dict[str, Any]) -> None:
     """Every format of the kept pairs into `out`, whole or not at all (written beside it, then moved in).
 
@@ -100,9 +96,9 @@ def write_dataset(out: Path, name: str, kept: list[dict[str, Any]], messages: li
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)  # a leftover of a killed write
     tmp.mkdir(parents=True)
-    _write_jsonl(tmp / "messages.jsonl", [{"messages": m} for m in messages])
-    _write_jsonl(tmp / "sharegpt.jsonl", [sharegpt(m) for m in messages])
-    _write_jsonl(tmp / "alpaca.jsonl", [alpaca(p) for p in kept])
+    write_jsonl(tmp / "messages.jsonl", [{"messages": m} for m in messages])
+    write_jsonl(tmp / "sharegpt.jsonl", [sharegpt(m) for m in messages])
+    write_jsonl(tmp / "alpaca.jsonl", [alpaca(p) for p in kept])
     (tmp / "dataset_info.json").write_text(json.dumps(dataset_info(name), indent=2) + "\n", encoding="utf-8")
     (tmp / "README.md").write_text(card(name, about, kept), encoding="utf-8")
     replace_dir(tmp, out)

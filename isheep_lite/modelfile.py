@@ -17,11 +17,13 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 from .models import GgufInfo, gguf_info, render_chat
 from .recipe import Recipe
+from .store import atomic_write_text
 
 _S, _U, _A = "\x01SYS\x01", "\x01USER\x01", "\x01ASSISTANT\x01"
 
@@ -228,8 +230,10 @@ def matches(info: GgufInfo, b: Blocks) -> bool:
     return True
 
 
+@lru_cache(maxsize=16)
 def checked_blocks(info: GgufInfo) -> Blocks | None:
-    """The blocks, verified; without the system role if only that part does not match; else None."""
+    """The blocks, verified; without the system role if only that part does not match; else None.
+    Cached: every exported type of one model shares its template, so it is derived once."""
     b = blocks(info)
     if b is None:
         return None
@@ -273,12 +277,8 @@ def modelfile(gguf: Path, info: GgufInfo, temperature: float, top_p: float, num_
 
 def write(gguf: Path, info: GgufInfo, temperature: float, top_p: float, num_ctx: int) -> Path:
     """`<gguf stem>.Modelfile` beside the GGUF (`ollama create NAME -f` it), written atomically."""
-    import os
-
     out = gguf.with_suffix(".Modelfile")
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(modelfile(gguf, info, temperature, top_p, num_ctx), encoding="utf-8")
-    os.replace(tmp, out)
+    atomic_write_text(out, modelfile(gguf, info, temperature, top_p, num_ctx))
     return out
 
 

@@ -43,18 +43,20 @@ def _select(ctx: Context) -> FilterSummary:
     dropped = not_best + dropped
     spreads = [x["score_spread"] for x in pool if x.get("score_spread") is not None]
     instructions = len({x.get("instruction_id", x["id"]) for x in answered})
-    write_jsonl(d / KEPT, [{"id": x["id"], "messages": synth.conversation(x), "score": x["score"]} for x in kept])
+    chats = [synth.conversation(x) for x in kept]
+    by_reason = filters.count_by(rejected + dropped, "reason")
+    write_jsonl(d / KEPT, [{"id": x["id"], "messages": c, "score": x["score"]} for x, c in zip(kept, chats)])
     write_jsonl(d / REJECTED, rejected + dropped)
     about = {
         "iteration": ctx.t,
         "run": r.name,
         "model": ctx.current.gguf.name if ctx.current else r.model.gguf,
         "answered": len(answered),
-        "rejected_by_reason": filters.count_by(rejected + dropped, "reason"),
+        "rejected_by_reason": by_reason,
         "assess": asdict(r.assess),
         "filter": asdict(r.filter),
     }
-    formats.write_dataset(d / DATA, f"{r.name}-iter{ctx.t:02d}", kept, [synth.conversation(x) for x in kept], about)
+    formats.write_dataset(d / DATA, f"{r.name}-iter{ctx.t:02d}", kept, chats, about)
     pairs = filters.preference_pairs(kept, pool + not_best, aspects, r.train.dpo_margin) if r.train.objective != "sft" else []
     write_jsonl(
         d / PREFERENCES,
@@ -73,7 +75,7 @@ def _select(ctx: Context) -> FilterSummary:
         kept=len(kept),
         rejected=len(rejected) + len(dropped),
         kept_ratio=round(len(kept) / max(1, instructions), 4),
-        rejected_by_reason=filters.count_by(rejected + dropped, "reason"),
+        rejected_by_reason=by_reason,
         preferences=len(pairs),
         score_spread=round(sum(spreads) / len(spreads), 4) if spreads else None,
     )
