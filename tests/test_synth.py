@@ -104,6 +104,16 @@ def test_instruction_generation_filters_dedups_and_resumes(tmp_path: Path) -> No
     assert again == (kept, rejected)
 
 
+def test_waves_fit_what_is_missing_and_are_cut_the_same_on_resume(tmp_path: Path) -> None:
+    assert [synth.wave_size(m, 16) for m in (0, 1, 2, 4, 8, 21, 22, 128)] == [1, 2, 3, 6, 12, 32, 32, 32]
+    cfg = SynthConfig(num_instructions=2, max_prompts=20, tasks_per_prompt=1)
+    counting = CountingEngine(ScriptedEngine())
+    kept, _ = synth.generate_instructions(counting, synth.load_seeds("builtin"), cfg, FilterConfig(), 0, 1, tmp_path / "c.jsonl")  # type: ignore[arg-type]
+    logged = [json.loads(x)["prompt"] for x in (tmp_path / "c.jsonl").read_text().splitlines()]
+    assert len(kept) == 2 and logged[:3] == [0, 1, 2], "a need of 2 asks 3 prompts first, not 2 × n_parallel"
+    assert len(logged) < 2 * counting.n_parallel
+
+
 def test_instruction_generation_runs_on_a_real_engine(tiny_engine: Engine, tmp_path: Path) -> None:
     """The tiny random model writes gibberish: nothing passes, but every prompt is logged and the cap holds."""
     cfg = SynthConfig(num_instructions=2, max_prompts=3, max_tokens=24)
