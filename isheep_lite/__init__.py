@@ -1,18 +1,47 @@
 """isheep-lite: iterative self-alignment (I-SHEEP) of small LLMs on a CPU or one consumer GPU.
 
+The Python API, for notebooks and scripts:
+
+    from isheep_lite import load, run, Session
+    r = load(None, ["synth.num_instructions=32"])  # the default recipe, overridden; or load("my.yaml")
+    run(r)                                  # the whole loop, as `isheep run`
+    with Session(r) as s:                   # or one stage at a time
+        s.select(1); s.records(1, "kept"); s.promote(1); s.finish()
+
 Heavy libraries (torch, transformers, trl, peft, llama_cpp, unsloth) are imported only inside the
 functions that use them, so `import isheep_lite` and the CLI start fast.
 """
 
+from typing import TYPE_CHECKING, Any
+
 from .recipe import Recipe, UserError, load
 
+if TYPE_CHECKING:
+    from .loop import Session
+    from .store import RunStore
 
-def run(recipe: Recipe, force: bool = False):  # noqa: ANN201 - returns loop.RunStore
-    """Run (or resume) the loop for a recipe; see `isheep_lite.loop`."""
+
+def run(recipe: Recipe, force: bool = False) -> "RunStore":
+    """Run (or resume) the loop for a recipe, as `isheep run` does; see `isheep_lite.loop`."""
     from . import loop
 
     return loop.run(recipe, force=force)
 
 
-__all__ = ["Recipe", "UserError", "load", "run"]
+def data(recipe: Recipe, force: bool = False) -> "RunStore":
+    """The generation half only, as `isheep data` does: a dataset, no training."""
+    from . import loop
+
+    return loop.data(recipe, force=force)
+
+
+def __getattr__(name: str) -> Any:
+    if name == "Session":  # imported on first use: the loop's modules are not needed to load a recipe
+        from .loop import Session
+
+        return Session
+    raise AttributeError(f"module 'isheep_lite' has no attribute {name!r}")
+
+
+__all__ = ["Recipe", "Session", "UserError", "data", "load", "run"]
 __version__ = "0.1.0"

@@ -10,6 +10,7 @@ import pytest
 
 from isheep_lite import evaluate, loop, recipe
 from isheep_lite.engine import Engine
+from isheep_lite.recipe import UserError
 from isheep_lite.serving import Served
 from isheep_lite.stages import evaluation
 from isheep_lite.stages.context import Context
@@ -83,6 +84,28 @@ def test_stop_when_worse_ends_the_run(tmp_path: Path, tiny: dict[str, Path], mon
     before = dict(store.manifest)
     store2, seen2 = _fake_run(tmp_path, tiny, monkeypatch, "loop.stop_when_worse=true")
     assert store2.manifest["iterations"] == before["iterations"] and store2.manifest["best"] == before["best"]
+
+
+def test_a_session_reads_back_what_the_run_decided_and_refuses_what_it_did_not_run(
+    tmp_path: Path, tiny: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store, seen = _fake_run(tmp_path, tiny, monkeypatch, "loop.stop_when_worse=true")
+    before, first = store.manifest["iterations"], dict(seen)
+    r = recipe.load(store.root / "recipe.yaml")
+    seen.clear()
+    with loop.Session(r) as s:
+        assert s.promote(2).worse and s.promote(2).best == 1 and s.promote(1).best == 1
+        assert s.model(1).gguf == store.iter_dir(1) / "model-f16.gguf"
+        assert s.evaluate(2).ifeval and s.evaluate(2).ifeval["strict"] == QUALITY[2]
+        with pytest.raises(UserError, match="stopped after iteration 2"):
+            s.instructions(3)
+        with pytest.raises(UserError, match="iterations 1 to 3"):
+            s.promote(4)
+        with pytest.raises(UserError, match="no such records"):
+            s.records(1, "kept")  # the faked iterations wrote no records
+        assert s.finish() == store.iter_dir(1) / "model-f16.gguf"
+    # the iterations were asked for with the same models as in the run, and the manifest is unchanged
+    assert seen == first and s.store.manifest["iterations"] == before
 
 
 def test_promote_latest_keeps_the_flag_but_promotes(tmp_path: Path, tiny: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from isheep_lite import recipe
+from isheep_lite import Session, recipe
 from isheep_lite.engine import Engine, Sampling
 from isheep_lite.loop import run
 from isheep_lite.manifest import Manifest
@@ -34,7 +34,15 @@ def test_two_real_iterations(tmp_path: Path, smol_hf: Path, capsys: pytest.Captu
             "eval.suite_prompts=20",
         ],
     )
+    # A notebook's way in: iteration 1's data, stage by stage, looked at before training ...
+    with Session(r) as s:
+        selected = s.select(1)
+        kept = s.records(1, "kept")
+        assert selected.kept == len(kept) >= 1 and s.store.is_done(0, "base") and not s.store.is_done(1, "train")
+    data_seconds = {k: v["seconds"] for k, v in s.store.manifest["iterations"]["1"].items()}
+    # ... and `run` of the same recipe goes on from there, redoing none of it.
     store = run(r)
+    assert {k: store.manifest["iterations"]["1"][k]["seconds"] for k in data_seconds} == data_seconds
     assert [x for x in capsys.readouterr().out.splitlines() if x.startswith("memory plan: training ≈")]
     m = Manifest.of(store)
     assert m.memory_plan and m.memory_plan["export_ram_gib"] > 0
