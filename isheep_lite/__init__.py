@@ -7,11 +7,13 @@ The Python API, for notebooks and scripts:
     run(r)                                  # the whole loop, as `isheep run`
     with Session(r) as s:                   # or one stage at a time
         s.select(1); s.records(1, "kept"); s.promote(1); s.finish()
+    write_report(r.run_dir)                 # report.md and its plots, as `isheep report`
 
 Heavy libraries (torch, transformers, trl, peft, llama_cpp, unsloth) are imported only inside the
 functions that use them, so `import isheep_lite` and the CLI start fast.
 """
 
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .recipe import Recipe, UserError, load
@@ -35,6 +37,13 @@ def data(recipe: Recipe, force: bool = False) -> "RunStore":
     return loop.data(recipe, force=force)
 
 
+def write_report(run_dir: "str | Path", out_dir: "str | Path | None" = None) -> "Path":
+    """report.md and its plots for a run (default RUN_DIR/report/), as `isheep report` writes them."""
+    from .report import write_report as write
+
+    return write(Path(run_dir), Path(out_dir) if out_dir else None)
+
+
 def __getattr__(name: str) -> Any:
     if name == "Session":  # imported on first use: the loop's modules are not needed to load a recipe
         from .loop import Session
@@ -43,5 +52,5 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'isheep_lite' has no attribute {name!r}")
 
 
-__all__ = ["Recipe", "Session", "UserError", "data", "load", "run"]
+__all__ = ["Recipe", "Session", "UserError", "data", "load", "run", "write_report"]
 __version__ = "0.1.0"

@@ -84,7 +84,13 @@ def test_colab_notebook_is_valid_and_its_code_compiles() -> None:
         python = "\n".join(line for line in cell.source.splitlines() if not line.lstrip().startswith(("!", "%")))
         compile(python, "<notebook cell>", "exec")
     text = "\n".join(c.source for c in code)
-    assert "recipes/qwen2.5-1.5b-colab-t4.yaml" in text and "isheep report" in text
+    assert "recipes/qwen2.5-1.5b-colab-t4.yaml" in text and "Session(" in text and "write_report(" in text
+    # the toolkit only through its public API: no CLI calls, no module below the package
+    import isheep_lite
+
+    assert not re.search(r"!\s*isheep\b", text) and "isheep_lite." not in text
+    names = {n.strip() for line in re.findall(r"from isheep_lite import ([^\n]+)", text) for n in line.split(",")}
+    assert names and names <= set(isheep_lite.__all__), names
 
 
 # Published safetensors of each model (bytes of weights, largest shard), as the Hub lists them.
