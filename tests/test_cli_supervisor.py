@@ -134,6 +134,9 @@ def _start_sleeping_eval(tiny: dict[str, Path], tmp: Path) -> tuple[subprocess.P
         stderr=subprocess.PIPE,
         text=True,
         start_new_session=True,
+        # Ctrl-C as at a terminal: a test run started in the background (`cmd &` in a script, nohup)
+        # inherits SIGINT ignored, and an ignored SIGINT stays ignored in both processes by design
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     child = _wait_for_mark(proc, tmp / "mark")
     assert child != proc.pid, "the work must run in a child process"
