@@ -8,12 +8,13 @@ ABLATIONS = sorted((Path(__file__).resolve().parents[2] / "recipes" / "ablations
 THRESHOLDS = sorted((p for p in ABLATIONS if p.stem.startswith("threshold_")), key=lambda p: float(p.stem.split("_")[1]))
 OTHERS = [p for p in ABLATIONS if p not in THRESHOLDS]
 # what these runs check is that each recipe's or lever's stages run and record what they do, not the
-# models' quality, so eval is skipped (no eval stage is recorded) and the pools are small
+# models' quality, so eval is skipped (no eval stage is recorded), the pools are small and training
+# runs a quarter epoch (a few real optimizer steps)
 SMALL = [
     "loop.iterations=1",
     "synth.num_instructions=8",
     "synth.response_max_tokens=128",
-    "train.epochs=1",
+    "train.epochs=0.25",
     "eval.stop_prompts=0",
     "eval.suite_prompts=0",
     "eval.pairwise=false",
