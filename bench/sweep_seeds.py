@@ -10,6 +10,7 @@ M_1 − M_0 is averaged over seeds per prompt and bootstrapped over prompts (the
 seeds, are the sample; bench/pool_replicates.py explains why).
 
     python bench/sweep_seeds.py [--configs default,combined] [--seeds 1 2 3] [--out /tmp/seed-sweep]
+    python bench/sweep_seeds.py --backfill   # the second set's constraint shares for older runs
 
 Writes bench/results/seed-sweep.json after every run (a killed sweep keeps what it measured and
 skips finished runs when started again) and prints the pooled table.
@@ -19,6 +20,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -106,8 +109,15 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("/tmp/seed-sweep"))
     ap.add_argument("--json", type=Path, default=Path(__file__).parent / "results" / "seed-sweep.json")
     ap.add_argument("--set", nargs="*", default=[], help="overrides added to every run")
+    ap.add_argument("--backfill", action="store_true", help="only add the second set's per-prompt constraint shares where missing")
     args = ap.parse_args()
     results = json.loads(args.json.read_text()) if args.json.exists() else {"runs": {}}
+    if args.backfill:
+        backfill(results)
+        results["pooled"] = pool(results)
+        args.json.write_text(json.dumps(results, indent=1))
+        print(table(results))
+        return
     results.update(eval_overrides=EVAL, extra_overrides=args.set)
     results.setdefault("configs", {}).update({k: CONFIGS[k] for k in args.configs.split(",")})
     first = next((Path(r["run_dir"]) for r in results["runs"].values() if Path(r["run_dir"]).exists()), None)
@@ -155,6 +165,27 @@ def main() -> None:
             results["pooled"] = pool(results)
             args.json.write_text(json.dumps(results, indent=1))
     print(table(results))
+
+
+def heldout_again(gguf: Path) -> dict:
+    """The second set alone on one model, by `isheep eval` (greedy, the sweep's batch size)."""
+    cmd = [sys.executable, "-m", "isheep_lite", "eval", str(gguf), "--stop-prompts", "0", "--suite-prompts", "0"]
+    out = subprocess.run([*cmd, "--heldout-prompts", "80", "--parallel", "16"], capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])["heldout"]
+
+
+def backfill(results: dict) -> None:
+    """`heldout_constraints` for the models measured before the eval recorded it: each is evaluated
+    on the second set again, and must pass the same prompts as before (greedy decoding) for the
+    shares to be added."""
+    first = Path(next(iter(results["runs"].values()))["run_dir"])
+    m0 = Path(json.loads((first / "manifest.json").read_text())["iterations"]["0"]["base"]["gguf"])
+    todo = [(results["m0"], m0)] + [(r["m1"], Path(r["run_dir"]) / "iter_01" / "model-f16.gguf") for r in results["runs"].values()]
+    for sets, gguf in todo:
+        if "heldout_constraints" not in sets:
+            again = heldout_again(gguf)
+            assert [float(x) for x in again["strict_pass"]] == sets["heldout"], f"{gguf}: the second set did not repeat"
+            sets["heldout_constraints"] = [float(x) for x in again["constraints_kept"]]
 
 
 def pool(results: dict) -> dict:
