@@ -128,9 +128,12 @@ def main() -> None:
                 continue
             dest = args.out / f"{name}-seed{seed}"
             source, shared = first, ()
+            known = {**CONFIGS, **results["configs"]}
             for done in results["runs"].values():  # the finished run of this seed that shares the most stages
-                common = shared_stages(results["configs"].get(done["config"], ["?"]), CONFIGS[name])
-                if done["seed"] == seed and len(common) > len(shared) and Path(done["run_dir"]).exists():
+                if done["seed"] != seed or done["config"] not in known or not Path(done["run_dir"]).exists():
+                    continue
+                common = shared_stages(known[done["config"]], CONFIGS[name])
+                if len(common) > len(shared):
                     source, shared = Path(done["run_dir"]), common
             if source is not None and not (dest / "manifest.json").exists():
                 fork(source, dest, shared)  # M_0 and its evaluation, and the stages in common
