@@ -20,13 +20,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 from isheep_lite import evaluate, loop, recipe
 from isheep_lite.manifest import Manifest, fork
+from isheep_lite.serving import Engines, Served
 from isheep_lite.stages import EvalSummary, FilterSummary, TrainSummary
 
 # Every configuration is the shipped default recipe plus these overrides.
@@ -171,10 +170,10 @@ def main() -> None:
 
 
 def heldout_again(gguf: Path) -> dict:
-    """The second set alone on one model, by `isheep eval` (greedy, the sweep's batch size)."""
-    cmd = [sys.executable, "-m", "isheep_lite", "eval", str(gguf), "--stop-prompts", "0", "--suite-prompts", "0"]
-    out = subprocess.run([*cmd, "--heldout-prompts", "80", "--parallel", "16"], capture_output=True, text=True, check=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])["heldout"]
+    """The second set alone on one model (greedy, the sweep's engine settings)."""
+    r = recipe.load(None, [*EVAL, "eval.suite_prompts=0", "eval.knowledge_questions=0"])
+    with Engines(r) as engines:
+        return evaluate.checks(Served(gguf), r, engines)["heldout"]
 
 
 def backfill(results: dict) -> None:
