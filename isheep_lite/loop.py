@@ -92,6 +92,7 @@ class Session:
         self._served: dict[int, Served] = {}
         self._weights: dict[int, Path] = {}
         self._verdicts: dict[int, PromoteSummary] = {}
+        self._opened: Context | None = None  # set by __enter__
 
     def __enter__(self) -> "Session":
         r = self.recipe
@@ -104,14 +105,21 @@ class Session:
         except BaseException:
             self.store.close()
             raise
-        self._root = Context(self.store, r, self._engines, seeds, given, adapter_mode(r, models.gguf_info(given).n_params))
+        self._opened = Context(self.store, r, self._engines, seeds, given, adapter_mode(r, models.gguf_info(given).n_params))
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self._opened = None
         try:
             self._engines.__exit__(*exc)
         finally:
             self.store.close()
+
+    @property
+    def _root(self) -> Context:
+        if self._opened is None:
+            raise UserError("a Session runs stages only while open: `with Session(recipe) as s: ...`")
+        return self._opened
 
     # ---- M_0 ----
 
@@ -211,7 +219,7 @@ class Session:
 
     def records(self, t: int, name: str) -> list[dict[str, Any]]:
         """Iteration t's records `iter_NN/<name>.jsonl` (instructions, responses, scored, kept, rejected, …)."""
-        path = self.store.iter_dir(t) / f"{name}.jsonl"
+        path = self.store.root / f"iter_{t:02d}" / f"{name}.jsonl"  # looked at, not made
         if not path.is_file():
             raise UserError(f"{path}: no such records yet (run the stage that writes them first)")
         return read_jsonl(path)

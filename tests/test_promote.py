@@ -106,6 +106,8 @@ def test_a_session_reads_back_what_the_run_decided_and_refuses_what_it_did_not_r
         assert s.finish() == store.iter_dir(1) / "model-f16.gguf"
     # the iterations were asked for with the same models as in the run, and the manifest is unchanged
     assert seen == first and s.store.manifest["iterations"] == before
+    with pytest.raises(UserError, match="only while open"):
+        s.instructions(1)  # closed: its engines and the run directory's lock are released
 
 
 def test_promote_latest_keeps_the_flag_but_promotes(tmp_path: Path, tiny: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
