@@ -151,7 +151,8 @@ def main() -> None:
             e0, e1 = m.get(0, EvalSummary), m.get(1, EvalSummary)
             tr, fl = m.get(1, TrainSummary), m.get(1, FilterSummary)
             assert e0 and e1 and tr and fl
-            results["m0"] = per_prompt(e0.to_entry())
+            for k, v in per_prompt(e0.to_entry()).items():  # what --backfill added to M_0 stays
+                results.setdefault("m0", {}).setdefault(k, v)
             results["runs"][key] = {
                 "config": name,
                 "seed": seed,
