@@ -112,6 +112,17 @@ def test_waves_fit_what_is_missing_and_are_cut_the_same_on_resume(tmp_path: Path
     logged = [json.loads(x)["prompt"] for x in (tmp_path / "c.jsonl").read_text().splitlines()]
     assert len(kept) == 2 and logged[:3] == [0, 1, 2], "a need of 2 asks 3 prompts first, not 2 × n_parallel"
     assert len(logged) < 2 * counting.n_parallel
+    # killed after its first wave, a run goes on with the waves the uninterrupted run cut
+    cfg = SynthConfig(num_instructions=12, max_prompts=60, tasks_per_prompt=1)
+    whole, cut = tmp_path / "whole.jsonl", tmp_path / "cut.jsonl"
+    seeds = synth.load_seeds("builtin")
+    expected = synth.generate_instructions(CountingEngine(ScriptedEngine()), seeds, cfg, FilterConfig(), 0, 1, whole)  # type: ignore[arg-type]
+    lines = whole.read_text().splitlines(keepends=True)
+    assert len(lines) > 2 * counting.n_parallel, "more than one wave"
+    cut.write_text("".join(lines[: 2 * counting.n_parallel]))
+    resumed = CountingEngine(ScriptedEngine())
+    assert synth.generate_instructions(resumed, seeds, cfg, FilterConfig(), 0, 1, cut) == expected  # type: ignore[arg-type]
+    assert cut.read_text() == whole.read_text() and resumed.calls == len(lines) - 2 * counting.n_parallel
 
 
 def test_instruction_generation_runs_on_a_real_engine(tiny_engine: Engine, tmp_path: Path) -> None:
