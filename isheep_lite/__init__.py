@@ -2,7 +2,7 @@
 
 The Python API, for notebooks and scripts:
 
-    from isheep_lite import load, run, Session
+    from isheep_lite import Session, load, run, write_report
     r = load(None, ["synth.num_instructions=32"])  # the default recipe, overridden; or load("my.yaml")
     run(r)                                  # the whole loop, as `isheep run`
     with Session(r) as s:                   # or one stage at a time
