@@ -177,7 +177,7 @@ class Session:
         best = self._verdicts[max(self._verdicts)].best if self._verdicts else 0
         final = self.model(best).gguf
         if self._root.adapters and best > 0:
-            files = final_export.run(replace(self.context(best), t=best, best=best)).files
+            files = final_export.run(self.context(best)).files  # iteration `best`'s context: its t is the best
             final = Path(files[self.recipe.export.types[0]])
         self.store.set_run_info(final_model=str(final))
         card.write(self.store.root)
