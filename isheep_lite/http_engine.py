@@ -19,7 +19,10 @@ offered: a server tokenizes prompt and completion together, unlike training.
 
 from __future__ import annotations
 
+import http.client
 import json
+import sys
+import time
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -29,6 +32,7 @@ from typing import Any, Callable, Sequence
 from . import models
 from .engine import Completion, EngineBase, Sampling
 from .recipe import UserError
+from .server import ServerProcess
 from .tokens import prompt_ids
 
 TOP_LOGPROBS = 20
@@ -43,21 +47,79 @@ class OpenAIEngine(EngineBase):
         model: str | None = None,
         api_key: str | None = None,
         timeout_s: float = 600.0,
+        retry_s: float = 300.0,
+        server: ServerProcess | None = None,
     ):
         import llama_cpp as lc
         from llama_cpp import Llama
 
         self.base_url = base_url.rstrip("/")
         self.info = models.gguf_info(Path(gguf_path))
+        self.gguf = Path(gguf_path)
         self.n_parallel = max(1, n_parallel)
-        self.model, self.api_key, self.timeout_s = model, api_key, timeout_s
-        self.vocab: Any = Llama(model_path=str(gguf_path), vocab_only=True, verbose=False)
+        self.model, self.api_key, self.timeout_s, self.retry_s, self.server = model, api_key, timeout_s, retry_s, server
+        self.retries = 0
+        self.vocab: Any = None
+        self.served = self._check_served()
+        self.vocab = Llama(model_path=str(gguf_path), vocab_only=True, verbose=False)
         self.adds_bos = bool(lc.llama_vocab_get_add_bos(lc.llama_model_get_vocab(self.vocab.model)))  # as a server reads the GGUF
+        self.logprobs, self.grammar = self._probe()
 
     def close(self) -> None:
         if self.vocab is not None:
             self.vocab.close()
             self.vocab = None
+        if self.server is not None:
+            self.server.close()
+            self.server = None
+
+    def _check_served(self) -> str:
+        """The name the server serves the model under; refuses a server that cannot be reached (no
+        retry: a wrong URL is reported at once) or that serves another model."""
+        try:
+            with urllib.request.urlopen(self._request("/models"), timeout=30) as r:
+                listed = [str(m.get("id")) for m in json.loads(r.read()).get("data", [])]
+        except urllib.error.HTTPError as e:
+            raise UserError(f"{self.base_url}/models answered {e.code}: is this an OpenAI-compatible root (…/v1)?") from None
+        except (urllib.error.URLError, OSError, ValueError) as e:
+            raise UserError(f"cannot reach {self.base_url} ({getattr(e, 'reason', e)})") from None
+        name = served_name(listed, self.gguf, self.model)
+        if name is None:
+            want = self.model or self.gguf.name
+            raise UserError(
+                f"the server at {self.base_url} serves {', '.join(listed) or 'no model'}, not {want} "
+                "(if it serves that model under another name, set model.served_name)"
+            )
+        return name
+
+    def _probe(self) -> tuple[bool, bool]:
+        """What the server offers beyond plain completions: top log-probs (assess.mode=logprob) and
+        GBNF grammars (assess.mode=grammar). Asked once, reported in one line."""
+        got = self._post({"prompt": "The", "max_tokens": 1, "temperature": 0.0, "logprobs": TOP_LOGPROBS})
+        top = ((got["choices"][0].get("logprobs") or {}).get("top_logprobs") or [None])[0]
+        logprobs = isinstance(top, dict) and len(top) > 1
+        try:
+            forced = self._post({"prompt": "The", "max_tokens": 4, "temperature": 0.0, "grammar": 'root ::= "zq"'})
+            grammar = forced["choices"][0]["text"] == "zq"
+        except UserError:  # a server that rejects the field
+            grammar = False
+        print(
+            f"server {self.base_url} serves {self.served} · top-{TOP_LOGPROBS} log-probs: {'yes' if logprobs else 'no'} · "
+            f"GBNF grammars: {'yes' if grammar else 'no'}",
+            file=sys.stderr,
+            flush=True,
+        )
+        return logprobs, grammar
+
+    def require(self, logprobs: bool = False, grammar: bool = False) -> None:
+        """Refuse, before any work, a server without what the recipe's self-assessment mode reads."""
+        if logprobs and not self.logprobs:
+            raise UserError(
+                f"the server at {self.base_url} returns no top log-probs, which assess.mode=logprob reads; "
+                f"set assess.mode=generate{' or grammar' if self.grammar else ''}"
+            )
+        if grammar and not self.grammar:
+            raise UserError(f"the server at {self.base_url} does not apply GBNF grammars (assess.mode=grammar); set assess.mode=generate")
 
     def tokenize(self, text: str) -> list[int]:
         """As the llama.cpp engine tokenizes a prompt (tokens.prompt_ids: one BOS)."""
@@ -71,20 +133,37 @@ class OpenAIEngine(EngineBase):
         bos = self.info.bos
         return prompt[len(bos) :] if self.adds_bos and bos and prompt.startswith(bos) else prompt
 
-    def _post(self, body: dict[str, Any]) -> dict[str, Any]:
-        if self.model:
-            body = {"model": self.model, **body}
+    def _request(self, path: str, body: dict[str, Any] | None = None) -> urllib.request.Request:
         headers = {"Content-Type": "application/json"}
         if self.api_key:
             headers["Authorization"] = f"Bearer {self.api_key}"
-        req = urllib.request.Request(f"{self.base_url}/completions", json.dumps(body).encode(), headers)
-        try:
-            with urllib.request.urlopen(req, timeout=self.timeout_s) as r:
-                return json.loads(r.read())
-        except urllib.error.HTTPError as e:
-            raise UserError(f"{self.base_url}/completions answered {e.code}: {e.read()[:300]!r}") from None
-        except (urllib.error.URLError, OSError) as e:
-            raise UserError(f"cannot reach {self.base_url} ({getattr(e, 'reason', e)})") from None
+        data = None if body is None else json.dumps(body).encode()
+        return urllib.request.Request(f"{self.base_url}{path}", data, headers)
+
+    def _post(self, body: dict[str, Any]) -> dict[str, Any]:
+        """One answer to one request. Connection errors, 5xx and cut-off answers are retried with
+        backoff for model.retry_s (a server the loop runs is started again if it exited); a request
+        is sent again only when no answer came back, so no record is made twice."""
+        if self.served:
+            body = {"model": self.served, **body}
+        deadline, delay = time.monotonic() + self.retry_s, 0.5
+        while True:
+            try:
+                with urllib.request.urlopen(self._request("/completions", body), timeout=self.timeout_s) as r:
+                    return json.loads(r.read())
+            except urllib.error.HTTPError as e:
+                if e.code < 500:
+                    raise UserError(f"{self.base_url}/completions answered {e.code}: {e.read()[:300]!r}") from None
+                problem = f"answered {e.code}"
+            except (urllib.error.URLError, OSError, http.client.HTTPException, ValueError) as e:
+                problem = str(getattr(e, "reason", e))
+            if time.monotonic() > deadline:
+                raise UserError(f"{self.base_url} has not answered for {self.retry_s:.0f} s (model.retry_s): {problem}")
+            self.retries += 1
+            if self.server is not None:
+                self.server.ensure_running()
+            time.sleep(delay)
+            delay = min(2 * delay, 8.0)
 
     def _complete(self, prompt: str, s: Sampling) -> Completion:
         body: dict[str, Any] = {
@@ -135,3 +214,12 @@ class OpenAIEngine(EngineBase):
             "IFD needs per-token log-probs of a given completion, which the HTTP backend does not offer; "
             "set assess.ifd=false or use model.backend=llama_cpp"
         )
+
+
+def served_name(listed: list[str], gguf: Path, name: str | None) -> str | None:
+    """Which of the server's model ids is this model: `name` if given (a server started with an
+    alias), else the id whose file name is the GGUF's (llama-server, llama-cpp-python's server and
+    vLLM list a GGUF by the path they loaded). None: the server serves something else."""
+    if name:
+        return name if name in listed else None
+    return next((i for i in listed if Path(i).name == gguf.name), None)

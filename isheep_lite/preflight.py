@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
-from . import export, models, planner, synth, train
+from . import export, models, planner, server, synth, train
 from .manifest import Manifest
 from .recipe import ModelConfig, Recipe, UserError
 from .store import check_free_disks, reclaim_before_run
@@ -82,11 +82,14 @@ def check_recipe(r: Recipe) -> list[dict[str, str]]:
     file, the model's architecture and files, the converter, the judge. `isheep recipe` and `isheep
     run` both call it, so they accept and refuse the same recipes (with the same line). Returns the
     seeds it read."""
-    if r.model.backend == "openai":
+    if r.model.backend == "openai" and not r.model.serve_command:
         raise UserError(
-            "model.backend=openai sends work to a server that serves one fixed model, but the loop serves "
-            "a new model each iteration; use it with `isheep eval MODEL.gguf --server URL`"
+            "model.backend=openai: the loop serves a new model each iteration, so it starts the server itself; set "
+            "model.serve_command (e.g. 'llama-server -m {gguf} --port 8080'), or evaluate one model with "
+            "`isheep eval MODEL.gguf --server URL`"
         )
+    if r.model.serve_command:
+        server.check_command(r.model.serve_command)
     if r.export.mode == "adapter" and r.model.backend != "llama_cpp":
         raise UserError(
             "export.mode=adapter serves GGUF LoRA adapters, which only llama.cpp applies: "

@@ -47,9 +47,19 @@ class ModelConfig:
     backend: Literal["llama_cpp", "transformers", "openai"] = knob(
         "llama_cpp",
         "llama_cpp: the batched llama.cpp engine | transformers: PyTorch (models llama.cpp cannot run) | "
-        "openai: a server (isheep eval --server only)",
+        "openai: an OpenAI-compatible server at base_url (the loop starts it with serve_command)",
     )
     base_url: str | None = knob(None, "openai backend: the server's OpenAI-compatible root, e.g. http://127.0.0.1:8080/v1")
+    serve_command: str | None = knob(
+        None,
+        "openai backend: the command that serves a GGUF at base_url, with {gguf} where the file goes; the loop runs it "
+        "for each model it serves and stops it before training",
+    )
+    served_name: str | None = knob(None, "openai backend: the model id the server lists, when it is not the GGUF's file name (an alias)")
+    serve_timeout_s: float = knob(600.0, "openai backend: seconds a started server may take to answer", **POS)
+    retry_s: float = knob(
+        300.0, "openai backend: seconds a request is retried, with backoff, while the server is unreachable or fails", **POS
+    )
     serve_base: Literal["export", "original"] = knob(
         "export", "export: serve M_0 as F16 like every M_t (the shipped Q4_1 answers worse) | original: the GGUF as given"
     )
@@ -424,6 +434,10 @@ def validate(r: Recipe) -> None:
         raise UserError("recipe: synth.responses_per_instruction > 1 picks the best-graded answer: it needs assess.enabled: true")
     if r.model.backend == "openai" and not r.model.base_url:
         raise UserError("recipe: model.backend=openai needs model.base_url (e.g. http://127.0.0.1:8080/v1)")
+    if r.model.serve_command is not None and (r.model.backend != "openai" or "{gguf}" not in r.model.serve_command):
+        raise UserError(
+            "recipe: model.serve_command starts an OpenAI-compatible server on {gguf}: it needs model.backend=openai and {gguf} in it"
+        )
     if r.model.backend == "openai" and r.assess.ifd:
         raise UserError("recipe: assess.ifd needs per-token log-probs, which model.backend=openai does not offer")
     if r.model.backend == "transformers" and r.assess.mode == "grammar":

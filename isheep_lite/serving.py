@@ -59,10 +59,33 @@ def open_engine(model: Served, r: Recipe, backend: str | None = None) -> EngineB
 
         return HFEngine(gguf, m.n_parallel, m.n_threads)
     if backend == "openai":
-        from .http_engine import OpenAIEngine
-
-        return OpenAIEngine(str(m.base_url), gguf, m.n_parallel)
+        return _open_server(model, r)
     return Engine(gguf, m.n_ctx, m.n_threads, m.n_parallel, m.kv_budget_gb, adapters=model.adapters)
+
+
+def _open_server(model: Served, r: Recipe) -> EngineBase:
+    """The HTTP engine on the server at model.base_url: the one the loop starts on `model` with
+    model.serve_command, else one the user runs (which must serve `model`). A loop's server is
+    checked up front for what its self-assessment mode reads."""
+    from .http_engine import OpenAIEngine
+    from .server import ServerProcess
+
+    m = r.model
+    server = ServerProcess(m.serve_command, model.gguf, str(m.base_url), m.serve_timeout_s) if m.serve_command else None
+    try:
+        if server is not None:
+            server.start()
+        engine = OpenAIEngine(str(m.base_url), model.gguf, m.n_parallel, m.served_name, retry_s=m.retry_s, server=server)
+    except BaseException:
+        if server is not None:
+            server.close()
+        raise
+    if server is not None and r.assess.enabled:
+        with contextlib.ExitStack() as undo:
+            undo.callback(engine.close)
+            engine.require(logprobs=r.assess.mode == "logprob", grammar=r.assess.mode == "grammar")
+            undo.pop_all()
+    return engine
 
 
 class Engines:

@@ -143,3 +143,136 @@ def test_the_loop_refuses_the_http_backend(tmp_path: Path) -> None:
     )
     assert out.returncode == 2 and "isheep eval" in out.stderr and "Traceback" not in out.stderr
     assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.slow
+def test_the_loop_runs_on_a_server_it_starts_and_a_killed_server_loses_nothing(smol_hf: Path, tmp_path: Path) -> None:
+    """Two iterations with model.backend=openai: the loop starts llama-cpp-python's server on each
+    model it serves; the server is killed (SIGKILL) in the middle of iteration 1's responses, the
+    loop starts it again and the stage ends with every instruction answered exactly once."""
+    import os
+    import signal
+
+    from isheep_lite import server as srv
+
+    url = f"http://127.0.0.1:{_free_port()}/v1"
+    port = url.split(":")[2].split("/")[0]
+    serve = (
+        f"{sys.executable} -m llama_cpp.server --model {{gguf}} --host 127.0.0.1 --port {port} --n_ctx 2048 --n_threads 2 --verbose false"
+    )
+    args = [
+        f"runs_dir={tmp_path}",
+        "name=served",
+        "model.backend=openai",
+        f"model.base_url={url}",
+        f"model.serve_command={serve}",
+        "model.serve_base=original",
+        f"model.hf={smol_hf}",
+        "model.n_parallel=2",
+        "loop.iterations=2",
+        "loop.promote=latest",
+        "synth.num_instructions=4",
+        "synth.response_max_tokens=96",
+        "train.epochs=1",
+        "eval.stop_prompts=2",
+        "eval.suite_prompts=2",
+        "eval.max_tokens=64",
+        "eval.suite_max_tokens=64",
+        "eval.pairwise=false",
+    ]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    run = subprocess.Popen(
+        [sys.executable, "-m", "isheep_lite", "run", *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    responses = tmp_path / "served" / "iter_01" / "responses.jsonl"
+    try:
+        deadline = time.time() + 600
+        while not (responses.exists() and responses.read_text().count("\n") >= 1):
+            assert run.poll() is None and time.time() < deadline, run.stderr.read() if run.poll() is not None else "no response in 600 s"
+            time.sleep(0.05)
+        os.kill(int(srv.pidfile(url).read_text()), signal.SIGKILL)
+        out, err = run.communicate(timeout=900)
+    finally:
+        run.kill()
+    assert run.returncode == 0, err[-3000:]
+    assert "exited (code -9); starting it again" in err and "top-20 log-probs: yes" in err, err[-3000:]
+    manifest = json.loads((tmp_path / "served" / "manifest.json").read_text())
+    assert [manifest["iterations"][t]["promote"]["status"] for t in ("1", "2")] == ["done", "done"]
+    answered = [json.loads(x)["id"] for x in responses.read_text().splitlines()]
+    asked = [json.loads(x)["id"] for x in (tmp_path / "served" / "iter_01" / "instructions.jsonl").read_text().splitlines()]
+    assert sorted(answered) == sorted(asked) and len(asked) == 4, "every instruction answered once: none lost, none twice"
+    assert manifest["iterations"]["1"]["responses"]["responses"] == 4
+    assert not srv.pidfile(url).exists() and not srv.answers(url), "the loop stops the server it started"
+
+
+def test_a_server_that_serves_another_model_is_refused_in_one_line(server: str, smol_gguf: Path) -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "isheep_lite", "eval", str(smol_gguf), "--server", server, "--stop-prompts", "1", "--suite-prompts", "0"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 2 and "Traceback" not in out.stderr and len(out.stderr.strip().splitlines()) == 1, out.stderr
+    assert (
+        f"serves {server.split('/v1')[0]}" not in out.stderr and f"not {smol_gguf.name}" in out.stderr and "model.served_name" in out.stderr
+    )
+
+
+# A stand-in for a server that answers completions but returns no log-probs (and ignores grammars).
+NO_LOGPROBS_SERVER = """
+import json, sys
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+model, port = sys.argv[1], int(sys.argv[2])
+
+class Handler(BaseHTTPRequestHandler):
+    def _send(self, body):
+        data = json.dumps(body).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_GET(self):
+        self._send({"object": "list", "data": [{"id": model, "object": "model"}]})
+
+    def do_POST(self):
+        self.rfile.read(int(self.headers["Content-Length"]))
+        self._send({"choices": [{"text": "Sure.", "finish_reason": "stop", "logprobs": None}], "usage": {"completion_tokens": 2}})
+
+    def log_message(self, *args):
+        pass
+
+ThreadingHTTPServer(("127.0.0.1", port), Handler).serve_forever()
+"""
+
+
+def test_a_server_without_log_probs_is_refused_when_the_recipe_reads_them(tiny: dict[str, Path], tmp_path: Path) -> None:
+    script = tmp_path / "no_logprobs_server.py"
+    script.write_text(NO_LOGPROBS_SERVER)
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}/v1"
+
+    def run(*extra: str) -> subprocess.CompletedProcess:
+        args = [
+            f"runs_dir={tmp_path / 'runs'}",
+            "model.backend=openai",
+            f"model.base_url={url}",
+            f"model.serve_command={sys.executable} {script} {{gguf}} {port}",
+            f"model.gguf={tiny['gguf']}",
+            f"model.hf={tiny['hf']}",
+            "model.serve_base=original",
+            *extra,
+        ]
+        return subprocess.run([sys.executable, "-m", "isheep_lite", "run", *args], capture_output=True, text=True, timeout=300)
+
+    out = run()
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr[-2000:]
+    assert "returns no top log-probs, which assess.mode=logprob reads; set assess.mode=generate" in out.stderr.strip().splitlines()[-1]
+    assert "top-20 log-probs: no · GBNF grammars: no" in out.stderr
+    grammar = run("assess.mode=grammar", "name=grammar")
+    assert grammar.returncode == 2 and "does not apply GBNF grammars" in grammar.stderr.strip().splitlines()[-1], grammar.stderr[-2000:]
+    from isheep_lite import server as srv
+
+    assert not srv.answers(url) and not srv.pidfile(url).exists(), "a refused run stops the server it started"
