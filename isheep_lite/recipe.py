@@ -186,6 +186,12 @@ class TrainConfig:
     max_seq_len: int = knob(512, "longer examples are dropped, never cut (a cut answer teaches no stop)", **POS)
     checkpoint_steps: int = knob(5, "a killed training resumes from its last checkpoint, saved every N steps (0 = never)", **NONNEG)
     threads: int = knob(0, "torch CPU threads; 0 = all cores", **NONNEG)
+    processes: int = knob(
+        1,
+        "training processes under torch.distributed (DDP; one per GPU, gloo on a CPU); each takes an equal share of "
+        "the effective batch, so the global batch stays batch_size × grad_accum",
+        **POS,
+    )
 
 
 @dataclass
@@ -430,6 +436,13 @@ def validate(r: Recipe) -> None:
             f"recipe: train.objective={r.train.objective} learns from two answers to one instruction: "
             "set synth.responses_per_instruction ≥ 2"
         )
+    if (r.train.batch_size * r.train.grad_accum) % r.train.processes:
+        raise UserError(
+            f"recipe: train.processes={r.train.processes} must divide the effective batch "
+            f"train.batch_size × train.grad_accum = {r.train.batch_size * r.train.grad_accum}"
+        )
+    if r.train.processes > 1 and r.train.backend == "unsloth":
+        raise UserError("recipe: Unsloth trains in one process; set train.backend=hf (or auto) for train.processes > 1")
     if r.synth.responses_per_instruction > 1 and not r.assess.enabled:
         raise UserError("recipe: synth.responses_per_instruction > 1 picks the best-graded answer: it needs assess.enabled: true")
     if r.model.backend == "openai" and not r.model.base_url:

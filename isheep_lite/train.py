@@ -26,6 +26,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -339,7 +340,8 @@ def load_model(hf_dir: Path, cfg: TrainConfig, backend: str, cuda: bool, seed: i
             bnb_4bit_use_double_quant=True,
             bnb_4bit_compute_dtype=dtypes["bnb_4bit_compute_dtype"],
         )
-        model = AutoModelForCausalLM.from_pretrained(str(hf_dir), quantization_config=q, dtype=dtypes["dtype"], device_map={"": 0})
+        device = {"": int(os.environ.get("LOCAL_RANK", 0))}  # this process's GPU (one per process under DDP)
+        model = AutoModelForCausalLM.from_pretrained(str(hf_dir), quantization_config=q, dtype=dtypes["dtype"], device_map=device)
         model = prepare_model_for_kbit_training(model)
     else:
         model = AutoModelForCausalLM.from_pretrained(str(hf_dir), dtype=dtypes["dtype"])
@@ -427,10 +429,12 @@ def run_training(job: dict[str, Any]) -> dict[str, Any]:
     import torch
 
     cfg = TrainConfig(**job["cfg"])
-    torch.set_num_threads(cfg.threads or os.cpu_count() or 1)
+    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    cfg = rank_share(cfg, world)
+    torch.set_num_threads(cfg.threads or max(1, (os.cpu_count() or 1) // world))
     cuda = torch.cuda.is_available()
     found = importlib.util.find_spec
-    backend = resolve_backend(cfg.backend, cuda, found("unsloth") is not None, found("triton") is not None)
+    backend = resolve_backend(cfg.backend, cuda, found("unsloth") is not None and world == 1, found("triton") is not None)
     if backend == "unsloth":
         import unsloth  # noqa: F401  — before transformers, trl and peft, which it patches
     out_dir = Path(job["out_dir"])
@@ -447,7 +451,7 @@ def run_training(job: dict[str, Any]) -> dict[str, Any]:
     cfg = replace(cfg, batch_size=micro, grad_accum=accum)
     if cuda:
         torch.cuda.reset_peak_memory_stats()
-    resume = last_checkpoint(out_dir / "checkpoints", key) if sft else None
+    resume = last_checkpoint(out_dir / "checkpoints", key, clean=rank == 0 and world == 1) if sft else None
     trainer, result = None, None
     if sft:
         trainer = make_trainer(hf_dir, examples, cfg, out_dir, job["seed"], backend)
@@ -459,7 +463,7 @@ def run_training(job: dict[str, Any]) -> dict[str, Any]:
             tokenizer.pad_token = tokenizer.eos_token
     preference = None
     if dpo:  # after SFT (sft+dpo) or instead of it: from the best- and worst-graded answers to one instruction
-        dpo_resume = last_checkpoint(out_dir / "checkpoints-dpo", key)
+        dpo_resume = last_checkpoint(out_dir / "checkpoints-dpo", key, clean=rank == 0 and world == 1)
         dpo_trainer = make_dpo_trainer(model, tokenizer, pairs, cfg, out_dir, job["seed"])
         dpo_result = dpo_trainer.train(resume_from_checkpoint=str(dpo_resume) if dpo_resume else None)
         model = dpo_trainer.model
@@ -476,6 +480,8 @@ def run_training(job: dict[str, Any]) -> dict[str, Any]:
         if not sft:
             trainer, result, resume = dpo_trainer, dpo_result, dpo_resume
     assert trainer is not None and result is not None
+    if rank != 0:  # the first process writes the adapter and the summary (the others hold the same weights)
+        return {}
     adapter = out_dir / "adapter"
     tmp = out_dir / "adapter.tmp"
     model.save_pretrained(str(tmp))
@@ -498,6 +504,7 @@ def run_training(job: dict[str, Any]) -> dict[str, Any]:
         "device": torch.cuda.get_device_name() if cuda else "cpu",
         "micro_batch": micro,
         "grad_accum": accum,
+        "processes": world,
         "memory_plan": plan,
         "oom_splits": getattr(trainer, "oom_splits", 0),
         "peak_vram_gb": round(torch.cuda.max_memory_allocated() / 1e9, 2) if cuda else None,
@@ -514,11 +521,26 @@ def job_key(job: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(keyed, sort_keys=True).encode()).hexdigest()
 
 
-def last_checkpoint(ckpt_dir: Path, key: str) -> Path | None:
+def rank_share(cfg: TrainConfig, world: int) -> TrainConfig:
+    """One of `world` DDP processes' share of the effective batch E = batch_size × grad_accum / world:
+    micro-batch gcd(batch_size, E), the rest accumulated. Each optimizer step then sees the same
+    examples as one process would (rank r takes the r-th of every `world` consecutive micro-batches)."""
+    if world == 1:
+        return cfg
+    share = cfg.batch_size * cfg.grad_accum // world
+    micro = math.gcd(cfg.batch_size, share)
+    return replace(cfg, batch_size=micro, grad_accum=share // micro)
+
+
+def last_checkpoint(ckpt_dir: Path, key: str, clean: bool = True) -> Path | None:
     """The newest complete checkpoint of this very job (its trainer_state.json is written last), else None.
 
-    Checkpoints of another job (the recipe changed under --force) and half-written ones are removed.
+    Checkpoints of another job (the recipe changed under --force) and half-written ones are removed
+    (`clean`; under DDP the parent cleans before the processes start, and they only read).
     """
+    if not clean:
+        done = [d for d in ckpt_dir.glob("checkpoint-*") if d.name.split("-")[1].isdigit() and (d / "trainer_state.json").is_file()]
+        return max(done, key=lambda d: int(d.name.split("-")[1]), default=None)
     stamp = ckpt_dir / "job.sha256"
     if ckpt_dir.exists() and (not stamp.exists() or stamp.read_text() != key):
         shutil.rmtree(ckpt_dir)
@@ -570,14 +592,48 @@ def train(
         job["preferences"] = preferences
     job_path.write_text(json.dumps(job))
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    proc = subprocess.run([python, "-m", "isheep_lite.train", str(job_path)], env=env, preexec_fn=_die_with_parent)
-    if proc.returncode == 2:
+    argv = [python, "-m", "isheep_lite.train", str(job_path)]
+    if cfg.processes == 1:
+        code = subprocess.run(argv, env=env, preexec_fn=_die_with_parent).returncode
+    else:
+        for d in ("checkpoints", "checkpoints-dpo"):  # cleaned once here; the processes only read them
+            last_checkpoint(out_dir / d, job_key(job))
+        code = _run_ranks(argv, env, cfg.processes)
+    if code == 2:
         raise UserError("training refused its input (see the line above)")
-    if proc.returncode < 0:
-        raise TrainingKilled(-proc.returncode)
-    if proc.returncode != 0 or not result_path.exists():
-        raise RuntimeError(f"training process failed with exit code {proc.returncode}")
+    if code < 0:
+        raise TrainingKilled(-code)
+    if code != 0 or not result_path.exists():
+        raise RuntimeError(f"training process failed with exit code {code}")
     return json.loads(result_path.read_text())
+
+
+def _run_ranks(argv: list[str], env: dict[str, str], world: int) -> int:
+    """`world` training processes joined by torch.distributed's env:// rendezvous on this machine (as
+    `torchrun --standalone` starts them). If one fails the others are stopped (they would wait for it
+    forever); the first failure's exit code is returned."""
+    import socket
+    import time
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    dist = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "WORLD_SIZE": str(world), "LOCAL_WORLD_SIZE": str(world)}
+    procs = [
+        subprocess.Popen(argv, env={**env, **dist, "RANK": str(r), "LOCAL_RANK": str(r)}, preexec_fn=_die_with_parent) for r in range(world)
+    ]
+    try:
+        while True:
+            codes = [p.poll() for p in procs]
+            failed = [c for c in codes if c not in (None, 0)]
+            if failed or all(c == 0 for c in codes):
+                return failed[0] if failed else 0
+            time.sleep(0.2)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+            p.wait()
 
 
 def _die_with_parent() -> None:
@@ -592,11 +648,15 @@ def _die_with_parent() -> None:
 
 def _main(job_path: str) -> int:
     job = json.loads(Path(job_path).read_text())
+    rank = int(os.environ.get("RANK", 0))
     try:
         result = run_training(job)
     except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
+        if rank == 0:  # every process refuses the same input: one line
+            print(f"error: {e}", file=sys.stderr)
         return 2
+    if rank != 0:
+        return 0
     out = Path(job["out_dir"]) / "train_result.json"
     out.write_text(json.dumps(result, indent=2))
     return 0
