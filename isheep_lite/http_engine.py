@@ -19,6 +19,7 @@ offered: a server tokenizes prompt and completion together, unlike training.
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import sys
@@ -49,6 +50,7 @@ class OpenAIEngine(EngineBase):
         timeout_s: float = 600.0,
         retry_s: float = 300.0,
         server: ServerProcess | None = None,
+        lora: tuple[str, Path] | None = None,
     ):
         import llama_cpp as lc
         from llama_cpp import Llama
@@ -61,11 +63,18 @@ class OpenAIEngine(EngineBase):
         self.retries = 0
         self.vocab: Any = None
         self.served = self._check_served()
+        self.lora = lora
+        if lora is not None:
+            self.served = self._load_lora(*lora)
         self.vocab = Llama(model_path=str(gguf_path), vocab_only=True, verbose=False)
         self.adds_bos = bool(lc.llama_vocab_get_add_bos(lc.llama_model_get_vocab(self.vocab.model)))  # as a server reads the GGUF
         self.logprobs, self.grammar = self._probe()
 
     def close(self) -> None:
+        if self.lora is not None:  # the server keeps running: leave it as it was
+            with contextlib.suppress(UserError):
+                self._admin("/unload_lora_adapter", {"lora_name": self.lora[0]})
+            self.lora = None
         if self.vocab is not None:
             self.vocab.close()
             self.vocab = None
@@ -90,6 +99,28 @@ class OpenAIEngine(EngineBase):
                 f"the server at {self.base_url} serves {', '.join(listed) or 'no model'}, not {want} "
                 "(if it serves that model under another name, set model.served_name)"
             )
+        return name
+
+    def _admin(self, path: str, body: dict[str, Any]) -> str:
+        """A POST to one of the server's management endpoints; its text answer."""
+        try:
+            with urllib.request.urlopen(self._request(path, body), timeout=self.timeout_s) as r:
+                return r.read().decode("utf-8", "replace")
+        except urllib.error.HTTPError as e:
+            raise UserError(f"{self.base_url}{path} answered {e.code}: {e.read()[:300].decode('utf-8', 'replace')}") from None
+        except (urllib.error.URLError, OSError) as e:
+            raise UserError(f"cannot reach {self.base_url} ({getattr(e, 'reason', e)})") from None
+
+    def _load_lora(self, name: str, path: Path) -> str:
+        """Load M_t's PEFT adapter into a server with runtime LoRA (vLLM: --enable-lora and
+        VLLM_ALLOW_RUNTIME_LORA_UPDATING=True); requests then name it as their model."""
+        try:
+            self._admin("/load_lora_adapter", {"lora_name": name, "lora_path": str(path.resolve())})
+        except UserError as e:
+            if "already" not in str(e):  # loaded by an earlier stage of this run
+                raise UserError(
+                    f"{e} (model.serve_lora: is the server started with LoRA enabled and a max LoRA rank ≥ train.lora_r?)"
+                ) from None
         return name
 
     def _probe(self) -> tuple[bool, bool]:

@@ -18,9 +18,10 @@ from .store import check_free_disks, reclaim_before_run
 def adapter_mode(r: Recipe, n_params: int) -> bool:
     """export.mode auto: adapters from 3B parameters, where a merged F16 export per iteration costs
     6+ GB of disk, minutes of writing, and more VRAM to serve than the user's quantised GGUF — when
-    llama.cpp serves the model (only it applies GGUF adapters)."""
+    llama.cpp serves the model (only it applies GGUF adapters). A server with runtime LoRA
+    (model.serve_lora) serves every M_t as M_0 + its adapter: always adapters."""
     auto = r.export.mode == "auto" and n_params >= 3_000_000_000 and r.model.backend == "llama_cpp"
-    return r.export.mode == "adapter" or auto
+    return r.export.mode == "adapter" or auto or r.model.serve_lora
 
 
 BYTES_PER_PARAM = {"f32": 4.0, "f16": 2.0, "q8_0": 1.07, "q4_k_m": 0.6, "q4_1": 0.63, "q5_k_m": 0.7}
@@ -82,15 +83,16 @@ def check_recipe(r: Recipe) -> list[dict[str, str]]:
     file, the model's architecture and files, the converter, the judge. `isheep recipe` and `isheep
     run` both call it, so they accept and refuse the same recipes (with the same line). Returns the
     seeds it read."""
-    if r.model.backend == "openai" and not r.model.serve_command:
+    if r.model.backend == "openai" and not (r.model.serve_command or r.model.serve_lora):
         raise UserError(
             "model.backend=openai: the loop serves a new model each iteration, so it starts the server itself; set "
-            "model.serve_command (e.g. 'llama-server -m {gguf} --port 8080'), or evaluate one model with "
+            "model.serve_command (e.g. 'llama-server -m {gguf} --port 8080'), or model.serve_lora for a server that loads "
+            "LoRA adapters at run time (vLLM), or evaluate one model with "
             "`isheep eval MODEL.gguf --server URL`"
         )
     if r.model.serve_command:
         server.check_command(r.model.serve_command)
-    if r.export.mode == "adapter" and r.model.backend != "llama_cpp":
+    if r.export.mode == "adapter" and r.model.backend != "llama_cpp" and not r.model.serve_lora:
         raise UserError(
             "export.mode=adapter serves GGUF LoRA adapters, which only llama.cpp applies: "
             f"set export.mode=merged for model.backend={r.model.backend}"

@@ -55,6 +55,11 @@ class ModelConfig:
         "openai backend: the command that serves a GGUF at base_url, with {gguf} where the file goes; the loop runs it "
         "for each model it serves and stops it before training",
     )
+    serve_lora: bool = knob(
+        False,
+        "openai backend: the server (vLLM with --enable-lora, run by you) keeps serving M_0 as served_name and each M_t "
+        "is its LoRA adapter, loaded at run time; needs loop.train_from=base and the server's view of this run's files",
+    )
     served_name: str | None = knob(None, "openai backend: the model id the server lists, when it is not the GGUF's file name (an alias)")
     serve_timeout_s: float = knob(600.0, "openai backend: seconds a started server may take to answer", **POS)
     retry_s: float = knob(
@@ -450,6 +455,15 @@ def validate(r: Recipe) -> None:
     if r.model.serve_command is not None and (r.model.backend != "openai" or "{gguf}" not in r.model.serve_command):
         raise UserError(
             "recipe: model.serve_command starts an OpenAI-compatible server on {gguf}: it needs model.backend=openai and {gguf} in it"
+        )
+    if r.model.serve_lora and (r.model.backend != "openai" or r.model.serve_command or not r.model.served_name):
+        raise UserError(
+            "recipe: model.serve_lora loads adapters into a server you run: it needs model.backend=openai and "
+            "model.served_name (the base model's id there), and no model.serve_command"
+        )
+    if r.model.serve_lora and (r.loop.train_from != "base" or r.export.mode == "merged"):
+        raise UserError(
+            "recipe: model.serve_lora serves M_t as M_0 + one adapter: it needs loop.train_from=base and export.mode auto or adapter"
         )
     if r.model.backend == "openai" and r.assess.ifd:
         raise UserError("recipe: assess.ifd needs per-token log-probs, which model.backend=openai does not offer")

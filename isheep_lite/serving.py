@@ -49,7 +49,7 @@ def open_engine(model: Served, r: Recipe, backend: str | None = None) -> EngineB
     Every engine the toolkit opens is made here (the CLI wraps it to note which GGUF is loading,
     so a crash inside llama.cpp is reported with its file)."""
     m, backend, gguf = r.model, backend or r.model.backend, model.gguf
-    if model.adapters and backend != "llama_cpp":
+    if model.adapters and backend != "llama_cpp" and not (backend == "openai" and r.model.serve_lora):
         raise UserError(
             f"GGUF LoRA adapters (export.mode=adapter) are applied by llama.cpp: use model.backend=llama_cpp, "
             f"or export.mode=merged with model.backend={backend}"
@@ -65,22 +65,25 @@ def open_engine(model: Served, r: Recipe, backend: str | None = None) -> EngineB
 
 def _open_server(model: Served, r: Recipe) -> EngineBase:
     """The HTTP engine on the server at model.base_url: the one the loop starts on `model` with
-    model.serve_command, else one the user runs (which must serve `model`). A loop's server is
-    checked up front for what its self-assessment mode reads."""
+    model.serve_command; one the user runs that loads `model`'s LoRA adapter at run time
+    (model.serve_lora); else one the user runs, which must serve `model`. A loop's server is checked
+    up front for what its self-assessment mode reads."""
     from .http_engine import OpenAIEngine
     from .server import ServerProcess
 
     m = r.model
     server = ServerProcess(m.serve_command, model.gguf, str(m.base_url), m.serve_timeout_s) if m.serve_command else None
+    # runtime LoRA: M_t = M_0 + Δ_t, the PEFT adapter training wrote beside the GGUF one (iter_NN/adapter/)
+    lora = (f"{r.name}-{model.name}", model.adapters[-1].parent / "adapter") if m.serve_lora and model.adapters else None
     try:
         if server is not None:
             server.start()
-        engine = OpenAIEngine(str(m.base_url), model.gguf, m.n_parallel, m.served_name, retry_s=m.retry_s, server=server)
+        engine = OpenAIEngine(str(m.base_url), model.gguf, m.n_parallel, m.served_name, retry_s=m.retry_s, server=server, lora=lora)
     except BaseException:
         if server is not None:
             server.close()
         raise
-    if server is not None and r.assess.enabled:
+    if (server is not None or m.serve_lora) and r.assess.enabled:
         with contextlib.ExitStack() as undo:
             undo.callback(engine.close)
             engine.require(logprobs=r.assess.mode == "logprob", grammar=r.assess.mode == "grammar")

@@ -276,3 +276,100 @@ def test_a_server_without_log_probs_is_refused_when_the_recipe_reads_them(tiny: 
     from isheep_lite import server as srv
 
     assert not srv.answers(url) and not srv.pidfile(url).exists(), "a refused run stops the server it started"
+
+
+# A stand-in for vLLM's runtime-LoRA endpoints (vLLM itself needs a GPU): it serves "base-model",
+# loads and unloads adapters by name, and logs every request it gets.
+RUNTIME_LORA_SERVER = """
+import json, sys
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+port, log = int(sys.argv[1]), Path(sys.argv[2])
+models = ["base-model"]
+
+class Handler(BaseHTTPRequestHandler):
+    def _send(self, code, body):
+        data = body.encode() if isinstance(body, str) else json.dumps(body).encode()
+        self.send_response(code)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_GET(self):
+        self._send(200, {"object": "list", "data": [{"id": m, "object": "model"} for m in models]})
+
+    def do_POST(self):
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        with log.open("a") as f:
+            f.write(json.dumps({"path": self.path, **body}) + "\\n")
+        if self.path == "/v1/load_lora_adapter":
+            if body["lora_name"] in models:
+                return self._send(400, "The lora adapter '%s' has already been loaded." % body["lora_name"])
+            if not (Path(body["lora_path"]) / "adapter_config.json").is_file():
+                return self._send(400, "no adapter at " + body["lora_path"])
+            models.append(body["lora_name"])
+            return self._send(200, "Success")
+        if self.path == "/v1/unload_lora_adapter":
+            models.remove(body["lora_name"])
+            return self._send(200, "Success")
+        if body.get("model") not in models:
+            return self._send(404, "The model %s does not exist." % body.get("model"))
+        top = {str(d): -float(d) for d in range(1, 10)}
+        self._send(200, {"choices": [{"text": "Fine.", "finish_reason": "stop", "logprobs": {"top_logprobs": [top]}}]})
+
+    def log_message(self, *args):
+        pass
+
+ThreadingHTTPServer(("127.0.0.1", port), Handler).serve_forever()
+"""
+
+
+def test_runtime_lora_loads_each_models_adapter_and_names_it_in_requests(tiny: dict[str, Path], tmp_path: Path) -> None:
+    """model.serve_lora against a stand-in speaking vLLM's wire format (load/unload_lora_adapter,
+    the adapter's name as the request's model): what the toolkit sends, not vLLM's answers."""
+    from isheep_lite import recipe, serving
+    from isheep_lite.recipe import UserError
+
+    script, log, port = tmp_path / "lora_server.py", tmp_path / "requests.jsonl", _free_port()
+    script.write_text(RUNTIME_LORA_SERVER)
+    proc = subprocess.Popen([sys.executable, str(script), str(port), str(log)])
+    url = f"http://127.0.0.1:{port}/v1"
+    try:
+        while not __import__("isheep_lite.server").server.answers(url):
+            assert proc.poll() is None
+            time.sleep(0.1)
+        lora = ["model.backend=openai", f"model.base_url={url}", "model.serve_lora=true"]
+        with pytest.raises(UserError, match="model.served_name"):
+            recipe.load(None, lora)
+        with pytest.raises(UserError, match="loop.train_from=base"):
+            recipe.load(None, [*lora, "model.served_name=base-model", "loop.train_from=previous"])
+        r = recipe.load(None, [*lora, "model.served_name=base-model", "name=run"])
+        (tmp_path / "iter_01" / "adapter").mkdir(parents=True)
+        (tmp_path / "iter_01" / "adapter" / "adapter_config.json").write_text("{}")
+        m1 = serving.Served(tiny["gguf"], (tmp_path / "iter_01" / "adapter-f16.gguf",))
+        with serving.open_engine(serving.Served(tiny["gguf"]), r) as base:
+            assert base.chat([{"role": "user", "content": "Hi"}], Sampling(max_tokens=4)).text == "Fine."
+        with serving.open_engine(m1, r) as engine:
+            engine.chat([{"role": "user", "content": "Hi"}], Sampling(max_tokens=4))
+        # left loaded by a run killed before it could unload: the resumed run uses it as it is
+        body = json.dumps({"lora_name": "run-iter_01", "lora_path": str(tmp_path / "iter_01" / "adapter")}).encode()
+        urllib.request.urlopen(urllib.request.Request(f"{url}/load_lora_adapter", body, {"Content-Type": "application/json"})).read()
+        with serving.open_engine(m1, r):
+            pass
+        missing = serving.Served(tiny["gguf"], (tmp_path / "iter_02" / "adapter-f16.gguf",))
+        with pytest.raises(UserError, match="no adapter at .*LoRA enabled"):
+            serving.open_engine(missing, r)
+    finally:
+        proc.terminate()
+        proc.wait()
+    sent = [json.loads(x) for x in log.read_text().splitlines()]
+    loads = [x for x in sent if x["path"] == "/v1/load_lora_adapter"]
+    assert loads[0] == {
+        "path": "/v1/load_lora_adapter",
+        "lora_name": "run-iter_01",
+        "lora_path": str((tmp_path / "iter_01" / "adapter").resolve()),
+    }
+    asked = [x["model"] for x in sent if x["path"] == "/v1/completions"]
+    assert asked[:3] == ["base-model"] * 3 and set(asked[3:]) == {"run-iter_01"}, asked
+    assert [x["lora_name"] for x in sent if x["path"] == "/v1/unload_lora_adapter"] == ["run-iter_01"] * 2
