@@ -108,3 +108,26 @@ def test_gpu_recipe_export_ram_comment_is_the_planners(name: str) -> None:
     text = (ROOT / "recipes" / name).read_text(encoding="utf-8")
     claimed = float(re.search(r"host RAM ≈ ([\d.]+) GiB", text).group(1))
     assert abs(export_ram_bytes(*HF_WEIGHTS[name]) / GIB - claimed) < 0.06, name
+
+
+def test_served_recipes_load_and_name_the_port_they_serve_on() -> None:
+    """recipes/served/: llama-server started by the loop on the port of model.base_url; vLLM with
+    runtime LoRA and two DDP processes whose training memory comment is the planner's."""
+    server = recipe.load(ROOT / "recipes" / "served" / "llama-server-qwen2.5-7b.yaml")
+    port = server.model.base_url.split(":")[2].split("/")[0]
+    assert server.model.backend == "openai" and f"--port {port}" in server.model.serve_command and "{gguf}" in server.model.serve_command
+    path = ROOT / "recipes" / "served" / "vllm-qwen2.5-7b-2gpu.yaml"
+    vllm, text = recipe.load(path), path.read_text(encoding="utf-8")
+    assert vllm.model.serve_lora and vllm.train.processes == 2 and f"--port {vllm.model.base_url.split(':')[2][:4]}" in text
+    assert f"--max-lora-rank {vllm.train.lora_r}" in text and vllm.model.served_name in text.splitlines()[1]
+    share = train.rank_share(vllm.train, vllm.train.processes)
+    est = estimate(
+        RECIPES["qwen2.5-7b-24gb.yaml"],
+        bits=4,
+        r=vllm.train.lora_r,
+        targets=_targets(vllm),
+        batch=share.batch_size,
+        seq_len=vllm.train.max_seq_len,
+        backend="hf",
+    )
+    assert abs(est["total"] / GB - float(re.search(r"peak ≈ ([\d.]+) GB", text).group(1))) < 0.1
