@@ -93,6 +93,9 @@ def eval_cmd(
         help="an OpenAI-compatible server serving MODEL, e.g. http://127.0.0.1:8080/v1: "
         "MODEL's answers are generated there (its chat template is read from MODEL)",
     ),
+    served_name: Optional[str] = typer.Option(
+        None, "--served-name", help="with --server: the model id the server lists, when it is not MODEL's file name (an alias)"
+    ),
     parallel: int = typer.Option(16, help="sequences (or, with --server, requests) in flight at a time"),
     lora: Optional[List[str]] = typer.Option(
         None, "--lora", help="a GGUF LoRA adapter to apply to MODEL (repeatable, in order), e.g. runs/NAME/iter_01/adapter-f16.gguf"
@@ -109,6 +112,7 @@ def eval_cmd(
     engine = [f"model.backend={backend}", f"model.n_parallel={parallel}"]
     if server:
         engine = ["model.backend=openai", f"model.base_url={server}", f"model.n_parallel={parallel}"]
+        engine += [f"model.served_name={served_name}"] if served_name else []
     sets = [
         f"eval.stop_prompts={stop_prompts}",
         f"eval.suite_prompts={suite_prompts}",

@@ -97,7 +97,7 @@ class OpenAIEngine(EngineBase):
             want = self.model or self.gguf.name
             raise UserError(
                 f"the server at {self.base_url} serves {', '.join(listed) or 'no model'}, not {want} "
-                "(if it serves that model under another name, set model.served_name)"
+                "(if it serves that model under another name, set model.served_name, or isheep eval --served-name)"
             )
         return name
 

@@ -172,6 +172,7 @@ def test_the_loop_runs_on_a_server_it_starts_and_a_killed_server_loses_nothing(s
         "loop.iterations=2",
         "loop.promote=latest",
         "synth.num_instructions=4",
+        "synth.max_tokens=96",
         "synth.response_max_tokens=96",
         "train.epochs=1",
         "eval.stop_prompts=2",
@@ -213,9 +214,30 @@ def test_a_server_that_serves_another_model_is_refused_in_one_line(server: str, 
         timeout=300,
     )
     assert out.returncode == 2 and "Traceback" not in out.stderr and len(out.stderr.strip().splitlines()) == 1, out.stderr
-    assert (
-        f"serves {server.split('/v1')[0]}" not in out.stderr and f"not {smol_gguf.name}" in out.stderr and "model.served_name" in out.stderr
+    assert f"not {smol_gguf.name}" in out.stderr and "--served-name" in out.stderr
+    # Under the name it is served by, the same server is accepted.
+    served = json.loads(urllib.request.urlopen(f"{server}/models").read())["data"][0]["id"]
+    named = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "isheep_lite",
+            "eval",
+            str(smol_gguf),
+            "--server",
+            server,
+            "--served-name",
+            served,
+            "--stop-prompts",
+            "1",
+            "--suite-prompts",
+            "0",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
+    assert named.returncode == 0 and json.loads(named.stdout.strip().splitlines()[-1])["prompts"] == 1, named.stderr[-2000:]
 
 
 # A stand-in for a server that answers completions but returns no log-probs (and ignores grammars).
