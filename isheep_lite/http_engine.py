@@ -37,6 +37,7 @@ from .server import ServerProcess
 from .tokens import prompt_ids
 
 TOP_LOGPROBS = 20
+_REPORTED: set[str] = set()  # the capability lines already printed
 
 
 class OpenAIEngine(EngineBase):
@@ -134,12 +135,10 @@ class OpenAIEngine(EngineBase):
             grammar = forced["choices"][0]["text"] == "zq"
         except UserError:  # a server that rejects the field
             grammar = False
-        print(
-            f"server {self.base_url} serves {self.served} · top-{TOP_LOGPROBS} log-probs: {'yes' if logprobs else 'no'} · "
-            f"GBNF grammars: {'yes' if grammar else 'no'}",
-            file=sys.stderr,
-            flush=True,
-        )
+        line = f"server {self.base_url} · top-{TOP_LOGPROBS} log-probs: {'yes' if logprobs else 'no'} · GBNF grammars: {'yes' if grammar else 'no'}"
+        if line not in _REPORTED:  # once per run, not at every model the loop serves
+            _REPORTED.add(line)
+            print(f"{line} (serving {self.served})", file=sys.stderr, flush=True)
         return logprobs, grammar
 
     def require(self, logprobs: bool = False, grammar: bool = False) -> None:
