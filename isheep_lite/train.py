@@ -380,6 +380,9 @@ def trainer_args(
         use_cpu=not cuda,
         dataloader_num_workers=0,
         disable_tqdm=False,
+        # DDP (train.processes > 1): every LoRA weight gets a gradient each step, and the search for
+        # unused ones breaks on the re-entrant gradient checkpointing of 4-bit training
+        ddp_find_unused_parameters=False,
     )
 
 
