@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import REQUESTS, conversations, same_texts
+from helpers import REQUESTS, cli, conversations, same_texts
 
 from isheep_lite.engine import Engine, Sampling
 
@@ -395,3 +395,36 @@ def test_runtime_lora_loads_each_models_adapter_and_names_it_in_requests(tiny: d
     asked = [x["model"] for x in sent if x["path"] == "/v1/completions"]
     assert asked[:3] == ["base-model"] * 3 and set(asked[3:]) == {"run-iter_01"}, asked
     assert [x["lora_name"] for x in sent if x["path"] == "/v1/unload_lora_adapter"] == ["run-iter_01"] * 2
+
+
+def test_serve_commands_that_cannot_serve_are_refused_in_one_line(server: str, tiny: dict[str, Path], tmp_path: Path) -> None:
+    from isheep_lite import recipe
+    from isheep_lite.recipe import UserError
+    from isheep_lite.server import ServerProcess, command_line
+
+    assert command_line("llama-server -m {gguf} --port 8080", Path("/a b/m.gguf")) == [
+        "llama-server",
+        "-m",
+        "/a b/m.gguf",
+        "--port",
+        "8080",
+    ]
+    base = ["model.backend=openai", f"model.base_url={server}", f"runs_dir={tmp_path}"]
+    for command, words in [
+        ("no-such-server -m {gguf}", "no-such-server is not an installed program"),
+        ("python -m llama_cpp.server --model m.gguf", "{gguf} in it"),
+        ("python -c 'unclosed {gguf}", "cannot be split"),
+    ]:
+        out = cli("recipe", *base, f"model.serve_command={command}", cwd=tmp_path)
+        assert out.returncode == 2 and words in out.stderr and len(out.stderr.strip().splitlines()) == 1, out.stderr
+    # Something already answers on the port: the loop would health-check the wrong server.
+    with pytest.raises(UserError, match="something already answers at"):
+        ServerProcess(f"{sys.executable} -m llama_cpp.server --model {{gguf}}", tiny["gguf"], server, 10).start()
+    # A command that exits before serving: its code and last line.
+    dead = ServerProcess(
+        f"{sys.executable} -c 'import sys; sys.exit(\"no GPU found {{gguf}}\")'", tiny["gguf"], f"http://127.0.0.1:{_free_port()}/v1", 60
+    )
+    with pytest.raises(UserError, match=r"exited with code 1 before serving: no GPU found"):
+        dead.start()
+    dead.close()
+    assert recipe.load(None, [*base, "model.serve_command=python -m llama_cpp.server --model {gguf}"]).model.serve_command
