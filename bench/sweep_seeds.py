@@ -40,6 +40,8 @@ CONFIGS: dict[str, list[str]] = {
     "dpo": ["synth.responses_per_instruction=3", "train.objective=sft+dpo"],
     # best-of-3 answers a 135 M model grades 0.41 points apart on average: margin 1.0 keeps few pairs
     "dpo_margin_0.25": ["synth.responses_per_instruction=3", "train.objective=sft+dpo", "train.dpo_margin=0.25"],
+    # the two levers that each moved both sets, together
+    "paper_verifiable": ["assess.aspects=[quality,following]", "assess.calibrate=false", "synth.verifiable_fraction=0.5"],
     "combined": ["synth.verifiable_fraction=0.5", "synth.responses_per_instruction=3", "train.objective=sft+dpo"],
 }
 # The evaluation every run shares: the decision sets only (the stop-rate prompts and the pairwise
