@@ -30,7 +30,8 @@ class TrainSummary(Summary):
     backend: str  # hf | unsloth, as resolved on this machine
     device: str
     micro_batch: int
-    grad_accum: int
+    grad_accum: int  # per process
+    processes: int = 1  # DDP processes (train.processes); the global batch is micro_batch × grad_accum × processes
     memory_plan: dict[str, Any] | None  # the planner's figures on CUDA
     oom_splits: int  # micro-batches split after running out of memory
     peak_vram_gb: float | None
