@@ -425,7 +425,10 @@ def test_generation_scoring_training_and_backends_see_one_bos(
         assert decoded == [[want], [want + c_ids]]
 
         # the HTTP backend: its tokenizer, and what llama-cpp-python's server (the same
-        # Llama.create_completion) makes of the text it is sent: one BOS, not two
+        # Llama.create_completion) makes of the text it is sent: one BOS, not two (no server needed:
+        # the checks of what a server serves are skipped)
+        monkeypatch.setattr(OpenAIEngine, "_check_served", lambda self: path.name)
+        monkeypatch.setattr(OpenAIEngine, "_probe", lambda self: (True, True))
         with OpenAIEngine("http://127.0.0.1:9", path) as http:
             assert http.tokenize(prompt) == want
             served = engine.llm.create_completion(http.wire_prompt(prompt), max_tokens=1, temperature=0.0)
