@@ -61,7 +61,6 @@ class OpenAIEngine(EngineBase):
         self.gguf = Path(gguf_path)
         self.n_parallel = max(1, n_parallel)
         self.model, self.api_key, self.timeout_s, self.retry_s, self.server = model, api_key, timeout_s, retry_s, server
-        self.retries = 0
         self.vocab: Any = None
         self.served = self._check_served()
         self.lora = lora
@@ -189,7 +188,6 @@ class OpenAIEngine(EngineBase):
                 problem = str(getattr(e, "reason", e))
             if time.monotonic() > deadline:
                 raise UserError(f"{self.base_url} has not answered for {self.retry_s:.0f} s (model.retry_s): {problem}")
-            self.retries += 1
             if self.server is not None:
                 self.server.ensure_running()
             time.sleep(delay)

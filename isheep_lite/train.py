@@ -454,7 +454,7 @@ def run_training(job: dict[str, Any]) -> dict[str, Any]:
     cfg = replace(cfg, batch_size=micro, grad_accum=accum)
     if cuda:
         torch.cuda.reset_peak_memory_stats()
-    resume = last_checkpoint(out_dir / "checkpoints", key, clean=rank == 0 and world == 1) if sft else None
+    resume = last_checkpoint(out_dir / "checkpoints", key, clean=world == 1) if sft else None
     trainer, result = None, None
     if sft:
         trainer = make_trainer(hf_dir, examples, cfg, out_dir, job["seed"], backend)
@@ -466,7 +466,7 @@ def run_training(job: dict[str, Any]) -> dict[str, Any]:
             tokenizer.pad_token = tokenizer.eos_token
     preference = None
     if dpo:  # after SFT (sft+dpo) or instead of it: from the best- and worst-graded answers to one instruction
-        dpo_resume = last_checkpoint(out_dir / "checkpoints-dpo", key, clean=rank == 0 and world == 1)
+        dpo_resume = last_checkpoint(out_dir / "checkpoints-dpo", key, clean=world == 1)
         dpo_trainer = make_dpo_trainer(model, tokenizer, pairs, cfg, out_dir, job["seed"])
         dpo_result = dpo_trainer.train(resume_from_checkpoint=str(dpo_resume) if dpo_resume else None)
         model = dpo_trainer.model
@@ -541,19 +541,17 @@ def last_checkpoint(ckpt_dir: Path, key: str, clean: bool = True) -> Path | None
     Checkpoints of another job (the recipe changed under --force) and half-written ones are removed
     (`clean`; under DDP the parent cleans before the processes start, and they only read).
     """
-    if not clean:
-        done = [d for d in ckpt_dir.glob("checkpoint-*") if d.name.split("-")[1].isdigit() and (d / "trainer_state.json").is_file()]
-        return max(done, key=lambda d: int(d.name.split("-")[1]), default=None)
-    stamp = ckpt_dir / "job.sha256"
-    if ckpt_dir.exists() and (not stamp.exists() or stamp.read_text() != key):
-        shutil.rmtree(ckpt_dir)
-    ckpt_dir.mkdir(parents=True, exist_ok=True)
-    stamp.write_text(key)
+    if clean:
+        stamp = ckpt_dir / "job.sha256"
+        if ckpt_dir.exists() and (not stamp.exists() or stamp.read_text() != key):
+            shutil.rmtree(ckpt_dir)
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
+        stamp.write_text(key)
     complete = []
     for d in ckpt_dir.glob("checkpoint-*"):
         if (d / "trainer_state.json").is_file() and d.name.split("-")[1].isdigit():
             complete.append(d)
-        else:
+        elif clean:
             shutil.rmtree(d, ignore_errors=True)
     return max(complete, key=lambda d: int(d.name.split("-")[1]), default=None)
 
