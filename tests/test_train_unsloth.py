@@ -30,7 +30,8 @@ def gpu_python() -> str:
     has = [str(py), "-c", "import importlib.util as u, sys; sys.exit(not (u.find_spec('unsloth') and u.find_spec('isheep_lite')))"]
     if not (py.exists() and subprocess.run(has).returncode == 0):
         subprocess.run([sys.executable, "-m", "venv", str(GPU_VENV)], check=True)
-        subprocess.run([str(py), "-m", "pip", "install", "-q", "-e", f"{ROOT}[gpu]"], check=True, timeout=1800)
+        # no pip cache: CUDA wheels kept twice would cost ~3 GB more disk
+        subprocess.run([str(py), "-m", "pip", "install", "-q", "--no-cache-dir", "-e", f"{ROOT}[gpu]"], check=True, timeout=1800)
     return str(py)
 
 
