@@ -28,7 +28,10 @@ from isheep_lite.manifest import Manifest, fork
 from isheep_lite.serving import Engines, Served
 from isheep_lite.stages import EvalSummary, FilterSummary, TrainSummary
 
-# Every configuration is the shipped default recipe plus these overrides.
+# Every configuration is BASE plus its overrides. BASE is the default recipe the sweep started from
+# (the calibrated verdict, no verifiable constraints); the default recipe has since taken
+# `verifiable`'s constraints, so BASE pins them off to keep every configuration as it was measured.
+BASE = ["synth.verifiable_fraction=0"]
 CONFIGS: dict[str, list[str]] = {
     "default": [],
     # I-SHEEP's two graded aspects, uncalibrated (its absolute threshold keeps nothing from a 135 M model's
@@ -119,7 +122,7 @@ def main() -> None:
         args.json.write_text(json.dumps(results, indent=1))
         print(table(results))
         return
-    results.update(eval_overrides=EVAL, extra_overrides=args.set)
+    results.update(eval_overrides=EVAL, base_overrides=BASE, extra_overrides=args.set)
     results.setdefault("configs", {}).update({k: CONFIGS[k] for k in args.configs.split(",")})
     first = next((Path(r["run_dir"]) for r in results["runs"].values() if Path(r["run_dir"]).exists()), None)
     for seed in args.seeds:
@@ -144,6 +147,7 @@ def main() -> None:
                 "loop.iterations=1",
                 f"loop.seed={seed}",
                 *EVAL,
+                *BASE,
                 *CONFIGS[name],
                 *args.set,
             ]

@@ -60,6 +60,8 @@ def _tiny_run(tiny: dict[str, Path], tmp: Path) -> list[str]:
         "model.n_ctx=1024",
         "eval.stop_prompts=0",
         "eval.suite_prompts=0",
+        "eval.heldout_prompts=0",
+        "eval.knowledge_questions=0",
     ]
 
 

@@ -183,6 +183,8 @@ def test_adapter_mode_loop_serves_adapter_chains_and_exports_the_final_model_mer
             "train.epochs=1",
             "eval.stop_prompts=0",
             "eval.suite_prompts=0",
+            "eval.heldout_prompts=0",
+            "eval.knowledge_questions=0",
         ],
     )
     store = loop.run(r)

@@ -96,6 +96,8 @@ def test_an_iteration_runs_on_the_transformers_backend(tmp_path: Path, smol_hf: 
             "eval.stop_prompts=3",
             "eval.max_tokens=64",
             "eval.suite_prompts=3",
+            "eval.heldout_prompts=0",
+            "eval.knowledge_questions=0",
             "eval.suite_max_tokens=64",
         ],
     )

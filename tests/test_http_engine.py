@@ -177,6 +177,8 @@ def test_the_loop_runs_on_a_server_it_starts_and_a_killed_server_loses_nothing(s
         "train.epochs=1",
         "eval.stop_prompts=2",
         "eval.suite_prompts=2",
+        "eval.heldout_prompts=0",
+        "eval.knowledge_questions=0",
         "eval.max_tokens=64",
         "eval.suite_max_tokens=64",
         "eval.pairwise=false",

@@ -164,6 +164,8 @@ def test_one_real_iteration_runs_on_a_split_gguf_alone(smol_gguf: Path, tmp_path
             "eval.stop_prompts=2",
             "eval.max_tokens=32",
             "eval.suite_prompts=0",
+            "eval.heldout_prompts=0",
+            "eval.knowledge_questions=0",
         ],
     )
     assert r.model.hf is None

@@ -121,15 +121,17 @@ def _passes(rate: float, n: int) -> list[int]:
     return [1] * k + [0] * (n - k)
 
 
-def _three_set_run(tmp_path: Path, tiny: dict[str, Path], monkeypatch: pytest.MonkeyPatch, scores: dict[int, tuple[float, float, float]]):
-    """loop.run where iteration t's model scores (suite, held-out set, knowledge probe) = scores[t]."""
+def _three_set_run(tmp_path: Path, tiny: dict[str, Path], monkeypatch: pytest.MonkeyPatch, scores: dict[int, tuple[float, ...]]):
+    """loop.run where iteration t's model scores (suite, held-out set, knowledge probe[, share of the
+    held-out set's constraints kept on every prompt]) = scores[t]."""
 
     def fake_checks(model: Served, r: recipe.Recipe, engines: Any, reference: Any = None, judge: Any = None) -> dict[str, Any]:
         t = int(model.gguf.parent.name[5:]) if model.gguf.parent.name.startswith("iter_") else 0
-        suite, held, know = scores[t]
+        suite, held, know, *kept = scores[t]
+        heldout = {"strict_pass": _passes(held, 80), "strict": held, "loose": held, "strict_ci95": [0, 1]}
         return {
             "ifeval": {"strict_pass": _passes(suite, 40), "strict": suite, "loose": suite, "strict_ci95": [0, 1]},
-            "heldout": {"strict_pass": _passes(held, 80), "strict": held, "loose": held, "strict_ci95": [0, 1]},
+            "heldout": {**heldout, "constraints_kept": [kept[0]] * 80} if kept else heldout,
             "knowledge": {"correct": _passes(know, 120), "accuracy": know, "accuracy_ci95": [0, 1]},
         }
 
@@ -160,6 +162,17 @@ def test_a_gain_on_one_set_and_a_loss_on_the_other_is_not_promoted(
     assert p["compared"] and p["best"] == 0 and p["worse"], p
     assert set(p["sets"]) == {"suite", "heldout", "knowledge"} and p["reason"] == "lower on heldout"
     assert p["sets"]["suite"]["delta"] == 0.2 and p["sets"]["heldout"]["delta"] == -0.2
+
+
+def test_the_second_set_is_compared_by_the_constraints_each_prompt_keeps(
+    tmp_path: Path, tiny: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Whole second-set prompts: M_1 and M_2 pass as many as M_0. M_1 keeps fewer of their constraints
+    # (0.3 → 0.25 of each prompt's): not promoted. M_2 keeps more (0.4): promoted.
+    m = _three_set_run(tmp_path, tiny, monkeypatch, {0: (0.3, 0.05, 0.5, 0.3), 1: (0.4, 0.05, 0.5, 0.25), 2: (0.4, 0.05, 0.5, 0.4)})
+    assert m["1"]["promote"]["best"] == 0 and m["1"]["promote"]["reason"] == "lower on heldout"
+    assert m["1"]["promote"]["sets"]["heldout"]["delta"] == pytest.approx(-0.05)
+    assert m["2"]["promote"]["best"] == 2 and m["2"]["promote"]["sets"]["heldout"]["delta"] == pytest.approx(0.1)
 
 
 def test_forgetting_beyond_the_tolerance_blocks_promotion(tmp_path: Path, tiny: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:

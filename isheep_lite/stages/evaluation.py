@@ -30,10 +30,12 @@ class EvalSummary(Summary):
 
     def outcomes(self) -> dict[str, list[float]]:
         """Per-prompt outcomes per set, what promotion compares: `suite` (strict passes; without the
-        suite, `stop`: answers that ended), `heldout` (strict passes), `knowledge` (right answers)."""
+        suite, `stop`: answers that ended), `heldout` (the share of each prompt's constraints kept: a
+        small model passes few whole prompts of two or three constraints, so whole-prompt passes
+        barely move; strict passes where the share was not recorded), `knowledge` (right answers)."""
         out = {"suite" if self.ifeval else "stop": evaluate.passes(self.to_entry())}
         if self.heldout:
-            out["heldout"] = [float(x) for x in self.heldout["strict_pass"]]
+            out["heldout"] = [float(x) for x in self.heldout.get("constraints_kept") or self.heldout["strict_pass"]]
         if self.knowledge:
             out["knowledge"] = [float(x) for x in self.knowledge["correct"]]
         return {k: v for k, v in out.items() if v}

@@ -17,6 +17,8 @@ SMALL = [
     "train.epochs=0.25",
     "eval.stop_prompts=0",
     "eval.suite_prompts=0",
+    "eval.heldout_prompts=0",
+    "eval.knowledge_questions=0",
     "eval.pairwise=false",
 ]
 # A threshold keeps only some scored pairs, so the shared pool needs enough pairs that the highest

@@ -32,6 +32,8 @@ def test_two_real_iterations(tmp_path: Path, smol_hf: Path, capsys: pytest.Captu
             "eval.stop_prompts=20",
             "eval.max_tokens=512",
             "eval.suite_prompts=20",
+            "eval.heldout_prompts=8",
+            "eval.knowledge_questions=20",
         ],
     )
     # A notebook's way in: iteration 1's data, stage by stage, looked at before training ...

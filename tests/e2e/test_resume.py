@@ -27,6 +27,8 @@ ARGS = [
     "filter.keep_top=null",
     "eval.stop_prompts=0",
     "eval.suite_prompts=0",
+    "eval.heldout_prompts=0",
+    "eval.knowledge_questions=0",
 ]
 RECORDS = ("completions", "instructions", "responses", "scored", "kept", "rejected")
 
