@@ -34,7 +34,10 @@ def _forget_from(run_dir: Path, stage: str, records: str, keep_lines: int) -> No
 @pytest.mark.slow
 def test_levers_run_record_what_they_did_and_resume_after_a_kill(tmp_path: Path, pool: Path) -> None:
     levers = ["synth.verifiable_fraction=0.5", "synth.responses_per_instruction=2", "train.objective=sft+dpo", "train.dpo_margin=0"]
-    r = recipe.load(None, [f"runs_dir={tmp_path}", "name=levers", *SMALL, *levers])
+    # a preference pair needs an instruction with two graded answers whose best is kept: no rank cut,
+    # and answers long enough that fewer are dropped as truncated
+    roomy = ["filter.keep_top=null", "synth.response_max_tokens=192"]
+    r = recipe.load(None, [f"runs_dir={tmp_path}", "name=levers", *SMALL, *levers, *roomy])
     run_dir, it = tmp_path / r.name, tmp_path / r.name / "iter_01"
     fork(pool, run_dir, ())  # M_0 only: the instructions get their constraints in this run
     m = Manifest.of(run(r, force=True))
