@@ -17,6 +17,7 @@ from isheep_lite.stages import (
     ExportSummary,
     FilterSummary,
     InstructionsSummary,
+    PromoteSummary,
     ResponsesSummary,
     Summary,
     TrainSummary,
@@ -43,6 +44,33 @@ def counts(e: Summary) -> str:
     return "M_0 served as F16"
 
 
+def suite_cells(ev: EvalSummary) -> str:
+    s = ev.ifeval or {}
+    ci = s.get("strict_ci95", [None, None])
+    return f"{s.get('strict')} ({ci[0]}–{ci[1]}) | {s.get('loose')}"
+
+
+def heldout_cell(ev: EvalSummary) -> str:
+    h = ev.heldout or {}
+    kept = h.get("constraints_kept")
+    return f"{h.get('strict', '–')}, {sum(kept) / len(kept):.3f}" if kept else "–"
+
+
+def knowledge_cell(ev: EvalSummary) -> str:
+    k = ev.knowledge or {}
+    ci = k.get("accuracy_ci95", [None, None])
+    return f"{k['accuracy']} ({ci[0]}–{ci[1]})" if k else "–"
+
+
+def promote_cell(m: Manifest, t: int) -> str:
+    """Δ per compared set against the best model before M_t, and the decision."""
+    p = m.get(t, PromoteSummary)
+    if not p or not p.sets:
+        return "–"
+    deltas = "; ".join(f"{k} {v['delta']:+.3f} ({v['ci95'][0]:+.3f}…{v['ci95'][1]:+.3f})" for k, v in p.sets.items())
+    return f"vs M_{p.against}: {deltas} → {'best' if p.best == t else 'not promoted'}"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("run_dir", type=Path)
@@ -57,13 +85,14 @@ def main() -> None:
     total = sum(sum(m.seconds(t).values()) for t in m.iterations(with_base=True))
     print(f"| | **total** | **{total:.0f}** | |")
     print(
-        "\n| model | stop rate (20 prompts, ≤512 tokens) | mean answer tokens | suite strict (95 % CI) | suite loose |\n|---|---:|---:|---:|---:|"
+        "\n| model | stop rate | mean answer tokens | suite strict (95 % CI) | suite loose | second set: whole prompts, "
+        "constraints kept | knowledge (95 % CI) | promote |\n|---|---:|---:|---:|---:|---:|---:|---|"
     )
     for t in m.iterations(with_base=True):
         if ev := m.get(t, EvalSummary):
-            s = ev.ifeval or {}
-            ci = s.get("strict_ci95", [None, None])
-            print(f"| M_{t} | {ev.stop_rate} | {ev.mean_tokens} | {s.get('strict')} ({ci[0]}–{ci[1]}) | {s.get('loose')} |")
+            print(
+                f"| M_{t} | {ev.stop_rate} | {ev.mean_tokens} | {suite_cells(ev)} | {heldout_cell(ev)} | {knowledge_cell(ev)} | {promote_cell(m, t)} |"
+            )
     if args.save:
         args.save.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(args.run_dir / "manifest.json", args.save)
