@@ -131,3 +131,34 @@ def test_served_recipes_load_and_name_the_port_they_serve_on() -> None:
         backend="hf",
     )
     assert abs(est["total"] / GB - float(re.search(r"peak ≈ ([\d.]+) GB", text).group(1))) < 0.1
+
+
+# Published config.json shapes of the models the paper recipe's planner comment names.
+PAPER_SHAPES = {
+    "SmolLM2-135M": Shape(30, 576, 1536, 9, 3, 64, 49152, True),
+    "Qwen2.5-1.5B": RECIPES["qwen2.5-1.5b-colab-t4.yaml"],
+    "Qwen2.5-7B": RECIPES["qwen2.5-7b-24gb.yaml"],
+    "Llama-3.1-8B": RECIPES["llama3.1-8b-24gb.yaml"],
+}
+
+
+def test_paper_recipe_is_the_papers_procedure_and_its_24gb_plan_is_the_planners() -> None:
+    """recipes/isheep_paper.yaml: two aspects as whole numbers, the top two grades of both kept, no
+    rank cut, the paper's LoRA and schedule; each 24 GB figure in its header is what the planner
+    gives for the micro-batch it picks on a 23.5 GB card at the recipe's effective batch."""
+    from isheep_lite.planner import plan_batches
+
+    path = ROOT / "recipes" / "isheep_paper.yaml"
+    r, text = recipe.load(path), path.read_text(encoding="utf-8")
+    assert r.assess.aspects == ["quality", "following"] and r.assess.mode == "grammar" and not r.assess.calibrate
+    assert r.filter.min_score == r.assess.scale - 1 and r.filter.keep_top is None and r.synth.verifiable_fraction == 0
+    assert r.synth.num_instructions >= 1000 and r.loop.iterations == 3 and r.loop.train_from == "base"
+    assert (r.train.lora_r, r.train.lora_alpha, r.train.lr, r.train.epochs) == (8, 16, 5e-5, 2.0)
+    assert r.train.batch_size * r.train.grad_accum == 16 and r.train.max_seq_len == 1024
+    targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    for name, shape in PAPER_SHAPES.items():
+        plan = plan_batches(
+            shape, 23.5 * GB, bits=4, r=r.train.lora_r, targets=targets, seq_len=r.train.max_seq_len, effective_batch=16, backend="unsloth"
+        )
+        claimed = float(re.search(rf"{re.escape(name)} peak ≈ ([\d.]+) GB", text).group(1))
+        assert plan["micro_batch"] == 16 and abs(plan["estimate_gb"] - claimed) < 0.01, (name, plan)
