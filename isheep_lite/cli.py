@@ -16,7 +16,7 @@ from typing import Any, List, Optional
 
 import typer
 
-from .recipe import UserError
+from .recipe import EvalConfig, UserError
 from .store import STATUS_ENV, note_status, read_status
 from .train import TrainingKilled
 
@@ -26,6 +26,8 @@ app = typer.Typer(
     no_args_is_help=False,
     help="Iterative self-alignment (I-SHEEP) of small LLMs, on a CPU or one GPU.",
 )
+# `isheep eval` measures a model on the sets a run decides with, so its numbers compare with a run's.
+EVAL = EvalConfig()
 
 
 def _split_args(args: list[str]) -> tuple[Optional[str], list[str]]:
@@ -81,10 +83,12 @@ def data(
 @app.command("eval")
 def eval_cmd(
     model: str = typer.Argument(..., help="a GGUF path or embedded:smollm2-135m-instruct"),
-    stop_prompts: int = typer.Option(20, help="held-out prompts for the stop rate (0 = skip)"),
-    suite_prompts: int = typer.Option(40, help="instruction-following suite prompts (0 = skip; max 160)"),
-    heldout_prompts: int = typer.Option(0, help="the second instruction-following set, several constraints per prompt (max 80)"),
-    knowledge: int = typer.Option(0, help="knowledge-probe questions: short factual answers (max 120)"),
+    stop_prompts: int = typer.Option(EVAL.stop_prompts, help="held-out prompts for the stop rate (0 = skip)"),
+    suite_prompts: int = typer.Option(EVAL.suite_prompts, help="instruction-following suite prompts (0 = skip; max 160)"),
+    heldout_prompts: int = typer.Option(
+        EVAL.heldout_prompts, help="the second instruction-following set, several constraints per prompt (0 = skip; max 80)"
+    ),
+    knowledge: int = typer.Option(EVAL.knowledge_questions, help="knowledge-probe questions: short factual answers (0 = skip; max 120)"),
     against: Optional[str] = typer.Option(None, help="a second GGUF: judge MODEL's answers against its answers, both orders"),
     judge: Optional[str] = typer.Option(None, help="the judge GGUF for --against (default: MODEL itself)"),
     backend: str = typer.Option("llama_cpp", help="llama_cpp | transformers (MODEL dequantised by transformers)"),
@@ -101,7 +105,7 @@ def eval_cmd(
         None, "--lora", help="a GGUF LoRA adapter to apply to MODEL (repeatable, in order), e.g. runs/NAME/iter_01/adapter-f16.gguf"
     ),
 ) -> None:
-    """Evaluate a GGUF: stop rate, instruction-following accuracy, optionally a pairwise verdict (greedy, held-out prompts)."""
+    """Evaluate a GGUF on a run's evaluation sets (stop rate, the suite, the second set, the knowledge probe; greedy), optionally a pairwise verdict."""
     import json
 
     from . import evaluate, models, recipe

@@ -49,6 +49,24 @@ def test_cli_imports_no_heavy_library() -> None:
     assert out.stdout.strip() == "[]"
 
 
+def test_eval_command_measures_the_sets_a_run_decides_with() -> None:
+    """`isheep eval` without counts evaluates on the recipe's evaluation sets, so its numbers compare
+    with a run's eval.json; the counts live once, in recipe.EvalConfig."""
+    import inspect
+
+    from isheep_lite import cli as cli_module
+
+    defaults = {k: v.default.default for k, v in inspect.signature(cli_module.eval_cmd).parameters.items()}
+    e = recipe.load().eval
+    assert (defaults["stop_prompts"], defaults["suite_prompts"], defaults["heldout_prompts"], defaults["knowledge"]) == (
+        e.stop_prompts,
+        e.suite_prompts,
+        e.heldout_prompts,
+        e.knowledge_questions,
+    )
+    assert e.suite_prompts == 160 and e.heldout_prompts > 0 and e.knowledge_questions > 0
+
+
 @pytest.mark.slow
 def test_recipe_command_prints_every_default(tmp_path: Path) -> None:
     p = cli("recipe", "synth.num_instructions=64", cwd=tmp_path)

@@ -66,7 +66,20 @@ def _tiny_run(tiny: dict[str, Path], tmp: Path) -> list[str]:
 
 
 def _eval(gguf: Path) -> list[str]:
-    return ["eval", str(gguf), "--stop-prompts", "2", "--suite-prompts", "0", "--parallel", "2"]
+    return [
+        "eval",
+        str(gguf),
+        "--stop-prompts",
+        "2",
+        "--suite-prompts",
+        "0",
+        "--heldout-prompts",
+        "0",
+        "--knowledge",
+        "0",
+        "--parallel",
+        "2",
+    ]
 
 
 def _one_line(stderr: str) -> str:

@@ -17,6 +17,9 @@ from helpers import REQUESTS, cli, conversations, same_texts
 
 from isheep_lite.engine import Engine, Sampling
 
+# `isheep eval` runs every decision set unless told not to; these tests check the served path on a few prompts.
+NO_SECOND_SETS = ("--heldout-prompts", "0", "--knowledge", "0")
+
 
 def _free_port() -> int:
     with socket.socket() as s:
@@ -111,7 +114,19 @@ def test_http_scores_read_the_servers_top_logprobs(tiny_engine: Engine, http_eng
 def test_isheep_eval_runs_on_a_server(server: str, tiny: dict[str, Path]) -> None:
     def run(*extra: str) -> subprocess.CompletedProcess:
         return subprocess.run(
-            [sys.executable, "-m", "isheep_lite", "eval", str(tiny["gguf"]), "--stop-prompts", "4", "--suite-prompts", "6", *extra],
+            [
+                sys.executable,
+                "-m",
+                "isheep_lite",
+                "eval",
+                str(tiny["gguf"]),
+                "--stop-prompts",
+                "4",
+                "--suite-prompts",
+                "6",
+                *NO_SECOND_SETS,
+                *extra,
+            ],
             capture_output=True,
             text=True,
             timeout=600,
@@ -215,7 +230,20 @@ def test_the_loop_runs_on_a_server_it_starts_and_a_killed_server_loses_nothing(s
 
 def test_a_server_that_serves_another_model_is_refused_in_one_line(server: str, smol_gguf: Path) -> None:
     out = subprocess.run(
-        [sys.executable, "-m", "isheep_lite", "eval", str(smol_gguf), "--server", server, "--stop-prompts", "1", "--suite-prompts", "0"],
+        [
+            sys.executable,
+            "-m",
+            "isheep_lite",
+            "eval",
+            str(smol_gguf),
+            "--server",
+            server,
+            "--stop-prompts",
+            "1",
+            "--suite-prompts",
+            "0",
+            *NO_SECOND_SETS,
+        ],
         capture_output=True,
         text=True,
         timeout=300,
@@ -239,6 +267,7 @@ def test_a_server_that_serves_another_model_is_refused_in_one_line(server: str, 
             "1",
             "--suite-prompts",
             "0",
+            *NO_SECOND_SETS,
         ],
         capture_output=True,
         text=True,
