@@ -11,6 +11,7 @@ seeds, are the sample; bench/pool_replicates.py explains why).
 
     python bench/sweep_seeds.py [--configs default,combined] [--seeds 1 2 3] [--out /tmp/seed-sweep]
     python bench/sweep_seeds.py --backfill   # the second set's constraint shares for older runs
+    python bench/sweep_seeds.py --versus dpo_margin_0.25 verifiable   # one configuration against another
 
 Writes bench/results/seed-sweep.json after every run (a killed sweep keeps what it measured and
 skips finished runs when started again) and prints the pooled table.
@@ -106,6 +107,20 @@ def pooled(m0: list[float], runs: list[list[float]]) -> dict:
     return {"m1": round(sum(mean) / len(mean), 4), "delta": d["delta"], "ci95": d["ci95"], "p_worse": d["p_worse"], "seeds": len(runs)}
 
 
+def versus(results: dict, a: str, b: str) -> str:
+    """Configuration A against configuration B, per set: each one's M_1 averaged over its seeds per
+    prompt, the difference bootstrapped over prompts (the same prompts, so paired)."""
+    lines = [f"{a} − {b}: Δ (95 % CI), P({a} worse)"]
+    for s in results["m0"]:
+        runs = {c: [r["m1"][s] for r in results["runs"].values() if r["config"] == c and s in r["m1"]] for c in (a, b)}
+        if not all(runs.values()):
+            continue
+        mean = {c: [sum(col) / len(col) for col in zip(*v)] for c, v in runs.items()}
+        d = evaluate.paired_bootstrap(mean[b], mean[a])
+        lines.append(f"  {s}: {d['delta']:+.3f} ({d['ci95'][0]:+.3f}…{d['ci95'][1]:+.3f}), {d['p_worse']:.2f} · seeds {len(runs[a])} / {len(runs[b])}")
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--configs", default="default,combined")
@@ -114,8 +129,12 @@ def main() -> None:
     ap.add_argument("--json", type=Path, default=Path(__file__).parent / "results" / "seed-sweep.json")
     ap.add_argument("--set", nargs="*", default=[], help="overrides added to every run")
     ap.add_argument("--backfill", action="store_true", help="only add the second set's per-prompt constraint shares where missing")
+    ap.add_argument("--versus", nargs=2, metavar=("A", "B"), help="only print A − B per set, pooled over the seeds each ran")
     args = ap.parse_args()
     results = json.loads(args.json.read_text()) if args.json.exists() else {"runs": {}}
+    if args.versus:
+        print(versus(results, *args.versus))
+        return
     if args.backfill:
         backfill(results)
         results["pooled"] = pool(results)
