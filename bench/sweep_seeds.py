@@ -117,7 +117,9 @@ def versus(results: dict, a: str, b: str) -> str:
             continue
         mean = {c: [sum(col) / len(col) for col in zip(*v)] for c, v in runs.items()}
         d = evaluate.paired_bootstrap(mean[b], mean[a])
-        lines.append(f"  {s}: {d['delta']:+.3f} ({d['ci95'][0]:+.3f}…{d['ci95'][1]:+.3f}), {d['p_worse']:.2f} · seeds {len(runs[a])} / {len(runs[b])}")
+        lines.append(
+            f"  {s}: {d['delta']:+.3f} ({d['ci95'][0]:+.3f}…{d['ci95'][1]:+.3f}), {d['p_worse']:.2f} · seeds {len(runs[a])} / {len(runs[b])}"
+        )
     return "\n".join(lines)
 
 
