@@ -130,7 +130,9 @@ def eval_cmd(
         if against:
             if not stop_prompts:
                 raise recipe.UserError("--against judges the answers to the stop-rate prompts: --stop-prompts must be > 0")
-            rr = recipe.load(None, [f"eval.stop_prompts={stop_prompts}", "eval.suite_prompts=0"])
+            # the reference is only judged against on the stop-rate prompts: nothing else is evaluated on it
+            only_stop = ["eval.suite_prompts=0", "eval.heldout_prompts=0", "eval.knowledge_questions=0"]
+            rr = recipe.load(None, [f"eval.stop_prompts={stop_prompts}", *only_stop])
             with Engines(rr) as local:
                 reference = evaluate.checks(Served(models.resolve_gguf(against)), rr, local)
         result = evaluate.checks(served, r, engines, reference, Served(models.resolve_gguf(judge)) if judge else None)
