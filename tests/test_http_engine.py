@@ -229,50 +229,16 @@ def test_the_loop_runs_on_a_server_it_starts_and_a_killed_server_loses_nothing(s
 
 
 def test_a_server_that_serves_another_model_is_refused_in_one_line(server: str, smol_gguf: Path) -> None:
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "isheep_lite",
-            "eval",
-            str(smol_gguf),
-            "--server",
-            server,
-            "--stop-prompts",
-            "1",
-            "--suite-prompts",
-            "0",
-            *NO_SECOND_SETS,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    def eval_on_server(*extra: str) -> subprocess.CompletedProcess:
+        argv = ["eval", str(smol_gguf), "--server", server, *extra, "--stop-prompts", "1", "--suite-prompts", "0", *NO_SECOND_SETS]
+        return subprocess.run([sys.executable, "-m", "isheep_lite", *argv], capture_output=True, text=True, timeout=300)
+
+    out = eval_on_server()
     assert out.returncode == 2 and "Traceback" not in out.stderr and len(out.stderr.strip().splitlines()) == 1, out.stderr
     assert f"not {smol_gguf.name}" in out.stderr and "--served-name" in out.stderr
     # Under the name it is served by, the same server is accepted.
     served = json.loads(urllib.request.urlopen(f"{server}/models").read())["data"][0]["id"]
-    named = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "isheep_lite",
-            "eval",
-            str(smol_gguf),
-            "--server",
-            server,
-            "--served-name",
-            served,
-            "--stop-prompts",
-            "1",
-            "--suite-prompts",
-            "0",
-            *NO_SECOND_SETS,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    named = eval_on_server("--served-name", served)
     assert named.returncode == 0 and json.loads(named.stdout.strip().splitlines()[-1])["prompts"] == 1, named.stderr[-2000:]
 
 
