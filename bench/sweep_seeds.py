@@ -99,11 +99,16 @@ def per_prompt(entry: dict) -> dict[str, list[float]]:
     return out
 
 
+def seed_mean(runs: list[list[float]]) -> list[float]:
+    """Per prompt, the mean over the seeds' runs."""
+    return [sum(col) / len(col) for col in zip(*runs)]
+
+
 def pooled(m0: list[float], runs: list[list[float]]) -> dict:
     """M_1 − M_0 averaged over seeds per prompt, bootstrapped over prompts."""
-    diffs = [sum(col) / len(col) for col in zip(*[[y - x for x, y in zip(m0, r)] for r in runs])]
+    diffs = seed_mean([[y - x for x, y in zip(m0, r)] for r in runs])
     d = evaluate.paired_bootstrap([0.0] * len(diffs), diffs)
-    mean = [sum(col) / len(col) for col in zip(*runs)]
+    mean = seed_mean(runs)
     return {"m1": round(sum(mean) / len(mean), 4), "delta": d["delta"], "ci95": d["ci95"], "p_worse": d["p_worse"], "seeds": len(runs)}
 
 
@@ -115,8 +120,7 @@ def versus(results: dict, a: str, b: str) -> str:
         runs = {c: [r["m1"][s] for r in results["runs"].values() if r["config"] == c and s in r["m1"]] for c in (a, b)}
         if not all(runs.values()):
             continue
-        mean = {c: [sum(col) / len(col) for col in zip(*v)] for c, v in runs.items()}
-        d = evaluate.paired_bootstrap(mean[b], mean[a])
+        d = evaluate.paired_bootstrap(seed_mean(runs[b]), seed_mean(runs[a]))
         lines.append(
             f"  {s}: {d['delta']:+.3f} ({d['ci95'][0]:+.3f}…{d['ci95'][1]:+.3f}), {d['p_worse']:.2f} · seeds {len(runs[a])} / {len(runs[b])}"
         )

@@ -20,6 +20,10 @@ REQUESTS = [
     "Why is the sky blue?",
 ]
 
+# `isheep eval` runs every decision set unless told not to: tests of other paths skip the second set
+# and the knowledge probe.
+NO_SECOND_SETS = ("--heldout-prompts", "0", "--knowledge", "0")
+
 
 def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     """`isheep ARGS` in a fresh process, from `cwd`, with this checkout on the path."""

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers import NO_SECOND_SETS
 
 from isheep_lite import cli, models
 
@@ -66,20 +67,7 @@ def _tiny_run(tiny: dict[str, Path], tmp: Path) -> list[str]:
 
 
 def _eval(gguf: Path) -> list[str]:
-    return [
-        "eval",
-        str(gguf),
-        "--stop-prompts",
-        "2",
-        "--suite-prompts",
-        "0",
-        "--heldout-prompts",
-        "0",
-        "--knowledge",
-        "0",
-        "--parallel",
-        "2",
-    ]
+    return ["eval", str(gguf), "--stop-prompts", "2", "--suite-prompts", "0", *NO_SECOND_SETS, "--parallel", "2"]
 
 
 def _one_line(stderr: str) -> str:

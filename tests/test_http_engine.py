@@ -13,12 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from helpers import REQUESTS, cli, conversations, same_texts
+from helpers import NO_SECOND_SETS, REQUESTS, cli, conversations, same_texts
 
 from isheep_lite.engine import Engine, Sampling
-
-# `isheep eval` runs every decision set unless told not to; these tests check the served path on a few prompts.
-NO_SECOND_SETS = ("--heldout-prompts", "0", "--knowledge", "0")
 
 
 def _free_port() -> int:

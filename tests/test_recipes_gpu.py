@@ -154,11 +154,18 @@ def test_paper_recipe_is_the_papers_procedure_and_its_24gb_plan_is_the_planners(
     assert r.filter.min_score == r.assess.scale - 1 and r.filter.keep_top is None and r.synth.verifiable_fraction == 0
     assert r.synth.num_instructions >= 1000 and r.loop.iterations == 3 and r.loop.train_from == "base"
     assert (r.train.lora_r, r.train.lora_alpha, r.train.lr, r.train.epochs) == (8, 16, 5e-5, 2.0)
-    assert r.train.batch_size * r.train.grad_accum == 16 and r.train.max_seq_len == 1024
-    targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    assert r.train.batch_size * r.train.grad_accum == 16 and r.train.max_seq_len == 1024 and train.auto_targets(r.train.target_modules)
+    effective = r.train.batch_size * r.train.grad_accum
     for name, shape in PAPER_SHAPES.items():
         plan = plan_batches(
-            shape, 23.5 * GB, bits=4, r=r.train.lora_r, targets=targets, seq_len=r.train.max_seq_len, effective_batch=16, backend="unsloth"
+            shape,
+            23.5 * GB,
+            bits=4,
+            r=r.train.lora_r,
+            targets=_targets(r),
+            seq_len=r.train.max_seq_len,
+            effective_batch=effective,
+            backend="unsloth",
         )
         claimed = float(re.search(rf"{re.escape(name)} peak ≈ ([\d.]+) GB", text).group(1))
         assert plan["micro_batch"] == 16 and abs(plan["estimate_gb"] - claimed) < 0.01, (name, plan)

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import NO_SECOND_SETS
 
 from isheep_lite import export
 
@@ -59,10 +60,7 @@ def test_suite_is_deterministic_and_fails_a_broken_model(smol_hf: Path, smol_ggu
         "8",
         "--suite-prompts",
         "0",
-        "--heldout-prompts",
-        "0",
-        "--knowledge",
-        "0",
+        *NO_SECOND_SETS,
         "--against",
         "embedded:smollm2-135m-instruct",
         "--judge",
