@@ -36,7 +36,8 @@ def counts(e: Summary) -> str:
     if isinstance(e, FilterSummary):
         return f"{e.kept} kept ({100 * e.kept_ratio:.0f} %), rejected: " + ", ".join(f"{k} {v}" for k, v in e.rejected_by_reason.items())
     if isinstance(e, TrainSummary):
-        return f"{e.examples} examples, {e.steps} steps, loss {e.loss_first} → {e.loss_last}"
+        resumed = f"; seconds from the resume at step {e.resumed_from_step}" if e.resumed_from_step else ""
+        return f"{e.examples} examples, {e.steps} steps, loss {e.loss_first} → {e.loss_last}{resumed}"
     if isinstance(e, ExportSummary):
         return ", ".join(Path(p).name for p in e.files.values())
     if isinstance(e, EvalSummary):
@@ -68,7 +69,8 @@ def promote_cell(m: Manifest, t: int) -> str:
     if not p or not p.sets:
         return "–"
     deltas = "; ".join(f"{k} {v['delta']:+.3f} ({v['ci95'][0]:+.3f}…{v['ci95'][1]:+.3f})" for k, v in p.sets.items())
-    return f"vs M_{p.against}: {deltas} → {'best' if p.best == t else 'not promoted'}"
+    flag = " (flagged worse)" if p.worse else ""
+    return f"vs M_{p.against}: {deltas} → {'best' if p.best == t else 'not promoted'}{flag}"
 
 
 def main() -> None:
