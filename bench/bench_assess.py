@@ -2,8 +2,8 @@
 
     python bench/bench_assess.py [--pairs 40] [--model embedded:smollm2-135m-instruct]
 
-Same (instruction, response) pairs, same assessment prompt (assess.py), one aspect. Methods:
-- logprob, batched: `assess.assess` — one forward pass per pair, `Engine.score_many`, the default;
+Same (instruction, response) pairs, same assessment prompt (grading.py), one aspect. Methods:
+- logprob, batched: `grading.assess` — one forward pass per pair, `Engine.score_many`, the default;
 - logprob, one at a time: the same with n_parallel=1;
 - generated, batched: the engine generates the reply to the prompt without the "Score: " pre-fill
   (greedy, ≤ 32 tokens) and the first integer 1..9 in it is parsed — what a judge without log-probs does;
@@ -20,17 +20,20 @@ import platform
 import time
 from pathlib import Path
 
-from isheep_lite import assess, evaluate, ifeval, models
-from isheep_lite.engine import Engine, Sampling
-from isheep_lite.recipe import AssessConfig
+from isheep_lite.config import AssessConfig
+from isheep_lite.engines.base import Sampling
+from isheep_lite.engines.llamacpp import Engine
+from isheep_lite.evals import measure, suite
+from isheep_lite.gguf import header
+from isheep_lite.selfalign import grading
 
 RESULTS = Path(__file__).resolve().parent / "results"
 GEN_TOKENS = 32
 
 
 def make_pairs(e: Engine, n: int) -> list[dict]:
-    qs = [it.prompt for it in ifeval.suite()][:n]
-    outs = evaluate.greedy_answers(e, qs, 160, lambda k: None)
+    qs = [it.prompt for it in suite.suite()][:n]
+    outs = measure.greedy_answers(e, qs, 160, lambda k: None)
     return [{"id": f"p{i}", "instruction": q, "input": "", "response": c.text} for i, (q, c) in enumerate(zip(qs, outs))]
 
 
@@ -39,22 +42,22 @@ def main() -> None:
     ap.add_argument("--pairs", type=int, default=40)
     ap.add_argument("--model", default="embedded:smollm2-135m-instruct")
     args = ap.parse_args()
-    path = models.resolve_gguf(args.model)
+    path = header.resolve_gguf(args.model)
     cfg = AssessConfig(aspects=["quality"], calibrate=False)  # one question per pair: the speed of one read
     rows = []
     with Engine(path, n_ctx=2048, n_parallel=16) as e:
         pairs = make_pairs(e, args.pairs)
         t = time.perf_counter()
-        scored = assess.assess(e, pairs, cfg, "bench", {}, lambda r: None)
+        scored = grading.assess(e, pairs, cfg, "bench", {}, lambda r: None)
         dt = time.perf_counter() - t
         rows.append({"method": "logprob, batched (n_parallel 16)", "pairs_s": len(pairs) / dt, "valid": len(scored)})
         prompts = [
-            assess.assessment_prompt(e, p["instruction"], p["response"], "quality", cfg.scale)[: -len(assess.PREFILL)] for p in pairs
+            grading.assessment_prompt(e, p["instruction"], p["response"], "quality", cfg.scale)[: -len(grading.PREFILL)] for p in pairs
         ]
         t = time.perf_counter()
         outs = e.generate(prompts, [Sampling(temperature=0.0, max_tokens=GEN_TOKENS)] * len(prompts))
         dt = time.perf_counter() - t
-        valid = sum(assess.parse_score(c.text, cfg.scale) is not None for c in outs)
+        valid = sum(grading.parse_score(c.text, cfg.scale) is not None for c in outs)
         rows.append(
             {
                 "method": f"generated, batched (≤ {GEN_TOKENS} tokens)",
@@ -69,14 +72,14 @@ def main() -> None:
         for p in prompts:
             e.llm.reset()
             text = e.llm.create_completion(p, max_tokens=GEN_TOKENS, temperature=0.0)["choices"][0]["text"]
-            valid += assess.parse_score(text, cfg.scale) is not None
+            valid += grading.parse_score(text, cfg.scale) is not None
         dt = time.perf_counter() - t
         rows.append(
             {"method": f"generated, sequential create_completion (≤ {GEN_TOKENS} tokens)", "pairs_s": len(pairs) / dt, "valid": valid}
         )
     with Engine(path, n_ctx=2048, n_parallel=1) as e1:
         t = time.perf_counter()
-        assess.assess(e1, pairs, cfg, "bench", {}, lambda r: None)
+        grading.assess(e1, pairs, cfg, "bench", {}, lambda r: None)
         rows.append(
             {"method": "logprob, one at a time (n_parallel 1)", "pairs_s": len(pairs) / (time.perf_counter() - t), "valid": len(pairs)}
         )

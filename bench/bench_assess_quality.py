@@ -8,10 +8,10 @@ scores every pair; AUROC = P(a random good pair scores above a random bad one), 
 0.5 = no separation. The 95 % interval is a percentile bootstrap over pairs (2000 resamples).
 Signals: the assessment levels (quality only, instruction-following only, both = I-SHEEP's mean),
 the yes/no verdict, each with log-prob scores and grammar-constrained answers, each again calibrated
-(assess.calibrate: the score minus the score with the instruction withheld — the calibrated verdict
+(grading.calibrate: the score minus the score with the instruction withheld — the calibrated verdict
 is the toolkit's default, marked "← default"), IFD (lower = better,
 so −IFD is used), and rank-mean combinations (filter.rank_by: score+ifd).
-Also the pairwise judge (evaluate.pairwise) on the 42 (good, bad) answers to the same instruction:
+Also the pairwise judge (measure.pairwise) on the 42 (good, bad) answers to the same instruction:
 how often it prefers the good one in both orders, and its position bias.
 Caveat: the verdict question and the combinations were picked after trying several signals on this
 same set, so their AUROC is optimistic. tests/data/assess_labelled_heldout.jsonl is the fair test:
@@ -33,9 +33,11 @@ import random
 import time
 from pathlib import Path
 
-from isheep_lite import assess, evaluate, filters, models
-from isheep_lite.engine import Engine
-from isheep_lite.recipe import AssessConfig
+from isheep_lite.config import AssessConfig
+from isheep_lite.engines.llamacpp import Engine
+from isheep_lite.evals import measure
+from isheep_lite.gguf import header
+from isheep_lite.selfalign import filters, grading
 
 ROOT = Path(__file__).resolve().parent
 LABELLED = ROOT.parent / "tests" / "data" / "assess_labelled.jsonl"
@@ -65,7 +67,7 @@ def judge_accuracy(e: Engine, rows: list[dict]) -> dict:
     for r in rows:
         pairs.setdefault(r["instruction"], {})[r["label"]] = r["response"]
     qs = [q for q, v in pairs.items() if {"good", "bad"} <= set(v)]
-    out = evaluate.pairwise(e, qs, [pairs[q]["good"] for q in qs], [pairs[q]["bad"] for q in qs])
+    out = measure.pairwise(e, qs, [pairs[q]["good"] for q in qs], [pairs[q]["bad"] for q in qs])
     k = len(qs)
     by_odds = sum(x is not None and x > 0 for x in out["log_odds"])  # a forced choice, no tie margin
     return {
@@ -86,7 +88,7 @@ def main() -> None:
     files = [Path(x) for x in args.labelled]
     rows = [{**json.loads(line), "file": f.name} for f in files for line in f.read_text().splitlines() if line.strip()]
     labels = [int(r["label"] == "good") for r in rows]
-    path = models.resolve_gguf(args.model)
+    path = header.resolve_gguf(args.model)
     signals: dict[str, list[float]] = {}
     seconds: dict[str, float] = {}
     with Engine(path, n_ctx=2048, n_parallel=16) as e:
@@ -94,7 +96,7 @@ def main() -> None:
             # the log-prob pass is calibrated too: its records keep the uncalibrated scores as scores_shown
             t = time.perf_counter()
             cfg = AssessConfig(mode=mode, aspects=["quality", "following", "verdict"], calibrate=mode == "logprob")
-            out = assess.assess(e, rows, cfg, "bench", {}, lambda r: None)
+            out = grading.assess(e, rows, cfg, "bench", {}, lambda r: None)
             seconds[f"{mode}{', with calibration' if cfg.calibrate else ''}"] = time.perf_counter() - t
             raw = [r["scores_shown"] if cfg.calibrate else r["scores"] for r in out]
             signals[f"quality only ({mode})"] = [x["quality"] for x in raw]
@@ -107,7 +109,7 @@ def main() -> None:
                     signals[f"{aspect}, calibrated (logprob){default}"] = [r["scores"][aspect] for r in out]
                 signals["both, mean, calibrated (logprob)"] = [(r["scores"]["quality"] + r["scores"]["following"]) / 2 for r in out]
         t = time.perf_counter()
-        signals["−IFD (judge-free)"] = [-x for x in assess.ifd(e, rows)]
+        signals["−IFD (judge-free)"] = [-x for x in grading.ifd(e, rows)]
         seconds["ifd"] = time.perf_counter() - t
         for name in ("both, mean (logprob)", "verdict (logprob)"):
             signals[f"{name} + IFD, rank mean"] = [

@@ -11,7 +11,7 @@ adapter (r 16, all seven projections, lora_B set to small random values so the m
 is made for it. Building happens in child processes of its own, so its memory is never measured.
 Then, each in a fresh child process:
 
-  baseline   the interpreter with torch, isheep_lite.export and llama.cpp's converter imported, nothing run
+  baseline   the interpreter with torch, isheep_lite.gguf.export and llama.cpp's converter imported, nothing run
   merge      export.merge_into_dir(hf, adapter, out)                    (step 1 of a merged export alone)
   convert    export.convert(hf, template, out, "f16")                   (llama.cpp's converter alone, no adapter)
   export     export.export(hf, adapter, template, out, ["f16"])         (merge + convert: the real thing)
@@ -68,9 +68,9 @@ def child_build(size: str, shards: list[str], out: Path, seed: int) -> dict:
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    from isheep_lite import models
+    from isheep_lite.gguf import header
 
-    p = models.resolve_gguf(TEMPLATE)
+    p = header.resolve_gguf(TEMPLATE)
     tok = AutoTokenizer.from_pretrained(str(p.parent), gguf_file=p.name)
     hidden, inter, layers, heads, kv = SIZES[size]
     cfg = LlamaConfig(
@@ -123,9 +123,9 @@ def child_adapter(hf: Path, out: Path, seed: int) -> dict:
 def child_measure(step: str, hf: Path, adapter: Path, out: Path) -> dict:
     import torch  # noqa: F401  (imported before the clock starts, as in every step)
 
-    from isheep_lite import export, models
+    from isheep_lite.gguf import export, header
 
-    template = models.resolve_gguf(TEMPLATE)
+    template = header.resolve_gguf(TEMPLATE)
     export.check_converter()  # imports llama.cpp's converter
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()

@@ -25,14 +25,16 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from isheep_lite import ifeval, models
-from isheep_lite.engine import Engine, Sampling
+from isheep_lite.engines.base import Sampling
+from isheep_lite.engines.llamacpp import Engine
+from isheep_lite.evals import suite
+from isheep_lite.gguf import header, weights
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def prompts(n: int) -> list[str]:
-    return [it.prompt for it in ifeval.suite()][:n]
+    return [it.prompt for it in suite.suite()][:n]
 
 
 def timed_decode(p: int) -> tuple[dict, Callable[[], None]]:
@@ -148,15 +150,15 @@ def main() -> None:
     ap.add_argument("--models", default="q4_1,f16")
     ap.add_argument("--parallel", default="1,4,8,16")
     args = ap.parse_args()
-    given = models.resolve_gguf("embedded:smollm2-135m-instruct")
-    hf_dir = models.resolve_hf(None, given)
+    given = header.resolve_gguf("embedded:smollm2-135m-instruct")
+    hf_dir = weights.resolve_hf(None, given)
     qs = prompts(args.prompts)
     parallels = [int(x) for x in args.parallel.split(",")]
     RESULTS.mkdir(parents=True, exist_ok=True)
     for name in args.models.split(","):
         path = given
         if name == "f16":
-            from isheep_lite import export
+            from isheep_lite.gguf import export
 
             path = RESULTS / "_smollm2-f16.gguf"
             if not path.exists():

@@ -26,9 +26,11 @@ import sys
 import time
 from pathlib import Path
 
-from isheep_lite import assess, ifeval, models
-from isheep_lite.engine import EngineBase, Sampling
-from isheep_lite.server import answers
+from isheep_lite.engines.base import EngineBase, Sampling
+from isheep_lite.engines.server import answers
+from isheep_lite.evals import suite
+from isheep_lite.gguf import header
+from isheep_lite.selfalign import grading
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -55,12 +57,12 @@ def start_server(gguf: Path, n_ctx: int) -> tuple[subprocess.Popen, str]:
 
 def measure(engine: EngineBase, n: int, tokens: int) -> dict[str, float]:
     """Records/s answering and grading `n` suite prompts (the grade prompts hold the answers)."""
-    chats = [[{"role": "user", "content": it.prompt}] for it in ifeval.suite()[:n]]
+    chats = [[{"role": "user", "content": it.prompt}] for it in suite.suite()[:n]]
     samplings = [Sampling(temperature=0.7, top_p=0.95, max_tokens=tokens, seed=i) for i in range(n)]
     t = time.perf_counter()
     outs = engine.chat_many(chats, samplings)
     answer_s = time.perf_counter() - t
-    grades = [assess.assessment_prompt(engine, c[0]["content"], o.text, "quality", 9) for c, o in zip(chats, outs)]
+    grades = [grading.assessment_prompt(engine, c[0]["content"], o.text, "quality", 9) for c, o in zip(chats, outs)]
     digits = [engine.token_id(str(d)) for d in range(1, 10)]
     t = time.perf_counter()
     engine.score_many(grades, digits)
@@ -80,10 +82,10 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=64)
     ap.add_argument("--parallel", type=int, nargs="+", default=[1, 4, 16])
     args = ap.parse_args()
-    from isheep_lite.engine import Engine
-    from isheep_lite.http_engine import OpenAIEngine
+    from isheep_lite.engines.llamacpp import Engine
+    from isheep_lite.engines.openai_compat import OpenAIEngine
 
-    gguf = models.resolve_gguf(args.model)
+    gguf = header.resolve_gguf(args.model)
     proc, url = (None, args.server) if args.server else start_server(gguf, 2048)
     rows = []
     try:

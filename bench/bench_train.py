@@ -5,7 +5,7 @@
 SmolLM2-135M-Instruct (HF weights dequantised from the embedded GGUF, cached), LoRA r 16 on all
 seven projections, micro-batch 4, the 42 good pairs of tests/data/assess_labelled.jsonl cycled to
 fill the steps, seed 0. Each backend trains in its own child process (train.train), as in the loop:
-hf in this interpreter's venv, Unsloth in the venv with the gpu extra (tests/test_train_unsloth.py makes
+hf in this interpreter's venv, Unsloth in the venv with the gpu extra (tests/training/test_unsloth.py makes
 `.venv-gpu`). Reports wall seconds, seconds per optimizer step (the trainer's own runtime / steps),
 tokens per second, the child's peak RSS and, on CUDA, peak VRAM. Prints a table and writes
 bench/results/train-backends-<device>.json.
@@ -38,11 +38,12 @@ def conversations(n: int) -> list[list[dict[str, str]]]:
 
 def one(backend: str, steps: int, python: str) -> dict:
     """Runs in a fresh process per backend, so RUSAGE_CHILDREN is the peak RSS of that backend's trainer alone."""
-    from isheep_lite import models, train
-    from isheep_lite.recipe import TrainConfig
+    from isheep_lite.config import TrainConfig
+    from isheep_lite.gguf import header, weights
+    from isheep_lite.training import train
 
-    gguf = models.resolve_gguf("embedded:smollm2-135m-instruct")
-    hf = models.resolve_hf(None, gguf)
+    gguf = header.resolve_gguf("embedded:smollm2-135m-instruct")
+    hf = weights.resolve_hf(None, gguf)
     cfg = TrainConfig(backend=backend, batch_size=4, grad_accum=1, epochs=1, warmup_steps=0, checkpoint_steps=0)
     with tempfile.TemporaryDirectory() as out:
         t0 = time.perf_counter()
@@ -76,7 +77,7 @@ def main() -> None:
     rows = []
     for backend, python in (("hf", sys.executable), ("unsloth", args.gpu_python)):
         if not Path(python).exists():
-            print(f"skip {backend}: {python} not found (run tests/test_train_unsloth.py once to make it)", file=sys.stderr)
+            print(f"skip {backend}: {python} not found (run tests/training/test_unsloth.py once to make it)", file=sys.stderr)
             continue
         out = subprocess.run(
             [sys.executable, __file__, "--one", backend, "--python", python, "--steps", str(args.steps)],

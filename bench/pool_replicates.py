@@ -17,7 +17,7 @@ import argparse
 import json
 from pathlib import Path
 
-from isheep_lite import evaluate
+from isheep_lite.evals import measure
 
 
 def main() -> None:
@@ -30,14 +30,14 @@ def main() -> None:
     for f in args.json:
         v = json.loads(f.read_text())["variants"]
         a, b = v[args.a]["strict_pass"], v[args.b]["strict_pass"]
-        d = evaluate.paired_bootstrap(a, b)
+        d = measure.paired_bootstrap(a, b)
         print(
             f"{f.name}: {args.a} {sum(a) / len(a):.3f}, {args.b} {sum(b) / len(b):.3f}, "
             f"Δ {d['delta']:+} ({d['ci95'][0]:+}–{d['ci95'][1]:+}), P(worse) {d['p_worse']}"
         )
         diffs.append([y - x for x, y in zip(a, b)])
     per_prompt = [sum(col) / len(col) for col in zip(*diffs)]
-    d = evaluate.paired_bootstrap([0.0] * len(per_prompt), per_prompt)
+    d = measure.paired_bootstrap([0.0] * len(per_prompt), per_prompt)
     print(
         f"pooled over {len(diffs)} replicates × {len(per_prompt)} prompts: Δ {d['delta']:+} "
         f"({d['ci95'][0]:+}–{d['ci95'][1]:+}), P(worse) {d['p_worse']}"

@@ -19,8 +19,10 @@ from pathlib import Path
 
 import llama_cpp as lc
 
-from isheep_lite import ifeval, models
-from isheep_lite.engine import Engine, Sampling
+from isheep_lite.engines.base import Sampling
+from isheep_lite.engines.llamacpp import Engine
+from isheep_lite.evals import suite
+from isheep_lite.gguf import header
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -68,7 +70,7 @@ def ceiling(path: Path, prefix: int = 128, reps: int = 8) -> list[dict]:
     sequence already holding `prefix` tokens. "16 sequences × 1 token, every logit" is exactly one
     step of the engine at n_parallel 16, so its ms/token is the most the engine could reach; the
     512-token prompt (last logit only) is what bench_generate.py calls prompt evaluation."""
-    from isheep_lite.engine import add_token
+    from isheep_lite.engines.batch import add_token
 
     shapes = [
         ("1 sequence × 1 token", 1, 1, True),
@@ -82,7 +84,7 @@ def ceiling(path: Path, prefix: int = 128, reps: int = 8) -> list[dict]:
         ctx = e.batched_context()
         memory = lc.llama_get_memory(ctx)
         batch = lc.llama_batch_init(1024, 0, 1)
-        tokens = e.tokenize(" ".join(it.prompt for it in ifeval.suite()))
+        tokens = e.tokenize(" ".join(it.prompt for it in suite.suite()))
         try:
             lc.llama_memory_clear(memory, True)
             for i, tok in enumerate(tokens[:prefix]):
@@ -116,8 +118,8 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=96)
     ap.add_argument("--ceiling-only", action="store_true", help="only the llama_decode-alone table (merged into the JSON)")
     args = ap.parse_args()
-    path = models.resolve_gguf(args.model)
-    qs = [it.prompt for it in ifeval.suite()][: args.prompts]
+    path = header.resolve_gguf(args.model)
+    qs = [it.prompt for it in suite.suite()][: args.prompts]
     if args.ceiling_only:
         out = json.loads((RESULTS / "decode-profile.json").read_text())
         out.setdefault("llama_decode_alone", {})[path.name] = ceiling(path)  # one entry per model

@@ -23,10 +23,12 @@ from pathlib import Path
 
 import yaml
 
-from isheep_lite import evaluate, filters, loop, recipe
-from isheep_lite.manifest import Manifest, fork
+from isheep_lite import config, loop, recipe
+from isheep_lite.evals import measure
+from isheep_lite.rundir.jsonl import read_jsonl, write_jsonl
+from isheep_lite.rundir.manifest import Manifest, fork
+from isheep_lite.selfalign import filters
 from isheep_lite.stages import EvalSummary, FilterSummary, TrainSummary
-from isheep_lite.store import read_jsonl, write_jsonl
 
 VARIANTS: dict[str, list[str]] = {
     "default": [],
@@ -54,7 +56,7 @@ REUSED = ("instructions", "responses", "assess")
 
 def stricter_pool(d: Path) -> None:
     """Keep only pairs whose instruction passes min_words=8 and ROUGE-L < 0.5 against those kept before it."""
-    cfg = recipe.FilterConfig(min_words=8)
+    cfg = config.FilterConfig(min_words=8)
     index, keep = filters.RougeIndex(), set()
     for x in read_jsonl(d / "instructions.jsonl"):
         text = x["instruction"] + " " + x.get("input", "")
@@ -119,7 +121,7 @@ def main() -> None:
             "strict": e1.ifeval["strict"],
             "loose": e1.ifeval["loose"],
             "strict_ci95": e1.ifeval["strict_ci95"],
-            "vs_m0": evaluate.paired_bootstrap(m0_eval["ifeval"]["strict_pass"], e1.ifeval["strict_pass"]),
+            "vs_m0": measure.paired_bootstrap(m0_eval["ifeval"]["strict_pass"], e1.ifeval["strict_pass"]),
             "strict_pass": e1.ifeval["strict_pass"],  # per suite prompt: replicates pool by prompt (bench/pool_replicates.py)
             "seconds": round(time.time() - start, 1),
         }

@@ -24,9 +24,10 @@ import json
 import time
 from pathlib import Path
 
-from isheep_lite import evaluate, loop, recipe
-from isheep_lite.manifest import Manifest, fork
-from isheep_lite.serving import Engines, Served
+from isheep_lite import loop, recipe
+from isheep_lite.engines.serving import Engines, Served
+from isheep_lite.evals import measure
+from isheep_lite.rundir.manifest import Manifest, fork
 from isheep_lite.stages import EvalSummary, FilterSummary, TrainSummary
 
 # Every configuration is BASE plus its overrides. BASE is the default recipe the sweep started from
@@ -107,7 +108,7 @@ def seed_mean(runs: list[list[float]]) -> list[float]:
 def pooled(m0: list[float], runs: list[list[float]]) -> dict:
     """M_1 − M_0 averaged over seeds per prompt, bootstrapped over prompts."""
     diffs = seed_mean([[y - x for x, y in zip(m0, r)] for r in runs])
-    d = evaluate.paired_bootstrap([0.0] * len(diffs), diffs)
+    d = measure.paired_bootstrap([0.0] * len(diffs), diffs)
     mean = seed_mean(runs)
     return {"m1": round(sum(mean) / len(mean), 4), "delta": d["delta"], "ci95": d["ci95"], "p_worse": d["p_worse"], "seeds": len(runs)}
 
@@ -120,7 +121,7 @@ def versus(results: dict, a: str, b: str) -> str:
         runs = {c: [r["m1"][s] for r in results["runs"].values() if r["config"] == c and s in r["m1"]] for c in (a, b)}
         if not all(runs.values()):
             continue
-        d = evaluate.paired_bootstrap(seed_mean(runs[b]), seed_mean(runs[a]))
+        d = measure.paired_bootstrap(seed_mean(runs[b]), seed_mean(runs[a]))
         lines.append(
             f"  {s}: {d['delta']:+.3f} ({d['ci95'][0]:+.3f}…{d['ci95'][1]:+.3f}), {d['p_worse']:.2f} · seeds {len(runs[a])} / {len(runs[b])}"
         )
@@ -205,7 +206,7 @@ def heldout_again(gguf: Path) -> dict:
     """The second set alone on one model (greedy, the sweep's engine settings)."""
     r = recipe.load(None, [*EVAL, "eval.suite_prompts=0", "eval.knowledge_questions=0"])
     with Engines(r) as engines:
-        return evaluate.checks(Served(gguf), r, engines)["heldout"]
+        return measure.checks(Served(gguf), r, engines)["heldout"]
 
 
 def backfill(results: dict) -> None:

@@ -6,7 +6,7 @@ The Python API, for notebooks and scripts:
     r = load(None, ["synth.num_instructions=32"])  # the default recipe, overridden; or load("my.yaml")
     run(r)                                  # the whole loop, as `isheep run`
     with Session(r) as s:                   # or one stage at a time
-        s.select(1); s.records(1, "kept"); s.promote(1); s.finish()
+        s.filter(1); s.records(1, "kept"); s.promote(1); s.finish()
     write_report(r.run_dir)                 # report.md and its plots, as `isheep report`
 
 Heavy libraries (torch, transformers, trl, peft, llama_cpp, unsloth) are imported only inside the
@@ -16,37 +16,38 @@ functions that use them, so `import isheep_lite` and the CLI start fast.
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .recipe import Recipe, UserError, load
+from isheep_lite.config import Recipe
+from isheep_lite.recipe import UserError, load
 
 if TYPE_CHECKING:
-    from .loop import Session
-    from .store import RunStore
+    from isheep_lite.loop import Session
+    from isheep_lite.rundir.store import RunStore
 
 
 def run(recipe: Recipe, force: bool = False) -> "RunStore":
     """Run (or resume) the loop for a recipe, as `isheep run` does; see `isheep_lite.loop`."""
-    from . import loop
+    from isheep_lite import loop
 
     return loop.run(recipe, force=force)
 
 
 def data(recipe: Recipe, force: bool = False) -> "RunStore":
     """The generation half only, as `isheep data` does: a dataset, no training."""
-    from . import loop
+    from isheep_lite import loop
 
     return loop.data(recipe, force=force)
 
 
 def write_report(run_dir: "str | Path", out_dir: "str | Path | None" = None) -> "Path":
     """report.md and its plots for a run (default RUN_DIR/report/), as `isheep report` writes them."""
-    from .report import write_report as write
+    from isheep_lite.rundir.report import write_report as write
 
     return write(Path(run_dir), Path(out_dir) if out_dir else None)
 
 
 def __getattr__(name: str) -> Any:
     if name == "Session":  # imported on first use: the loop's modules are not needed to load a recipe
-        from .loop import Session
+        from isheep_lite.loop import Session
 
         return Session
     raise AttributeError(f"module 'isheep_lite' has no attribute {name!r}")

@@ -1,3 +1,3 @@
-from .cli import main
+from isheep_lite.cli import main
 
 main()

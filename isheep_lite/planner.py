@@ -281,3 +281,32 @@ def gpu_free_bytes() -> float | None:
         return float(out.split()[0]) * 2**20
     except (OSError, subprocess.SubprocessError, ValueError, IndexError):
         return None
+
+
+def kv_bytes_per_cell(meta: dict[str, Any], arch: str) -> int:
+    """KV-cache bytes one token of context costs: 2 (K and V) × layers × KV heads × head size × 2 bytes (F16).
+
+    Read from the GGUF's `<arch>.*` keys; head size is `attention.key_length` where given, else
+    embedding_length / head_count. SmolLM2-135M: 2 × 30 × 3 × 64 × 2 = 23 040 bytes (22.5 KiB).
+    """
+
+    def get(key: str, default: Any = None) -> Any:
+        return meta.get(f"{arch}.{key}", default)
+
+    layers, heads = get("block_count", 0), get("attention.head_count", 0)
+    kv_heads = get("attention.head_count_kv", heads)
+    if isinstance(kv_heads, list):  # per-layer counts (some architectures)
+        kv_heads = max(kv_heads)
+    if not layers or not heads:
+        return 0
+    k_len = get("attention.key_length", get("embedding_length", 0) // heads)
+    v_len = get("attention.value_length", k_len)
+    return int(layers * kv_heads * (k_len + v_len) * 2)
+
+
+def fit_parallel(n_parallel: int, n_ctx: int, bytes_per_cell: int, budget_bytes: int) -> int:
+    """The most sequences (≤ n_parallel, ≥ 1) whose KV cache of n_ctx cells each fits the budget,
+    with one more stream of n_ctx cells for the prompt prefix they share (engine.Engine.batched_context)."""
+    if bytes_per_cell <= 0:
+        return n_parallel
+    return max(1, min(n_parallel, budget_bytes // (n_ctx * bytes_per_cell) - 1))

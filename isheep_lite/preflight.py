@@ -9,10 +9,15 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
-from . import export, models, planner, server, synth, train
-from .manifest import Manifest
-from .recipe import ModelConfig, Recipe, UserError
-from .store import check_free_disks, reclaim_before_run
+from isheep_lite import planner
+from isheep_lite.config import ModelConfig, Recipe
+from isheep_lite.engines import server
+from isheep_lite.gguf import export, header, weights
+from isheep_lite.recipe import UserError
+from isheep_lite.rundir.files import check_free_disks, reclaim_before_run
+from isheep_lite.rundir.manifest import Manifest
+from isheep_lite.selfalign import synth
+from isheep_lite.training import hardware, lora
 
 
 def adapter_mode(r: Recipe, n_params: int) -> bool:
@@ -42,9 +47,9 @@ def dequantise_bytes(r: Recipe, given: Path, n_params: int, done: set[int]) -> i
     """Disk the one-time dequantisation of a GGUF-only model writes into the model cache (float32
     HF weights, 4 bytes per parameter, +10 %; a split GGUF's shards joined into one file first, for
     transformers' reader) when M_0 is still to be prepared and not cached yet."""
-    if r.model.hf or 0 in done or (models.dequantised_dir(given) / "config.json").is_file():
+    if r.model.hf or 0 in done or (weights.dequantised_dir(given) / "config.json").is_file():
         return 0
-    shards = models.gguf_shards(given)
+    shards = header.gguf_shards(given)
     joined = sum(p.stat().st_size for p in shards) if len(shards) > 1 else 0
     return int(1.1 * 4.0 * n_params) + joined
 
@@ -52,9 +57,9 @@ def dequantise_bytes(r: Recipe, given: Path, n_params: int, done: set[int]) -> i
 def generation_gguf(r: Recipe) -> Path:
     """model.gguf, or with model.converter the GGUF llama.cpp's converter makes from model.hf."""
     if not r.model.converter:
-        return models.resolve_gguf(r.model.gguf)
+        return header.resolve_gguf(r.model.gguf)
     _check_converter_inputs(r)
-    return models.converted_gguf(models.user_hf(r.model.hf), r.model.converter)
+    return weights.converted_gguf(weights.user_hf(r.model.hf), r.model.converter)
 
 
 def _check_converter_inputs(r: Recipe) -> None:
@@ -70,12 +75,12 @@ def _check_converter_inputs(r: Recipe) -> None:
 def check_model(r: Recipe) -> None:
     """The model's architecture is in the matrix (archs.py), from headers and configs alone: shared
     by `isheep recipe` and `isheep run`, so both refuse an unsupported model before any work."""
-    from . import archs
+    from isheep_lite.gguf import archs
 
     if r.model.hf:
-        archs.for_hf(models.user_hf(r.model.hf))
+        archs.for_hf(weights.user_hf(r.model.hf))
     if not r.model.converter:
-        models.check_arch(models.resolve_gguf(r.model.gguf))
+        header.check_arch(header.resolve_gguf(r.model.gguf))
 
 
 def check_recipe(r: Recipe) -> list[dict[str, str]]:
@@ -97,21 +102,21 @@ def check_recipe(r: Recipe) -> list[dict[str, str]]:
             "export.mode=adapter serves GGUF LoRA adapters, which only llama.cpp applies: "
             f"set export.mode=merged for model.backend={r.model.backend}"
         )
-    train.resolve_backend(r.train.backend, False, importlib.util.find_spec("unsloth") is not None)
+    hardware.resolve_backend(r.train.backend, False, importlib.util.find_spec("unsloth") is not None)
     seeds = synth.load_seeds(r.synth.seeds)
     check_model(r)
     export.check_converter()
     if r.model.converter:
         _check_converter_inputs(r)
     else:
-        given = models.resolve_gguf(r.model.gguf)
-        info = models.gguf_info(given)
+        given = header.resolve_gguf(r.model.gguf)
+        info = header.gguf_info(given)
         if r.model.hf:
-            models.check_same_model(info, given, models.user_hf(r.model.hf))
+            weights.check_same_model(info, given, weights.user_hf(r.model.hf))
         else:
-            models.check_dequantisable(given)
+            weights.check_dequantisable(given)
     if r.eval.judge not in ("base", "current"):
-        models.gguf_info(models.resolve_gguf(r.eval.judge))
+        header.gguf_info(header.resolve_gguf(r.eval.judge))
     return seeds
 
 
@@ -121,14 +126,14 @@ def preflight(r: Recipe) -> tuple[list[dict[str, str]], Path, dict[str, float]]:
     Returns the seeds, that GGUF and the run's memory plan."""
     seeds = check_recipe(r)
     given = generation_gguf(r)
-    info = models.check_arch(given)
+    info = header.check_arch(given)
     if r.model.converter:
-        models.check_same_model(info, given, models.user_hf(r.model.hf))
+        weights.check_same_model(info, given, weights.user_hf(r.model.hf))
     done = done_exports(Path(r.run_dir))
-    reclaim_before_run(Path(r.run_dir), models.cache_root())  # what killed runs left behind is free space again
+    reclaim_before_run(Path(r.run_dir), header.cache_root())  # what killed runs left behind is free space again
     needs = [(Path(r.run_dir), planned_bytes(r, info.n_params, done), "the planned exports")]
     if dequantise := dequantise_bytes(r, given, info.n_params, done):
-        needs.append((models.cache_root(), dequantise, "the one-time dequantisation into float32 HF weights"))
+        needs.append((header.cache_root(), dequantise, "the one-time dequantisation into float32 HF weights"))
     check_free_disks(needs)
     return seeds, given, memory_plan(r, given, sum(n for _, n, _ in needs))
 
@@ -144,23 +149,23 @@ def done_exports(run_dir: Path) -> set[int]:
 def memory_plan(r: Recipe, given: Path, disk_bytes: float) -> dict[str, float]:
     """The planner's figures for this recipe and model, from the GGUF header and the HF weights' files
     (a GGUF-only model: its float32 dequantisation in 1 GB shards) — nothing is loaded."""
-    info = models.gguf_info(given)
+    info = header.gguf_info(given)
     if r.model.hf:
-        sizes = [f.stat().st_size for f in models.user_hf(r.model.hf).glob("*.safetensors")]
+        sizes = [f.stat().st_size for f in weights.user_hf(r.model.hf).glob("*.safetensors")]
         hf_bytes, largest = sum(sizes), max(sizes, default=0)
-    else:  # models.gguf_to_hf writes float32 in shards of DEQUANTISED_SHARD_BYTES
+    else:  # weights.gguf_to_hf writes float32 in shards of DEQUANTISED_SHARD_BYTES
         hf_bytes = 4 * info.n_params
-        largest = min(hf_bytes, models.DEQUANTISED_SHARD_BYTES)
+        largest = min(hf_bytes, weights.DEQUANTISED_SHARD_BYTES)
     targets = (
         list(planner.TARGET_SHAPES)  # auto: every projection of the blocks, as the planner names them
-        if train.auto_targets(r.train.target_modules)
-        else train.planner_targets(list(r.train.target_modules))
+        if lora.auto_targets(r.train.target_modules)
+        else lora.planner_targets(list(r.train.target_modules))
     )
     gpu = planner.gpu_free_bytes() is not None
-    backend = train.resolve_backend(r.train.backend, gpu, importlib.util.find_spec("unsloth") is not None)
+    backend = hardware.resolve_backend(r.train.backend, gpu, importlib.util.find_spec("unsloth") is not None)
     return planner.run_plan(
         planner.Shape.from_gguf(info),
-        gguf_bytes=sum(p.stat().st_size for p in models.gguf_shards(given)),
+        gguf_bytes=sum(p.stat().st_size for p in header.gguf_shards(given)),
         kv_bytes_per_cell=info.kv_bytes_per_cell,
         n_ctx=r.model.n_ctx,
         n_parallel=r.model.n_parallel,

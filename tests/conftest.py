@@ -27,17 +27,17 @@ def isheep_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def smol_gguf() -> Path:
-    from isheep_lite import models
+    from isheep_lite.gguf import header
 
-    return models.resolve_gguf("embedded:smollm2-135m-instruct")
+    return header.resolve_gguf("embedded:smollm2-135m-instruct")
 
 
 @pytest.fixture(scope="session")
 def smol_hf(smol_gguf: Path) -> Path:
-    """Real SmolLM2 HF weights, dequantised from the embedded GGUF once per session (~30 s)."""
-    from isheep_lite import models
+    """Real SmolLM2 HF weights, dequantised from the embedded GGUF once per session."""
+    from isheep_lite.gguf import weights
 
-    return models.resolve_hf(None, smol_gguf)
+    return weights.resolve_hf(None, smol_gguf)
 
 
 @pytest.fixture(scope="session")
@@ -46,7 +46,7 @@ def tiny(tmp_path_factory: pytest.TempPathFactory, smol_gguf: Path) -> dict[str,
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    from isheep_lite import export
+    from isheep_lite.gguf import export
 
     root = tmp_path_factory.mktemp("tiny")
     tokenizer = AutoTokenizer.from_pretrained(str(smol_gguf.parent), gguf_file=smol_gguf.name)
@@ -76,7 +76,7 @@ def tiny(tmp_path_factory: pytest.TempPathFactory, smol_gguf: Path) -> dict[str,
 
 @pytest.fixture(scope="session")
 def tiny_engine(tiny: dict[str, Path]):
-    from isheep_lite.engine import Engine
+    from isheep_lite.engines.llamacpp import Engine
 
     with Engine(tiny["gguf"], n_ctx=1024, n_threads=2) as e:
         yield e

@@ -7,7 +7,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from helpers import cli
 
 from isheep_lite import recipe
@@ -51,7 +50,7 @@ def test_cli_imports_no_heavy_library() -> None:
 
 def test_eval_command_measures_the_sets_a_run_decides_with() -> None:
     """`isheep eval` without counts evaluates on the recipe's evaluation sets, so its numbers compare
-    with a run's eval.json; the counts live once, in recipe.EvalConfig."""
+    with a run's eval.json; the counts live once, in config.EvalConfig."""
     import inspect
 
     from isheep_lite import cli as cli_module

@@ -117,7 +117,8 @@ def test_engine_sizes_itself_from_the_plan_on_a_gpu_build(tiny: dict, monkeypatc
     import llama_cpp
 
     from isheep_lite import planner
-    from isheep_lite.engine import Engine, Sampling
+    from isheep_lite.engines.base import Sampling
+    from isheep_lite.engines.llamacpp import Engine
 
     seen: dict = {}
     real = llama_cpp.Llama
@@ -157,12 +158,13 @@ def test_export_ram_fit_reproduces_the_benchmarks_peaks() -> None:
 def test_preflight_plans_the_runs_memory_from_the_planner(tmp_path) -> None:
     """The memory plan a run prints when it starts (and keeps in its manifest; the end-to-end test
     sees the line): training, generation, export RAM and disk, the planner's figures for the model."""
-    from isheep_lite import models, preflight, recipe
+    from isheep_lite import preflight, recipe
+    from isheep_lite.gguf import header
     from isheep_lite.planner import Shape, describe_plan
 
     r = recipe.load(None, [f"runs_dir={tmp_path}"])
     _, given, plan = preflight.preflight(r)
-    info = models.gguf_info(given)
+    info = header.gguf_info(given)
     assert Shape.from_gguf(info) == Shape(30, 576, 1536, 9, 3, 64, 49152, True)  # SmolLM2-135M's config.json
     assert plan == preflight.memory_plan(r, given, plan["disk_gb"] * 1e9)
     assert 0 < plan["training_gb"] < 4 and 0 < plan["generation_gb"] < 4 and 0.5 < plan["export_ram_gib"] < 3

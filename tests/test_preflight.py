@@ -11,11 +11,11 @@ import time
 from pathlib import Path
 
 import pytest
-
 from helpers import cli
 
-from isheep_lite import loop, preflight, recipe, store
+from isheep_lite import loop, preflight, recipe
 from isheep_lite.recipe import UserError
+from isheep_lite.rundir import store
 
 
 def _snapshot(root: Path) -> dict[str, str]:

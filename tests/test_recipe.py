@@ -6,9 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from isheep_lite import recipe
+from isheep_lite import config, recipe
 from isheep_lite.recipe import UserError
-
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -28,16 +27,16 @@ def test_shipped_default_recipe_is_the_generated_reference() -> None:
     header = next(i for i, line in enumerate(lines) if not line.startswith("#"))
     body = "".join(lines[header:])
     assert body == recipe.commented_yaml(), "regenerate the recipe's body with: isheep recipe --comments"
-    every_key = [f"{s}.{k}" if s else k for s, k, f in recipe.fields()]
-    undocumented = [k for k, (_, _, f) in zip(every_key, recipe.fields()) if not f.metadata.get("doc")]
+    every_key = [f"{s}.{k}" if s else k for s, k, f in config.fields()]
+    undocumented = [k for k, (_, _, f) in zip(every_key, config.fields()) if not f.metadata.get("doc")]
     assert not undocumented and len(every_key) > 60
 
 
 def test_field_declarations_are_the_checks() -> None:
     """Choices come from Literal types and ranges from knob(): the same table validates and documents."""
-    assert recipe.choices(recipe.ModelConfig, "backend") == ("llama_cpp", "transformers", "openai")
-    for s, k, f in recipe.fields():
-        options = recipe.choices(type(getattr(recipe.Recipe(), s)) if s else recipe.Recipe, k)
+    assert config.choices(config.ModelConfig, "backend") == ("llama_cpp", "transformers", "openai")
+    for s, k, f in config.fields():
+        options = config.choices(type(getattr(config.Recipe(), s)) if s else config.Recipe, k)
         if options:
             with pytest.raises(UserError, match=f"{s}.{k} must be one of"):
                 recipe.load(None, [f"{s}.{k}=not-a-choice"])

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from isheep_lite import preflight, recipe, train
+from isheep_lite import config, preflight, recipe
 from isheep_lite.planner import GB, Shape, estimate, lora_params, plan_llama
+from isheep_lite.training import fit, lora
 
 ROOT = Path(__file__).resolve().parents[1]
 # Published config.json of each model (layers, hidden, intermediate, heads, KV heads, head dim, vocab, tied).
@@ -20,10 +21,10 @@ RECIPES = {
 }
 
 
-def _targets(r: recipe.Recipe) -> list[str]:
+def _targets(r: config.Recipe) -> list[str]:
     """train.target_modules auto is every linear layer of a decoder block: for Llama and Qwen2
-    (the models these recipes name) the seven projections below (tests/test_train_precision.py)."""
-    if train.auto_targets(r.train.target_modules):
+    (the models these recipes name) the seven projections below (tests/training/test_precision.py)."""
+    if lora.auto_targets(r.train.target_modules):
         return ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
     return list(r.train.target_modules)
 
@@ -120,7 +121,7 @@ def test_served_recipes_load_and_name_the_port_they_serve_on() -> None:
     vllm, text = recipe.load(path), path.read_text(encoding="utf-8")
     assert vllm.model.serve_lora and vllm.train.processes == 2 and f"--port {vllm.model.base_url.split(':')[2][:4]}" in text
     assert f"--max-lora-rank {vllm.train.lora_r}" in text and vllm.model.served_name in text.splitlines()[1]
-    share = train.rank_share(vllm.train, vllm.train.processes)
+    share = fit.rank_share(vllm.train, vllm.train.processes)
     est = estimate(
         RECIPES["qwen2.5-7b-24gb.yaml"],
         bits=4,
@@ -154,7 +155,7 @@ def test_paper_recipe_is_the_papers_procedure_and_its_24gb_plan_is_the_planners(
     assert r.filter.min_score == r.assess.scale - 1 and r.filter.keep_top is None and r.synth.verifiable_fraction == 0
     assert r.synth.num_instructions >= 1000 and r.loop.iterations == 3 and r.loop.train_from == "base"
     assert (r.train.lora_r, r.train.lora_alpha, r.train.lr, r.train.epochs) == (8, 16, 5e-5, 2.0)
-    assert r.train.batch_size * r.train.grad_accum == 16 and r.train.max_seq_len == 1024 and train.auto_targets(r.train.target_modules)
+    assert r.train.batch_size * r.train.grad_accum == 16 and r.train.max_seq_len == 1024 and lora.auto_targets(r.train.target_modules)
     effective = r.train.batch_size * r.train.grad_accum
     for name, shape in PAPER_SHAPES.items():
         plan = plan_batches(

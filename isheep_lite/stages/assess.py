@@ -1,16 +1,15 @@
 """Stage `assess`: metacognitive self-assessment — a model grades each answered pair that passed the
-pair rules (assess.py), written one record at a time so a resumed run grades only what is missing."""
+pair rules (grading.py), written one record at a time so a resumed run grades only what is missing."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .. import assess as grading
-from .. import filters
-from ..progress import progress_bar
-from ..store import JsonlWriter, read_jsonl, write_jsonl
-from . import responses
-from .context import Context, Summary, once
+from isheep_lite.progress import progress_bar
+from isheep_lite.rundir.jsonl import JsonlWriter, read_jsonl, write_jsonl
+from isheep_lite.selfalign import filters, grading
+from isheep_lite.stages import responses
+from isheep_lite.stages.context import Context, Summary, once
 
 SCORED = "scored.jsonl"
 
@@ -39,7 +38,6 @@ def _grade(ctx: Context) -> AssessSummary:
         write_jsonl(d / SCORED, [{**x, "scores": {}, "score": None} for x in candidates])
         return AssessSummary(scored=0, assessor=None)
     assessor = ctx.current if r.assess.assessor == "current" else ctx.base
-    assert assessor is not None
     name = assessor.name if r.assess.assessor == "current" else "M_0"
     done = {x["id"]: x for x in read_jsonl(d / SCORED)}
     judge = ctx.engines.get(assessor)

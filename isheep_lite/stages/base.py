@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .. import export, modelfile, models
-from .context import Context, Summary, once
+from isheep_lite.gguf import export, modelfile, weights
+from isheep_lite.stages.context import Context, Summary, once
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -28,7 +28,7 @@ def run(ctx: Context) -> BaseSummary:
 def _prepare(ctx: Context) -> BaseSummary:
     r = ctx.recipe
     ctx.engines.release()  # the export's memory
-    hf_dir = models.resolve_hf(r.model.hf, ctx.given)  # the one-time dequantisation is timed here
+    hf_dir = weights.resolve_hf(r.model.hf, ctx.given)  # the one-time dequantisation is timed here
     if r.model.serve_base == "original":
         return BaseSummary(gguf=str(ctx.given), hf=str(hf_dir))
     paths = export.export(hf_dir, None, ctx.given, ctx.dir, r.export.types[:1])

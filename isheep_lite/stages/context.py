@@ -13,10 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, ClassVar, TypeVar
 
-from .. import progress
-from ..recipe import Recipe
-from ..serving import Engines, Served
-from ..store import RunStore
+from isheep_lite import progress
+from isheep_lite.config import Recipe
+from isheep_lite.engines.serving import Engines, Served
+from isheep_lite.rundir.store import RunStore
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -47,7 +47,7 @@ S = TypeVar("S", bound=Summary)
 @dataclass(frozen=True)
 class Context:
     """One stage's view of the run: the recipe and the store, the inputs preflight checked, and the
-    models of this iteration. `loop.run` makes a new one per iteration with `dataclasses.replace`."""
+    models of iteration `t`. The loop makes one per iteration; every field is known when it is made."""
 
     store: RunStore
     recipe: Recipe
@@ -55,13 +55,21 @@ class Context:
     seeds: list[dict[str, str]]
     given: Path  # the GGUF the user gave (or model.converter made): tokenizer, chat template, arch keys
     adapters: bool  # M_t is served as base + GGUF LoRA adapters (export.mode adapter/auto)
-    t: int = 0  # the iteration (0: M_0)
-    base: Served | None = None  # M_0 as served
-    base_hf: Path | None = None  # M_0's HF weights
-    current: Served | None = None  # the best model so far: it writes (and by default grades) iteration t's data
-    train_hf: Path | None = None  # the weights LoRA is trained on: M_0's, or the best model's merged ones
-    model: Served | None = None  # the model the eval and promote stages look at: M_t
-    best: int = 0  # the best iteration so far
+    t: int  # the iteration (0: M_0)
+    base: Served  # M_0 as served (before the base stage: as given)
+    current: Served  # the best model so far: it writes (and by default grades) iteration t's data
+    best: int  # the best iteration before t
+
+    @property
+    def train_hf(self) -> Path:
+        """The weights LoRA trains on: M_0's (the base stage's), or with loop.train_from=previous the
+        best model's merged ones."""
+        if self.best and self.recipe.loop.train_from == "previous":
+            return self.store.iter_dir(self.best) / "merged"
+        entry = self.store.stage_entry(0, "base")
+        if not entry or entry.get("status") != "done":
+            raise RuntimeError("training needs M_0's weights: the base stage runs first")
+        return Path(entry["hf"])
 
     @property
     def dir(self) -> Path:

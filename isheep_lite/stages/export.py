@@ -7,10 +7,10 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from .. import export as exporter
-from .. import modelfile
-from ..serving import Served
-from .context import Context, Summary, once
+from isheep_lite.engines.serving import Served
+from isheep_lite.gguf import export as exporter
+from isheep_lite.gguf import modelfile
+from isheep_lite.stages.context import Context, Summary, once
 
 ADAPTER_GGUF = "adapter-f16.gguf"
 
@@ -21,15 +21,6 @@ class ExportSummary(Summary):
     FILES = ("model-<type>.gguf", ADAPTER_GGUF, "merged/")
     files: dict[str, str]  # export type (or, in adapter mode, "adapter") → path
 
-    def served(self, ctx: Context) -> Served:
-        """M_t as it is served: its merged GGUF, or the served base plus its chain of adapters —
-        trained on M_0's weights: base + Δ_t; on the best model's merged weights: its chain + Δ_t."""
-        assert ctx.base is not None and ctx.current is not None
-        if "adapter" in self.files:
-            chain = ctx.current.adapters if ctx.recipe.loop.train_from == "previous" else ()
-            return Served(ctx.base.gguf, (*chain, Path(self.files["adapter"])))
-        return Served(Path(self.files[ctx.recipe.export.types[0]]))
-
 
 def run(ctx: Context) -> ExportSummary:
     return once(ctx, ExportSummary, _export)
@@ -37,7 +28,6 @@ def run(ctx: Context) -> ExportSummary:
 
 def _export(ctx: Context) -> ExportSummary:
     r, d = ctx.recipe, ctx.dir
-    assert ctx.train_hf is not None
     ctx.engines.release()  # the merge's memory
     if ctx.adapters:
         config = json.loads((ctx.train_hf / "config.json").read_text(encoding="utf-8"))
@@ -49,3 +39,16 @@ def _export(ctx: Context) -> ExportSummary:
     if r.loop.train_from == "previous":  # the next iteration may train on M_t's weights
         exporter.save_merged_hf(ctx.train_hf, d / "adapter", d / "merged")
     return ExportSummary(files=paths)
+
+
+def model(ctx: Context) -> Served:
+    """M_t as it is served (iteration t's export done): its merged GGUF, or the served base plus its
+    chain of adapters — trained on M_0's weights: base + Δ_t; on the best model's merged weights:
+    the best model's chain + Δ_t."""
+    done = ctx.done(ExportSummary)
+    if done is None:
+        raise RuntimeError(f"iteration {ctx.t}: M_{ctx.t} is served once its export stage is done")
+    if "adapter" in done.files:
+        chain = ctx.current.adapters if ctx.recipe.loop.train_from == "previous" else ()
+        return Served(ctx.base.gguf, (*chain, Path(done.files["adapter"])))
+    return Served(Path(done.files[ctx.recipe.export.types[0]]))

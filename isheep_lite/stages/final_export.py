@@ -6,10 +6,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from .. import export as exporter
-from .. import modelfile
-from .context import Context, Summary, once
-from .train import TrainSummary
+from isheep_lite.gguf import export as exporter
+from isheep_lite.gguf import modelfile
+from isheep_lite.stages.context import Context, Summary, once
+from isheep_lite.stages.train import TrainSummary
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -26,7 +26,8 @@ def run(ctx: Context) -> FinalExportSummary:
 
 def _export(ctx: Context) -> FinalExportSummary:
     trained = ctx.done(TrainSummary)
-    assert trained is not None
+    if trained is None:
+        raise RuntimeError(f"iteration {ctx.t}: the final export needs its train stage done")
     ctx.engines.release()
     d = ctx.dir
     files = exporter.export(Path(trained.trained_on), d / "adapter", ctx.given, d, ctx.recipe.export.types)

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .. import constraints, filters, synth
-from ..progress import progress_bar
-from ..store import read_jsonl, write_jsonl
-from .context import Context, Summary, once
+from isheep_lite.progress import progress_bar
+from isheep_lite.rundir.jsonl import read_jsonl, write_jsonl
+from isheep_lite.selfalign import constraints, filters, synth
+from isheep_lite.stages.context import Context, Summary, once
 
 COMPLETIONS, KEPT, REJECTED = "completions.jsonl", "instructions.jsonl", "instructions_rejected.jsonl"
 
@@ -30,7 +30,6 @@ def run(ctx: Context) -> InstructionsSummary:
 
 def _generate(ctx: Context) -> InstructionsSummary:
     r, d = ctx.recipe, ctx.dir
-    assert ctx.current is not None
     engine = ctx.engines.get(ctx.current)
     with progress_bar(f"it{ctx.t} instructions", r.synth.num_instructions) as bar:
         kept, rejected = synth.generate_instructions(

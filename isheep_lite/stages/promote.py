@@ -15,9 +15,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from .. import evaluate
-from .context import Context, Summary, once
-from .evaluation import EvalSummary
+from isheep_lite.evals import measure
+from isheep_lite.stages.context import Context, Summary, once
+from isheep_lite.stages.eval import EvalSummary
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -42,7 +42,7 @@ def run(ctx: Context) -> PromoteSummary:
 def _decide(ctx: Context) -> PromoteSummary:
     old, new = ctx.done(EvalSummary, t=ctx.best), ctx.done(EvalSummary)
     a, b = (old.outcomes(), new.outcomes()) if old and new else ({}, {})
-    sets = {k: evaluate.paired_bootstrap(a[k], b[k]) for k in a if k in b and len(a[k]) == len(b[k])}
+    sets = {k: measure.paired_bootstrap(a[k], b[k]) for k in a if k in b and len(a[k]) == len(b[k])}
     following = [k for k in sets if k != "knowledge"]
     if not following:
         return PromoteSummary(against=ctx.best, compared=False, worse=False, best=ctx.t)

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .. import synth
-from ..progress import progress_bar
-from ..store import read_jsonl
-from . import instructions
-from .context import Context, Summary, once
+from isheep_lite.progress import progress_bar
+from isheep_lite.rundir.jsonl import read_jsonl
+from isheep_lite.selfalign import synth
+from isheep_lite.stages import instructions
+from isheep_lite.stages.context import Context, Summary, once
 
 RESPONSES = "responses.jsonl"
 
@@ -30,7 +30,6 @@ def run(ctx: Context) -> ResponsesSummary:
 
 def _answer(ctx: Context) -> ResponsesSummary:
     r, d = ctx.recipe, ctx.dir
-    assert ctx.current is not None
     todo = synth.candidates(read_jsonl(d / instructions.KEPT), r.synth.responses_per_instruction)
     engine = ctx.engines.get(ctx.current)
     with progress_bar(f"it{ctx.t} responses", len(todo)) as bar:

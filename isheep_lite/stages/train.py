@@ -6,11 +6,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from .. import train as trainer
-from ..recipe import UserError
-from ..store import read_jsonl
-from . import selection
-from .context import Context, Summary, once
+from isheep_lite.recipe import UserError
+from isheep_lite.rundir.jsonl import read_jsonl
+from isheep_lite.stages import filter
+from isheep_lite.stages.context import Context, Summary, once
+from isheep_lite.training import train as trainer
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -46,10 +46,9 @@ def run(ctx: Context) -> TrainSummary:
 
 def _train(ctx: Context) -> TrainSummary:
     r, t = ctx.recipe, ctx.t
-    assert ctx.train_hf is not None
     iters = range(1, t + 1) if r.loop.data == "cumulative" else [t]
-    data = [x["messages"] for i in iters for x in read_jsonl(ctx.store.iter_dir(i) / selection.KEPT)]
-    preferences = [x for i in iters for x in read_jsonl(ctx.store.iter_dir(i) / selection.PREFERENCES)]
+    data = [x["messages"] for i in iters for x in read_jsonl(ctx.store.iter_dir(i) / filter.KEPT)]
+    preferences = [x for i in iters for x in read_jsonl(ctx.store.iter_dir(i) / filter.PREFERENCES)]
     if r.train.objective != "sft" and not preferences:
         raise UserError(
             f"iteration {t}: no preference pair (best and worst answer of one instruction, scores at least "
@@ -57,7 +56,7 @@ def _train(ctx: Context) -> TrainSummary:
         )
     if r.train.objective != "dpo" and not data:
         raise UserError(
-            f"iteration {t}: no pair passed selection, nothing to train on (reasons in {ctx.dir / selection.REJECTED}); "
+            f"iteration {t}: no pair passed selection, nothing to train on (reasons in {ctx.dir / filter.REJECTED}); "
             "rerun under a new name with a lower filter.min_score or more synth.num_instructions"
         )
     ctx.engines.release()  # training needs the memory

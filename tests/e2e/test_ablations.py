@@ -6,13 +6,13 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from pools import ABLATIONS, OTHERS, POOL, SMALL, THRESHOLDS
 
-from isheep_lite import recipe
+from isheep_lite import config, recipe
 from isheep_lite.loop import run
-from isheep_lite.manifest import fork
-from isheep_lite.store import RunStore, read_jsonl
+from isheep_lite.rundir.jsonl import read_jsonl
+from isheep_lite.rundir.manifest import fork
+from isheep_lite.rundir.store import RunStore
 
 
 def test_the_ablation_set_is_complete() -> None:
@@ -35,13 +35,13 @@ def check_iteration(store: RunStore) -> dict:
     return it
 
 
-def _sections(r: recipe.Recipe) -> dict:
+def _sections(r: config.Recipe) -> dict:
     d = yaml.safe_load(recipe.dump_yaml(r))
     d.pop("name"), d.pop("runs_dir")
     return d
 
 
-def shared_stages(mine: recipe.Recipe, pool: recipe.Recipe) -> tuple[str, ...]:
+def shared_stages(mine: config.Recipe, pool: config.Recipe) -> tuple[str, ...]:
     """The stages two recipes run identically: those before the first section in which they differ
     (model and synth shape everything, assess the grades; loop, filter, train, export and eval act
     after self-assessment)."""

@@ -8,12 +8,12 @@ from pathlib import Path
 import pytest
 
 from isheep_lite import Session, recipe
-from isheep_lite.engine import Engine, Sampling
+from isheep_lite.engines.base import Sampling
+from isheep_lite.engines.llamacpp import Engine
 from isheep_lite.loop import run
-from isheep_lite.manifest import Manifest
+from isheep_lite.rundir.jsonl import read_jsonl
+from isheep_lite.rundir.manifest import Manifest
 from isheep_lite.stages import BaseSummary, EvalSummary, FilterSummary, InstructionsSummary, PromoteSummary, ResponsesSummary, TrainSummary
-from isheep_lite.store import read_jsonl
-
 
 STAGES = ["instructions", "responses", "assess", "filter", "train", "export", "eval", "promote"]
 
@@ -38,7 +38,7 @@ def test_two_real_iterations(tmp_path: Path, smol_hf: Path, capsys: pytest.Captu
     )
     # A notebook's way in: iteration 1's data, stage by stage, looked at before training ...
     with Session(r) as s:
-        selected = s.select(1)
+        selected = s.filter(1)
         kept = s.records(1, "kept")
         assert selected.kept == len(kept) >= 1 and s.store.is_done(0, "base") and not s.store.is_done(1, "train")
     data_seconds = {k: v["seconds"] for k, v in s.store.manifest["iterations"]["1"].items()}
@@ -94,9 +94,9 @@ def test_two_real_iterations(tmp_path: Path, smol_hf: Path, capsys: pytest.Captu
         text = (run_dir / f"iter_{t:02d}" / "model-f16.Modelfile").read_text()
         assert text.startswith("FROM ./model-f16.gguf\n") and 'TEMPLATE """' in text and 'PARAMETER stop "<|im_end|>"' in text
     # The report has every plot at its documented size.
-    from test_report import assert_report
+    from helpers import assert_report
 
-    from isheep_lite.report import write_report
+    from isheep_lite.rundir.report import write_report
 
     assert_report(write_report(run_dir))
     # A rerun skips every finished stage (nothing is redone; the manifest's timings are unchanged).

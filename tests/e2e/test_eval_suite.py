@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from helpers import NO_SECOND_SETS
 
-from isheep_lite import export
+from isheep_lite.gguf import export
 
 
 def _eval(model: str, *args: str) -> dict:

@@ -2,7 +2,7 @@
 kill — in one run, to keep CI short: verifiable constraints on half the instructions, best-of-2
 answers, and SFT followed by the preference step. The run starts from the shared pool's M_0
 (manifest.fork) and runs every stage of iteration 1 itself. Each lever alone is tested on
-handmade records in tests/test_constraints.py, test_filters.py and test_train_dpo.py."""
+handmade records in tests/selfalign/test_constraints.py, test_filters.py and test_train_dpo.py."""
 
 from __future__ import annotations
 
@@ -14,9 +14,9 @@ from pools import SMALL
 
 from isheep_lite import recipe
 from isheep_lite.loop import run
-from isheep_lite.manifest import Manifest, fork
+from isheep_lite.rundir.jsonl import read_jsonl
+from isheep_lite.rundir.manifest import Manifest, fork
 from isheep_lite.stages import FilterSummary, InstructionsSummary, ResponsesSummary, TrainSummary
-from isheep_lite.store import read_jsonl
 
 
 def _forget_from(run_dir: Path, stage: str, records: str, keep_lines: int) -> None:

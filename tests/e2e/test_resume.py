@@ -14,7 +14,8 @@ from typing import Callable
 
 import pytest
 
-from isheep_lite.engine import Engine, Sampling
+from isheep_lite.engines.base import Sampling
+from isheep_lite.engines.llamacpp import Engine
 
 ARGS = [
     "loop.iterations=1",

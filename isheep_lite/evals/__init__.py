@@ -1,0 +1,1 @@
+"""Evaluation: the checks a model is judged by."""

@@ -1,0 +1,1 @@
+"""GGUF files: reading, chat templates, architectures, HF weights, export, the Ollama Modelfile."""

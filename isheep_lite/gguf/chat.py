@@ -1,0 +1,47 @@
+"""Chat templates as the GGUF ships them, rendered one way for generation, scoring and training."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Any
+
+from isheep_lite.gguf.header import GgufInfo
+from isheep_lite.recipe import UserError
+
+
+# ---- chat template ------------------------------------------------------------------------------
+@lru_cache(maxsize=8)
+def _compile(template: str) -> Any:
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    def raise_exception(message: str) -> None:
+        raise UserError(f"chat template error: {message}")
+
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+    env.globals["raise_exception"] = raise_exception
+    return env.from_string(template)
+
+
+def render_chat(info: GgufInfo, messages: list[dict[str, str]], add_generation_prompt: bool) -> str:
+    """The model's own chat template, rendered as transformers and llama.cpp render it."""
+    if not info.chat_template:
+        raise UserError("this GGUF has no chat template (tokenizer.chat_template); use a chat/instruct model")
+    return _compile(info.chat_template).render(
+        messages=messages,
+        add_generation_prompt=add_generation_prompt,
+        bos_token=info.bos or "",
+        eos_token=info.eos or "",
+    )
+
+
+def split_prompt_completion(info: GgufInfo, messages: list[dict[str, str]]) -> tuple[str, str]:
+    """A (user…, assistant) conversation → (prompt text, completion text).
+
+    The completion is everything the template emits for the final assistant turn, its end-of-turn
+    token included: the loss covers it, so the tuned model keeps learning when to stop.
+    """
+    prompt = render_chat(info, messages[:-1], add_generation_prompt=True)
+    full = render_chat(info, messages, add_generation_prompt=False)
+    if not full.startswith(prompt):
+        raise UserError("chat template renders the prompt differently with and without the answer; cannot split it")
+    return prompt, full[len(prompt) :]

@@ -1,0 +1,307 @@
+"""Every architecture in the matrix exports faithfully: llama.cpp reads what transformers computes.
+
+Per architecture: a tiny random HF model (SmolLM2's real tokenizer) is made the user's model —
+its base GGUF written by the toolkit's own export — then a LoRA adapter is trained on it for a few
+steps, the merged model is exported through `export.export`, and llama.cpp's next-token logits of
+the export are compared with transformers' merged model over 600 positions: past
+`original_max_position_embeddings` where the model has RoPE scaling, past the sliding window
+where it has one. Each of the bugs a hand-written exporter makes (RoPE factors dropped, Gemma's
+norm stored without its +1, soft-capping or sliding window lost) drops top-1 agreement far below
+the 99 % asked here.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import pytest
+
+from isheep_lite.config import TrainConfig
+from isheep_lite.gguf import archs, export, header, weights
+from isheep_lite.recipe import UserError
+from isheep_lite.training import fit
+
+N_POSITIONS = 600
+COMMON = dict(
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=1024,
+    tie_word_embeddings=True,
+)
+
+
+def _llama3(vocab: int, **ids: Any) -> Any:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    rope = {
+        "rope_type": "llama3",
+        "rope_theta": 500000.0,
+        "factor": 8.0,
+        "low_freq_factor": 1.0,
+        "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 256,
+    }
+    return LlamaForCausalLM(LlamaConfig(vocab_size=vocab, rope_parameters=rope, **COMMON, **ids))
+
+
+def _mistral(vocab: int, **ids: Any) -> Any:
+    from transformers import MistralConfig, MistralForCausalLM
+
+    return MistralForCausalLM(MistralConfig(vocab_size=vocab, sliding_window=None, **COMMON, **ids))
+
+
+def _qwen2(vocab: int, **ids: Any) -> Any:
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    return Qwen2ForCausalLM(Qwen2Config(vocab_size=vocab, **COMMON, **ids))
+
+
+def _gemma2(vocab: int, **ids: Any) -> Any:
+    from transformers import Gemma2Config, Gemma2ForCausalLM
+
+    cfg = Gemma2Config(
+        vocab_size=vocab,
+        head_dim=16,
+        sliding_window=128,
+        query_pre_attn_scalar=16,
+        attn_logit_softcapping=50.0,
+        final_logit_softcapping=30.0,
+        **COMMON,
+        **ids,
+    )
+    return Gemma2ForCausalLM(cfg)
+
+
+def _gemma3(vocab: int, **ids: Any) -> Any:
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    # six layers: Gemma 3's pattern (five sliding, one full), as llama.cpp assumes for the family
+    cfg = Gemma3TextConfig(
+        vocab_size=vocab, head_dim=16, sliding_window=128, query_pre_attn_scalar=16, **{**COMMON, "num_hidden_layers": 6}, **ids
+    )
+    return Gemma3ForCausalLM(cfg)
+
+
+def _phi3(vocab: int, **ids: Any) -> Any:
+    from transformers import Phi3Config, Phi3ForCausalLM
+
+    half = 64 // 4 // 2
+    rope = {
+        "rope_type": "longrope",
+        "rope_theta": 10000.0,
+        "original_max_position_embeddings": 256,
+        "short_factor": [1.0 + 0.1 * i for i in range(half)],
+        "long_factor": [1.0 + 0.5 * i for i in range(half)],
+    }
+    cfg = Phi3Config(
+        vocab_size=vocab,
+        rope_parameters=rope,
+        original_max_position_embeddings=256,
+        pad_token_id=None,
+        **{**COMMON, "tie_word_embeddings": False},
+        **ids,
+    )
+    return Phi3ForCausalLM(cfg)
+
+
+BUILDERS: dict[str, Callable[..., Any]] = {
+    "llama3": _llama3,
+    "mistral": _mistral,
+    "qwen2": _qwen2,
+    "gemma2": _gemma2,
+    "gemma3": _gemma3,
+    "phi3": _phi3,
+}
+
+
+@pytest.fixture(scope="module")
+def tokenizer(smol_gguf: Path) -> Any:
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(smol_gguf.parent), gguf_file=smol_gguf.name)
+
+
+def _user_model(kind: str, tokenizer: Any, smol_gguf: Path, root: Path) -> tuple[Path, Path]:
+    """(HF dir, its GGUF): a tiny random model of `kind` as a user would bring it."""
+    import torch
+
+    torch.manual_seed(0)
+    model = BUILDERS[kind](len(tokenizer), bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+    with torch.no_grad():  # random norms: a norm stored without Gemma's +1 cannot pass by luck
+        for name, p in model.named_parameters():
+            if name.endswith("norm.weight"):
+                p.copy_(torch.randn_like(p) * 0.5)
+    hf = root / f"{kind}-hf"
+    model.save_pretrained(hf)
+    tokenizer.save_pretrained(hf)
+    gguf = root / f"{kind}.gguf"
+    export.convert(hf, smol_gguf, gguf, "f32")
+    return hf, gguf
+
+
+def _train_here(convos: list, hf: Path, gguf: Path, out: Path, cfg: TrainConfig) -> dict[str, Any]:
+    """train.train's child work (fit.run_training: the same examples, trainer and adapter), run in
+    this process: each architecture is spared a fresh interpreter importing torch, transformers and
+    trl. The child process itself is tested by the training and resume tests."""
+    from dataclasses import asdict
+
+    out.mkdir(parents=True, exist_ok=True)
+    return fit.run_training(
+        {"conversations": convos, "hf_dir": str(hf), "gguf": str(gguf), "out_dir": str(out), "cfg": asdict(cfg), "seed": 0}
+    )
+
+
+def _llama_logits(gguf: Path, ids: list[int], lora: Path | None = None) -> np.ndarray:
+    from llama_cpp import Llama
+
+    kw = {"lora_path": str(lora)} if lora else {}
+    llm = Llama(model_path=str(gguf), n_ctx=1024, n_batch=1024, n_ubatch=1024, logits_all=True, n_threads=2, verbose=False, **kw)
+    try:
+        llm.eval(ids)
+        return np.array(llm.scores[: len(ids)], dtype=np.float32)
+    finally:
+        llm.close()
+
+
+def _hf_logits(hf: Path, adapter: Path, ids: list[int]) -> np.ndarray:
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(str(hf), dtype=torch.float32, attn_implementation="eager")
+    model = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload().eval()
+    with torch.no_grad():
+        return model(torch.tensor([ids])).logits[0].float().numpy()
+
+
+def _agreement(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
+    return float((a.argmax(-1) == b.argmax(-1)).mean()), float(np.abs(a - b).max())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", list(BUILDERS))
+def test_trained_model_exports_faithfully(kind: str, tokenizer: Any, smol_gguf: Path, tmp_path: Path) -> None:
+    hf, base_gguf = _user_model(kind, tokenizer, smol_gguf, tmp_path)
+    assert header.gguf_info(base_gguf).n_ctx_train == 1024, "context length must survive the export"
+    convo = [{"role": "user", "content": "Name a colour."}, {"role": "assistant", "content": "Blue, like the sea."}]
+    cfg = TrainConfig(lora_r=8, lora_alpha=16, lora_dropout=0.0, lr=5e-2, epochs=3, batch_size=2, warmup_steps=0)
+    _train_here([convo] * 4, hf, base_gguf, tmp_path / "run", cfg)
+    adapter = tmp_path / "run" / "adapter"
+    from safetensors.numpy import load_file
+
+    assert any(np.abs(w).max() > 0 for k, w in load_file(str(adapter / "adapter_model.safetensors")).items() if "lora_B" in k)
+
+    out = tmp_path / "export"
+    out.mkdir()
+    merged = Path(export.export(hf, adapter, base_gguf, out, ["f32"])["f32"])
+    ids = np.random.default_rng(1).integers(100, len(tokenizer), N_POSITIONS).tolist()
+    expected = _hf_logits(hf, adapter, ids)
+    top1, delta = _agreement(_llama_logits(merged, ids), expected)
+    print(f"{kind}: merged export top-1 agreement {top1:.4f} over {N_POSITIONS} positions, max |Δlogit| {delta:.4g}")
+    assert top1 >= 0.99, f"{kind}: merged export agrees with transformers on {top1:.1%} of positions"
+
+    lora = tmp_path / "adapter-f32.gguf"
+    import json
+
+    export.write_lora_gguf(adapter, json.loads((hf / "config.json").read_text()), base_gguf, lora, "f32")
+    top1, delta = _agreement(_llama_logits(base_gguf, ids, lora), expected)
+    print(f"{kind}: GGUF LoRA adapter top-1 agreement {top1:.4f}, max |Δlogit| {delta:.4g}")
+    assert top1 >= 0.99, f"{kind}: base + GGUF adapter agrees with transformers on {top1:.1%} of positions"
+
+
+@pytest.mark.slow
+def test_metadata_of_the_users_gguf_survives(smol_gguf: Path, smol_hf: Path, tmp_path: Path) -> None:
+    """Tokenizer, chat template, stop tokens and context length of the embedded model survive its export."""
+    import gguf
+
+    out = tmp_path / "m.gguf"
+    export.convert(smol_hf, smol_gguf, out, "f16")
+    src, dst = gguf.GGUFReader(str(smol_gguf)), gguf.GGUFReader(str(out))
+    for key in [k for k in src.fields if k.startswith(("tokenizer.", "general.name", "general.license"))]:
+        assert key in dst.fields, key
+        assert dst.fields[key].contents() == src.fields[key].contents(), key
+    assert dst.fields["llama.context_length"].contents() == src.fields["llama.context_length"].contents() == 8192
+    assert not [k for k in dst.fields if k.startswith("split.")]
+
+
+def test_unsupported_architecture_is_refused_naming_the_supported_ones(tmp_path: Path) -> None:
+    import json
+
+    (tmp_path / "config.json").write_text(json.dumps({"architectures": ["FalconForCausalLM"], "model_type": "falcon"}))
+    with pytest.raises(UserError) as e:
+        archs.for_hf(tmp_path)
+    assert "FalconForCausalLM is not supported" in str(e.value) and "gemma3" in str(e.value)
+    with pytest.raises(UserError, match="architecture 'gpt2' is not supported"):
+        archs.for_gguf("gpt2", "model.gguf")
+
+
+def _gpt2_gguf(path: Path) -> Path:
+    """A GGUF whose header says gpt2 (llama.cpp knows it; the toolkit cannot train and export it)."""
+    import gguf
+
+    w = gguf.GGUFWriter(str(path), "gpt2")
+    w.add_block_count(1)
+    w.add_context_length(64)
+    w.add_tensor("token_embd.weight", np.zeros((8, 4), dtype=np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
+
+
+@pytest.mark.parametrize("command", ["recipe", "run"])
+def test_unsupported_gguf_is_refused_before_any_work(command: str, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    model = _gpt2_gguf(tmp_path / "gpt2.gguf")
+    runs = tmp_path / "runs"
+    proc = subprocess.run(
+        [sys.executable, "-m", "isheep_lite", command, f"model.gguf={model}", f"runs_dir={runs}"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "architecture 'gpt2' is not supported" in lines[0] and "qwen2" in lines[0], proc.stderr
+    assert not runs.exists(), "nothing may be written for a refused model"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", list(BUILDERS))
+def test_gguf_only_input_keeps_the_model(kind: str, tokenizer: Any, smol_gguf: Path, tmp_path: Path) -> None:
+    """A user who gives only a GGUF: the HF weights the toolkit trains on (dequantised by
+    transformers, RoPE scaling restored from the GGUF) compute what llama.cpp computes from that
+    GGUF, past the original context where the model scales RoPE."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    _, gguf = _user_model(kind, tokenizer, smol_gguf, tmp_path)
+    hf = tmp_path / "from-gguf"
+    weights.gguf_to_hf(gguf, hf)
+    ids = np.random.default_rng(2).integers(100, len(tokenizer), N_POSITIONS).tolist()
+    model = AutoModelForCausalLM.from_pretrained(str(hf), dtype=torch.float32, attn_implementation="eager").eval()
+    with torch.no_grad():
+        expected = model(torch.tensor([ids])).logits[0].numpy()
+    top1, delta = _agreement(_llama_logits(gguf, ids), expected)
+    print(f"{kind}: GGUF-only input top-1 agreement {top1:.4f}, max |Δlogit| {delta:.4g}")
+    assert top1 >= 0.99, f"{kind}: HF weights made from the GGUF agree with llama.cpp on {top1:.1%} of positions"
+
+
+@pytest.mark.slow
+def test_a_gguf_too_big_to_dequantise_here_is_refused_with_the_ram_it_needs(
+    tiny: dict, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("ISHEEP_CACHE", str(tmp_path / "cache"))  # nothing dequantised yet
+    monkeypatch.setattr(weights, "available_ram", lambda: 10_000_000)
+    with pytest.raises(UserError, match=r"needs about 1 GB of RAM, 0 GB is available; give the model's HF weights as model.hf"):
+        weights.check_dequantisable(tiny["gguf"])
+    monkeypatch.setattr(weights, "available_ram", lambda: 64 * 10**9)
+    weights.check_dequantisable(tiny["gguf"])

@@ -1,0 +1,194 @@
+"""The best-iteration logic and the pairwise judge, with fake evaluators (no real model needed)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from helpers import QUALITY, fake_iterations, fake_run
+
+from isheep_lite import config, loop, recipe
+from isheep_lite.engines.llamacpp import Engine
+from isheep_lite.engines.serving import Served
+from isheep_lite.evals import measure
+from isheep_lite.recipe import UserError
+
+
+def test_worse_iteration_is_flagged_not_promoted_and_next_starts_from_best(
+    tmp_path: Path, tiny: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store, seen = fake_run(tmp_path, tiny, monkeypatch, "loop.train_from=previous")
+    m = store.manifest["iterations"]
+    it = {t: store.iter_dir(t) / "model-f16.gguf" for t in (1, 2, 3)}
+    assert m["1"]["promote"]["best"] == 1 and not m["1"]["promote"]["worse"]
+    assert m["2"]["promote"]["worse"] and m["2"]["promote"]["best"] == 1, m["2"]["promote"]
+    assert m["2"]["promote"]["p_worse"] >= 0.9 and m["2"]["promote"]["delta"] == -0.5
+    # Iteration 3 generates with M_1 (the best), not with the worse M_2, and trains from M_1's weights.
+    assert seen[2][0] == it[1] and seen[3][0] == it[1]
+    assert seen[3][1] == store.iter_dir(1) / "merged"
+    # A tie with the best goes to the newer model; the final model is the best one.
+    assert m["3"]["promote"]["best"] == 3 and store.manifest["best"]["iteration"] == 3
+    assert Path(store.manifest["final_model"]) == it[3]
+
+
+def test_stop_when_worse_ends_the_run(tmp_path: Path, tiny: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    store, seen = fake_run(tmp_path, tiny, monkeypatch, "loop.stop_when_worse=true")
+    assert sorted(seen) == [1, 2] and "3" not in store.manifest["iterations"]
+    assert "iteration 2 scored worse than iteration 1" in store.manifest["stopped_early"]
+    assert Path(store.manifest["final_model"]) == store.iter_dir(1) / "model-f16.gguf"
+    # The rerun resumes to the same decision without redoing anything.
+    before = dict(store.manifest)
+    store2, seen2 = fake_run(tmp_path, tiny, monkeypatch, "loop.stop_when_worse=true")
+    assert store2.manifest["iterations"] == before["iterations"] and store2.manifest["best"] == before["best"]
+
+
+def test_a_session_reads_back_what_the_run_decided_and_refuses_what_it_did_not_run(
+    tmp_path: Path, tiny: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store, seen = fake_run(tmp_path, tiny, monkeypatch, "loop.stop_when_worse=true")
+    before, first = store.manifest["iterations"], dict(seen)
+    r = recipe.load(store.root / "recipe.yaml")
+    seen.clear()
+    with loop.Session(r) as s:
+        assert s.promote(2).worse and s.promote(2).best == 1 and s.promote(1).best == 1
+        assert s.models[1].gguf == store.iter_dir(1) / "model-f16.gguf"
+        assert s.eval(2).ifeval and s.eval(2).ifeval["strict"] == QUALITY[2]
+        with pytest.raises(UserError, match="stopped after iteration 2"):
+            s.instructions(3)
+        with pytest.raises(UserError, match="iterations 1 to 3"):
+            s.promote(4)
+        with pytest.raises(UserError, match="no such records"):
+            s.records(1, "kept")  # the faked iterations wrote no records
+        assert s.finish() == store.iter_dir(1) / "model-f16.gguf"
+    # the iterations were asked for with the same models as in the run, and the manifest is unchanged
+    assert seen == first and s.store.manifest["iterations"] == before
+    with pytest.raises(UserError, match="only while open"):
+        s.instructions(1)  # closed: its engines and the run directory's lock are released
+
+
+def test_promote_latest_keeps_the_flag_but_promotes(tmp_path: Path, tiny: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    store, seen = fake_run(tmp_path, tiny, monkeypatch, "loop.promote=latest")
+    assert store.manifest["iterations"]["2"]["promote"]["worse"]
+    assert seen[3][0] == store.iter_dir(2) / "model-f16.gguf"
+
+
+def _passes(rate: float, n: int) -> list[int]:
+    k = round(rate * n)
+    return [1] * k + [0] * (n - k)
+
+
+def _three_set_run(tmp_path: Path, tiny: dict[str, Path], monkeypatch: pytest.MonkeyPatch, scores: dict[int, tuple[float, ...]]):
+    """loop.run where iteration t's model scores (suite, held-out set, knowledge probe[, share of the
+    held-out set's constraints kept on every prompt]) = scores[t]."""
+
+    def fake_checks(model: Served, r: config.Recipe, engines: Any, reference: Any = None, judge: Any = None) -> dict[str, Any]:
+        t = int(model.gguf.parent.name[5:]) if model.gguf.parent.name.startswith("iter_") else 0
+        suite, held, know, *kept = scores[t]
+        heldout = {"strict_pass": _passes(held, 80), "strict": held, "loose": held, "strict_ci95": [0, 1]}
+        return {
+            "ifeval": {"strict_pass": _passes(suite, 40), "strict": suite, "loose": suite, "strict_ci95": [0, 1]},
+            "heldout": {**heldout, "constraints_kept": [kept[0]] * 80} if kept else heldout,
+            "knowledge": {"correct": _passes(know, 120), "accuracy": know, "accuracy_ci95": [0, 1]},
+        }
+
+    monkeypatch.setattr(measure, "checks", fake_checks)
+    fake_iterations(monkeypatch)
+    r = recipe.load(
+        None,
+        [
+            f"runs_dir={tmp_path}",
+            "name=three",
+            f"model.gguf={tiny['gguf']}",
+            f"model.hf={tiny['hf']}",
+            "model.serve_base=original",
+            f"loop.iterations={len(scores) - 1}",
+            "eval.heldout_prompts=80",
+            "eval.knowledge_questions=120",
+        ],
+    )
+    return loop.run(r).manifest["iterations"]
+
+
+def test_a_gain_on_one_set_and_a_loss_on_the_other_is_not_promoted(
+    tmp_path: Path, tiny: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # M_1 gains 20 points on the suite but loses 20 on the held-out set: not promoted, and flagged worse.
+    m = _three_set_run(tmp_path, tiny, monkeypatch, {0: (0.3, 0.4, 0.5), 1: (0.5, 0.2, 0.5)})
+    p = m["1"]["promote"]
+    assert p["compared"] and p["best"] == 0 and p["worse"], p
+    assert set(p["sets"]) == {"suite", "heldout", "knowledge"} and p["reason"] == "lower on heldout"
+    assert p["sets"]["suite"]["delta"] == 0.2 and p["sets"]["heldout"]["delta"] == -0.2
+
+
+def test_the_second_set_is_compared_by_the_constraints_each_prompt_keeps(
+    tmp_path: Path, tiny: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Whole second-set prompts: M_1 and M_2 pass as many as M_0. M_1 keeps fewer of their constraints
+    # (0.3 → 0.25 of each prompt's): not promoted. M_2 keeps more (0.4): promoted.
+    m = _three_set_run(tmp_path, tiny, monkeypatch, {0: (0.3, 0.05, 0.5, 0.3), 1: (0.4, 0.05, 0.5, 0.25), 2: (0.4, 0.05, 0.5, 0.4)})
+    assert m["1"]["promote"]["best"] == 0 and m["1"]["promote"]["reason"] == "lower on heldout"
+    assert m["1"]["promote"]["sets"]["heldout"]["delta"] == pytest.approx(-0.05)
+    assert m["2"]["promote"]["best"] == 2 and m["2"]["promote"]["sets"]["heldout"]["delta"] == pytest.approx(0.1)
+
+
+def test_forgetting_beyond_the_tolerance_blocks_promotion(tmp_path: Path, tiny: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    # M_1 gains on both following sets but forgets 10 points of knowledge (tolerance 3): not promoted.
+    # M_2 gains on both and loses 2 points of knowledge, within the tolerance: promoted.
+    m = _three_set_run(tmp_path, tiny, monkeypatch, {0: (0.3, 0.3, 0.5), 1: (0.4, 0.4, 0.4), 2: (0.4, 0.4, 0.48)})
+    assert m["1"]["promote"]["best"] == 0 and m["1"]["promote"]["reason"] == "lower on knowledge"
+    assert m["2"]["promote"]["best"] == 2 and m["2"]["promote"]["reason"].startswith("at least as good on")
+    assert m["2"]["promote"]["sets"]["knowledge"]["delta"] == pytest.approx(-0.0167, abs=1e-3)
+
+
+def test_paired_bootstrap() -> None:
+    same = measure.paired_bootstrap([1, 0, 1, 0], [1, 0, 1, 0])
+    assert same["delta"] == 0 and same["p_worse"] == 0
+    worse = measure.paired_bootstrap([1] * 20, [1] * 10 + [0] * 10)
+    assert worse["delta"] == -0.5 and worse["p_worse"] == 1.0 and worse["ci95"][1] < 0
+    with pytest.raises(ValueError):
+        measure.paired_bootstrap([1, 0], [1])
+
+
+class _StubJudge:
+    """Prefers the response that contains GOOD; with `bias_a`, always says A (a position-biased judge)."""
+
+    def __init__(self, info: Any, bias_a: bool = False):
+        self.info, self.bias_a = info, bias_a
+
+    def token_id(self, text: str) -> int:
+        return {" A": 10, " B": 11}[text]
+
+    def score_many(self, prompts: list[str], token_ids: list[int]) -> list[list[float]]:
+        out = []
+        for p in prompts:
+            a = p.split("### Response A\n")[1].split("### Response B")[0]
+            prefer_a = self.bias_a or "GOOD" in a
+            out.append([-0.1, -2.0] if prefer_a else [-2.0, -0.1])
+        return out
+
+
+def test_pairwise_judges_both_orders(tiny_engine: Engine) -> None:
+    requests = ["q1", "q2", "q3", "q4"]
+    new = ["GOOD answer", "GOOD answer", "meh", "meh"]
+    old = ["meh", "meh", "GOOD answer", "meh"]
+    fair = measure.pairwise(_StubJudge(tiny_engine.info), requests, new, old)
+    assert (fair["win"], fair["tie"], fair["loss"]) == (2, 1, 1) and fair["score"] == 0.5 + 0.125
+    assert fair["score_ci95"][0] <= fair["score"] <= fair["score_ci95"][1]
+    assert fair["log_odds"][:2] == [3.8, 3.8] and fair["log_odds"][2] == -3.8
+    biased = measure.pairwise(_StubJudge(tiny_engine.info, bias_a=True), requests, new, old)
+    assert (biased["win"], biased["tie"], biased["loss"]) == (0, 4, 0) and biased["judge_prefers_a"] == 1.0
+
+
+def test_empty_answers_are_decided_by_rule_not_by_the_judge(tiny_engine: Engine) -> None:
+    # The biased judge always prefers A; an empty answer must still lose, wherever it stands.
+    out = measure.pairwise(
+        _StubJudge(tiny_engine.info, bias_a=True), ["q1", "q2", "q3", "q4"], ["", "GOOD", " \n", "meh"], ["GOOD", "", "", "meh"]
+    )
+    assert out["verdicts"] == [0.0, 1.0, 0.5, 0.5] and out["judged"] == 1 and out["judge_prefers_a"] == 1.0
+    assert out["log_odds"] == [None, None, None, 0.0]  # pure position bias cancels to zero
+
+
+def test_pairwise_on_a_real_engine(tiny_engine: Engine) -> None:
+    out = measure.pairwise(tiny_engine, ["Name a colour."], ["Blue."], ["Green."])
+    assert out["win"] + out["tie"] + out["loss"] == 1 and 0 <= out["score"] <= 1
