@@ -46,7 +46,7 @@ def counts(e: Summary) -> str:
 
 
 def suite_cells(ev: EvalSummary) -> str:
-    s = ev.ifeval or {}
+    s = ev.suite or {}
     ci = s.get("strict_ci95", [None, None])
     return f"{s.get('strict')} ({ci[0]}–{ci[1]}) | {s.get('loose')}"
 
@@ -55,6 +55,14 @@ def heldout_cell(ev: EvalSummary) -> str:
     h = ev.heldout or {}
     kept = h.get("constraints_kept")
     return f"{h.get('strict', '–')}, {sum(kept) / len(kept):.3f}" if kept else "–"
+
+
+def ifeval_cell(ev: EvalSummary) -> str:
+    i = ev.ifeval or {}
+    if not i:
+        return "–"
+    ci, un = i["prompt_loose_ci95"], i.get("untrained") or {}
+    return f"{i['prompt_loose']:.4f} ({ci[0]}–{ci[1]}), untrained kinds {un.get('mean')} of {un.get('prompts')}"
 
 
 def knowledge_cell(ev: EvalSummary) -> str:
@@ -68,7 +76,10 @@ def promote_cell(m: Manifest, t: int) -> str:
     p = m.get(t, PromoteSummary)
     if not p or not p.sets:
         return "–"
-    deltas = "; ".join(f"{k} {v['delta']:+.3f} ({v['ci95'][0]:+.3f}…{v['ci95'][1]:+.3f})" for k, v in p.sets.items())
+    # a run before the guard compared with M_0 kept one comparison per set, against the best
+    deltas = "; ".join(
+        f"{k} {v['delta']:+.3f} ({v['ci95'][0]:+.3f}…{v['ci95'][1]:+.3f})" for k, v in ((k, s.get("vs_best", s)) for k, s in p.sets.items())
+    )
     flag = " (flagged worse)" if p.worse else ""
     return f"vs M_{p.against}: {deltas} → {'best' if p.best == t else 'not promoted'}{flag}"
 
@@ -87,13 +98,14 @@ def main() -> None:
     total = sum(sum(m.seconds(t).values()) for t in m.iterations(with_base=True))
     print(f"| | **total** | **{total:.0f}** | |")
     print(
-        "\n| model | stop rate | mean answer tokens | suite strict (95 % CI) | suite loose | second set: whole prompts, "
-        "constraints kept | knowledge (95 % CI) | promote |\n|---|---:|---:|---:|---:|---:|---:|---|"
+        "\n| model | stop rate | mean answer tokens | IFEval loose (95 % CI) | suite strict (95 % CI) | suite loose | second set: whole prompts, "
+        "constraints kept | knowledge (95 % CI) | promote |\n|---|---:|---:|---|---:|---:|---:|---:|---|"
     )
     for t in m.iterations(with_base=True):
         if ev := m.get(t, EvalSummary):
             print(
-                f"| M_{t} | {ev.stop_rate} | {ev.mean_tokens} | {suite_cells(ev)} | {heldout_cell(ev)} | {knowledge_cell(ev)} | {promote_cell(m, t)} |"
+                f"| M_{t} | {ev.stop_rate} | {ev.mean_tokens} | {ifeval_cell(ev)} | {suite_cells(ev)} | {heldout_cell(ev)} | {knowledge_cell(ev)} "
+                f"| {promote_cell(m, t)} |"
             )
     if args.save:
         args.save.parent.mkdir(parents=True, exist_ok=True)

@@ -102,6 +102,7 @@ def main() -> None:
             f"name={name}",
             f"runs_dir={args.out}",
             "loop.iterations=1",
+            "eval.ifeval_prompts=0",
             f"eval.suite_prompts={args.suite}",
             *VARIANTS[name],
             *args.set,
@@ -111,18 +112,18 @@ def main() -> None:
         m0_eval = m0_eval or m.data["iterations"]["0"]["eval"]  # the raw entry: the next variant's manifest reuses it
         results["m0_eval"] = m0_eval
         e1, tr, fl = m.get(1, EvalSummary), m.get(1, TrainSummary), m.get(1, FilterSummary)
-        assert e1 and e1.ifeval and tr and fl
+        assert e1 and e1.suite and tr and fl
         results["variants"][name] = {
             "overrides": VARIANTS[name] or (["instructions: min_words 8, ROUGE-L < 0.5"] if name == "strict_instr" else []),
             "kept": fl.kept,
             "train_steps": tr.steps,
             "train_loss": tr.train_loss,
             "stop_rate": e1.stop_rate,
-            "strict": e1.ifeval["strict"],
-            "loose": e1.ifeval["loose"],
-            "strict_ci95": e1.ifeval["strict_ci95"],
-            "vs_m0": measure.paired_bootstrap(m0_eval["ifeval"]["strict_pass"], e1.ifeval["strict_pass"]),
-            "strict_pass": e1.ifeval["strict_pass"],  # per suite prompt: replicates pool by prompt (bench/pool_replicates.py)
+            "strict": e1.suite["strict"],
+            "loose": e1.suite["loose"],
+            "strict_ci95": e1.suite["strict_ci95"],
+            "vs_m0": measure.paired_bootstrap(m0_eval["suite"]["strict_pass"], e1.suite["strict_pass"]),
+            "strict_pass": e1.suite["strict_pass"],  # per suite prompt: replicates pool by prompt (bench/pool_replicates.py)
             "seconds": round(time.time() - start, 1),
         }
         args.json.write_text(json.dumps(results, indent=2))
@@ -134,8 +135,8 @@ def table(results: dict) -> str:
     lines = [
         "| model | kept pairs | steps | stop rate | suite strict (95 % CI) | loose | Δ strict vs M_0 (95 % CI) | P(worse) |",
         "|---|---:|---:|---:|---|---:|---|---:|",
-        f"| M_0 | – | – | {m0['stop_rate']} | {m0['ifeval']['strict']} ({m0['ifeval']['strict_ci95'][0]}–{m0['ifeval']['strict_ci95'][1]}) "
-        f"| {m0['ifeval']['loose']} | – | – |",
+        f"| M_0 | – | – | {m0['stop_rate']} | {m0['suite']['strict']} ({m0['suite']['strict_ci95'][0]}–{m0['suite']['strict_ci95'][1]}) "
+        f"| {m0['suite']['loose']} | – | – |",
     ]
     for name, v in results["variants"].items():
         d = v["vs_m0"]

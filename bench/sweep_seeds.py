@@ -52,6 +52,7 @@ CONFIGS: dict[str, list[str]] = {
 # The evaluation every run shares: the decision sets only (the stop-rate prompts and the pairwise
 # judge inform a user's report, not this comparison).
 EVAL = [
+    "eval.ifeval_prompts=0",
     "eval.suite_prompts=160",
     "eval.heldout_prompts=80",
     "eval.knowledge_questions=120",
@@ -59,8 +60,8 @@ EVAL = [
     "eval.pairwise=false",
 ]
 SETS = {
-    "suite": ("ifeval", "strict_pass"),
-    "suite_loose": ("ifeval", "loose_pass"),
+    "suite": ("suite", "strict_pass"),
+    "suite_loose": ("suite", "loose_pass"),
     "heldout": ("heldout", "strict_pass"),
     "heldout_constraints": ("heldout", "constraints_kept"),
 }

@@ -64,6 +64,7 @@ def run(
 
     store = loop.run(_supervised_recipe("run", args), force=force)
     typer.echo(f"done: {store.root} (best model: {store.manifest.get('final_model')})")
+    typer.echo(f"report: {_report(store.root)} — every instruction, answer, grade and evaluation answer, in a browser")
 
 
 @app.command()
@@ -83,7 +84,10 @@ def data(
 def eval_cmd(
     model: str = typer.Argument(..., help="a GGUF path or embedded:smollm2-135m-instruct"),
     stop_prompts: int = typer.Option(EVAL.stop_prompts, help="held-out prompts for the stop rate (0 = skip)"),
-    suite_prompts: int = typer.Option(EVAL.suite_prompts, help="instruction-following suite prompts (0 = skip; max 160)"),
+    ifeval_prompts: int = typer.Option(
+        EVAL.ifeval_prompts, help="IFEval prompts, lm-evaluation-harness's checker (541 = all; fewer: a stratified subset; 0 = skip)"
+    ),
+    suite_prompts: int = typer.Option(EVAL.suite_prompts, help="the quick instruction-following suite's prompts (0 = skip; max 160)"),
     heldout_prompts: int = typer.Option(
         EVAL.heldout_prompts, help="the second instruction-following set, several constraints per prompt (0 = skip; max 80)"
     ),
@@ -104,7 +108,7 @@ def eval_cmd(
         None, "--lora", help="a GGUF LoRA adapter to apply to MODEL (repeatable, in order), e.g. runs/NAME/iter_01/adapter-f16.gguf"
     ),
 ) -> None:
-    """Evaluate a GGUF on a run's evaluation sets (stop rate, the suite, the second set, the knowledge probe; greedy), optionally a pairwise verdict."""
+    """Evaluate a GGUF on a run's evaluation sets (stop rate, IFEval, the suite, the second set, the knowledge probe; greedy), optionally a pairwise verdict."""
     import json
 
     from isheep_lite import recipe
@@ -119,6 +123,7 @@ def eval_cmd(
         engine += [f"model.served_name={served_name}"] if served_name else []
     sets = [
         f"eval.stop_prompts={stop_prompts}",
+        f"eval.ifeval_prompts={ifeval_prompts}",
         f"eval.suite_prompts={suite_prompts}",
         f"eval.heldout_prompts={heldout_prompts}",
         f"eval.knowledge_questions={knowledge}",
@@ -131,16 +136,16 @@ def eval_cmd(
             if not stop_prompts:
                 raise recipe.UserError("--against judges the answers to the stop-rate prompts: --stop-prompts must be > 0")
             # the reference is only judged against on the stop-rate prompts: nothing else is evaluated on it
-            only_stop = ["eval.suite_prompts=0", "eval.heldout_prompts=0", "eval.knowledge_questions=0"]
+            only_stop = ["eval.ifeval_prompts=0", "eval.suite_prompts=0", "eval.heldout_prompts=0", "eval.knowledge_questions=0"]
             rr = recipe.load(None, [f"eval.stop_prompts={stop_prompts}", *only_stop])
             with Engines(rr) as local:
                 reference = measure.checks(Served(header.resolve_gguf(against)), rr, local)
         result = measure.checks(served, r, engines, reference, Served(header.resolve_gguf(judge)) if judge else None)
     result.pop("samples", None)
-    result.get("ifeval", {}).pop("strict_pass", None)
-    result.get("heldout", {}).pop("strict_pass", None)
-    result.get("knowledge", {}).pop("correct", None)
-    result.get("pairwise", {}).pop("verdicts", None)
+    per_prompt = ("answers", "keys", "trained", "per_prompt_strict", "per_prompt_loose", "strict_pass", "loose_pass")
+    for part in result.values():  # the figures; the per-prompt lists are a run's (iter_NN/eval.json)
+        for key in (*per_prompt, "constraints_kept", "correct", "verdicts"):
+            part.pop(key, None) if isinstance(part, dict) else None
     typer.echo(json.dumps(result))
 
 
@@ -148,13 +153,24 @@ def eval_cmd(
 def report(
     run_dir: str = typer.Argument(..., help="a run directory (runs/<name>)"),
     out: Optional[str] = typer.Option(None, help="output folder (default: RUN_DIR/report)"),
+    open_: bool = typer.Option(False, "--open", help="open the run page in the default browser"),
 ) -> None:
-    """Write report.md and PNG plots of a run: scores, selection, training loss, evaluation, throughput."""
-    from pathlib import Path
+    """Write report.md, PNG plots and the run page (index.html: every instruction, answer, grade and
+    evaluation answer, to filter, sort and compare) of a run."""
+    page = _report(Path(run_dir), Path(out) if out else None)
+    typer.echo(f"wrote {page.parent / 'report.md'} and {page}")
+    if open_:
+        import webbrowser
 
-    from isheep_lite.rundir import report as rp
+        if not webbrowser.open(page.resolve().as_uri()):
+            typer.echo(f"no browser found: open {page} yourself")
 
-    typer.echo(f"wrote {rp.write_report(Path(run_dir), Path(out) if out else None)}")
+
+def _report(run_dir: Path, out: Optional[Path] = None) -> Path:
+    """The run's report written (report.md, plots, index.html); the run page's path."""
+    from isheep_lite.rundir import page, report as rp
+
+    return rp.write_report(run_dir, out).parent / page.PAGE
 
 
 @app.command("export")

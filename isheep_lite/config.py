@@ -79,9 +79,7 @@ class LoopConfig:
 
 @dataclass
 class SynthConfig:
-    num_instructions: int = knob(
-        128, "usable instructions to collect per iteration, after the instruction filters (paper: 10 000; ~3 s each on a laptop CPU)", **POS
-    )
+    num_instructions: int = knob(128, "usable instructions to collect per iteration, after the instruction filters (paper: 10 000)", **POS)
     source: Literal["seeds", "magpie"] = knob(
         "seeds", "seeds: few-shot from seed tasks (the paper) | magpie: zero-seed, the model writes the user turn"
     )
@@ -157,7 +155,7 @@ class TrainConfig:
     )
     load_in_4bit: bool = knob(True, "CUDA only: QLoRA on an NF4 base (a CPU trains a 16/32-bit base)")
     auto_batch: bool = knob(True, "CUDA only: micro-batch from the memory planner and the free VRAM, same effective batch")
-    lora_r: int = knob(16, "paper: 8; 16 measured best here (bench/results/lever-sweep.json)", **POS)
+    lora_r: int = knob(16, "paper: 8; 16 chose the lever sweep (docs/measurements.md)", **POS)
     lora_alpha: int = knob(32, "paper: 16 (alpha/r = 2 kept)", **POS)
     lora_dropout: float = knob(0.0, "0 keeps Unsloth on its fast path (it patches its LoRA kernels in only with dropout 0)", ge=0, lt=1)
     target_modules: list[str] = knob(
@@ -203,10 +201,20 @@ class ExportConfig:
 class EvalConfig:
     stop_prompts: int = knob(20, "held-out prompts for the stop-rate check (0 = skip)", **NONNEG)
     max_tokens: int = knob(512, 'an answer still going at this length counts as "never stops"', **POS)
-    suite_prompts: int = knob(
-        160, "instruction-following suite prompts, balanced over 20 constraint kinds (0 = skip; max 160)", ge=0, le=160
+    ifeval_prompts: int = knob(
+        160,
+        "IFEval prompts, scored by lm-evaluation-harness's checker: 541 is all of it, fewer a subset stratified by "
+        "instruction group (0 = skip); promotion decides on its prompts whose kinds training does not see",
+        ge=0,
+        le=541,
     )
-    suite_max_tokens: int = knob(384, "tokens per answer of the suite and of the held-out set", **POS)
+    suite_prompts: int = knob(
+        0,
+        "the quick instruction-following suite, balanced over 20 constraint kinds; promotion does not read it (0 = skip; max 160)",
+        ge=0,
+        le=160,
+    )
+    suite_max_tokens: int = knob(384, "tokens per answer of IFEval, the suite and the held-out set", **POS)
     heldout_prompts: int = knob(
         80,
         "the second instruction-following set: its own topics and phrasings, 2-3 constraints per prompt, a prompt passes "
@@ -216,7 +224,7 @@ class EvalConfig:
     )
     knowledge_questions: int = knob(120, "short-answer factual questions that catch forgetting (0 = skip; max 120)", ge=0, le=120)
     knowledge_tolerance: float = knob(
-        0.03, "M_t is not promoted if its knowledge-probe accuracy is below the best model's by more than this", ge=0, le=1
+        0.03, "M_t is not promoted if its knowledge-probe accuracy is below M_0's or the best model's by more than this", ge=0, le=1
     )
     pairwise: bool = knob(True, "judge M_t's answers to the stop-rate prompts against M_0's, in both orders")
     judge: str = knob("base", "base: M_0 judges every iteration | current: M_t judges | a GGUF path")

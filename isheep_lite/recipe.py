@@ -1,9 +1,8 @@
-"""The recipe: every knob of a run, as dataclasses.
+"""A recipe read and checked: YAML and dotted `section.key=value` overrides into the config
+dataclasses, every problem one line (`UserError`) before any work starts, and back out as YAML.
 
-The dataclass defaults *are* the default recipe (what `isheep run` with no arguments runs);
-`recipes/smollm2/135m_lora_cpu.yaml` writes them out with comments. A field's comment is its
-documentation. Recipes load from YAML and take dotted `section.key=value` overrides; every
-problem is raised as a `UserError` with one line that names it, before any work starts.
+The dataclass defaults (config.py) *are* the default recipe (what `isheep run` with no arguments
+runs); `recipes/smollm2/135m_lora_cpu.yaml` writes them out with their comments.
 """
 
 from __future__ import annotations

@@ -32,9 +32,9 @@ REQUESTS = [
     "Why is the sky blue?",
 ]
 
-# `isheep eval` runs every decision set unless told not to: tests of other paths skip the second set
-# and the knowledge probe.
-NO_SECOND_SETS = ("--heldout-prompts", "0", "--knowledge", "0")
+# `isheep eval` runs every decision set unless told not to: tests of other paths skip IFEval, the
+# second set and the knowledge probe.
+NO_DECISION_SETS = ("--ifeval-prompts", "0", "--heldout-prompts", "0", "--knowledge", "0")
 
 
 def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
@@ -110,15 +110,44 @@ def fake_iterations(monkeypatch: pytest.MonkeyPatch, seen: dict[int, tuple[Path,
     monkeypatch.setattr(stages.export, "run", fake_export)
 
 
+def iteration_of(model: Served) -> int:
+    """t of a stand-in M_t (iter_NN/model-f16.gguf), 0 for M_0."""
+    parent = model.gguf.parent.name
+    return int(parent[5:]) if parent.startswith("iter_") else 0
+
+
+def passes(rate: float, n: int) -> list[int]:
+    k = round(rate * n)
+    return [1] * k + [0] * (n - k)
+
+
+def fake_ifeval(rate: float, n: int, trained: int = 0) -> dict[str, Any]:
+    """An IFEval result as measure.ifeval_following returns it: `rate` of `n` prompts pass (loose and
+    strict); the last `trained` prompts carry a trained kind (and are left out of promotion)."""
+    per = passes(rate, n)
+    marks = [0] * (n - trained) + [1] * trained
+    part = {"prompts": n - trained, "mean": rate, "ci95": [0.0, 1.0]}
+    return {
+        "prompt_loose": rate,
+        "prompt_strict": rate,
+        "instruction_loose": rate,
+        "instruction_strict": rate,
+        "prompt_loose_ci95": [0.0, 1.0],
+        "prompt_strict_ci95": [0.0, 1.0],
+        "per_prompt_loose": per,
+        "per_prompt_strict": per,
+        "trained": marks,
+        "untrained": part,
+        "trained_part": {"prompts": trained, "mean": rate if trained else None, "ci95": [0.0, 1.0]},
+    }
+
+
 def fake_run(tmp_path: Path, tiny: dict[str, Path], monkeypatch: pytest.MonkeyPatch, *extra: str) -> tuple[Any, dict]:
     """loop.run with every iteration and check faked: iteration t's model passes QUALITY[t] of 40 prompts."""
     seen: dict[int, tuple[Path, Path]] = {}
 
     def fake_checks(model: Served, r: config.Recipe, engines: Any, reference: Any = None, judge: Any = None) -> dict[str, Any]:
-        gguf = model.gguf
-        t = int(gguf.parent.name[5:]) if gguf.parent.name.startswith("iter_") else 0
-        k = round(QUALITY[t] * 40)
-        return {"ifeval": {"strict_pass": [1] * k + [0] * (40 - k), "strict": k / 40, "loose": k / 40, "strict_ci95": [0, 1]}}
+        return {"ifeval": fake_ifeval(QUALITY[iteration_of(model)], 40)}
 
     monkeypatch.setattr(measure, "checks", fake_checks)
     fake_iterations(monkeypatch, seen)

@@ -57,13 +57,20 @@ def test_eval_command_measures_the_sets_a_run_decides_with() -> None:
 
     defaults = {k: v.default.default for k, v in inspect.signature(cli_module.eval_cmd).parameters.items()}
     e = recipe.load().eval
-    assert (defaults["stop_prompts"], defaults["suite_prompts"], defaults["heldout_prompts"], defaults["knowledge"]) == (
+    assert (
+        defaults["stop_prompts"],
+        defaults["ifeval_prompts"],
+        defaults["suite_prompts"],
+        defaults["heldout_prompts"],
+        defaults["knowledge"],
+    ) == (
         e.stop_prompts,
+        e.ifeval_prompts,
         e.suite_prompts,
         e.heldout_prompts,
         e.knowledge_questions,
     )
-    assert e.suite_prompts == 160 and e.heldout_prompts > 0 and e.knowledge_questions > 0
+    assert e.ifeval_prompts > 0 and e.heldout_prompts > 0 and e.knowledge_questions > 0
 
 
 @pytest.mark.slow

@@ -23,7 +23,7 @@ def _argv(tmp_path: Path, name: str) -> list[str]:
     return [
         sys.executable, "-m", "isheep_lite", "run", f"runs_dir={tmp_path}", f"name={name}",
         "model.n_parallel=4", "loop.iterations=1", "synth.num_instructions=4", "synth.response_max_tokens=160", "assess.enabled=false",
-        "filter.keep_top=null", "train.epochs=1", "eval.stop_prompts=2", "eval.max_tokens=16", "eval.suite_prompts=0",
+        "filter.keep_top=null", "train.epochs=1", "eval.stop_prompts=2", "eval.max_tokens=16", "eval.ifeval_prompts=0", "eval.suite_prompts=0",
         "eval.heldout_prompts=0", "eval.knowledge_questions=0",
         "eval.pairwise=false",
     ]  # fmt: skip

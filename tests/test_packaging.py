@@ -95,3 +95,15 @@ def test_one_supported_python_range_stated_once() -> None:
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     stated = set(re.findall(r"Python (3\.\d+)", readme))
     assert stated == {f"{low[0]}.{low[1]}"}, f"README names Python {stated}, pyproject {spec}"
+
+
+def test_every_module_is_short_and_its_first_docstring_line_names_its_concern() -> None:
+    import ast
+
+    for path in sorted((ROOT / "isheep_lite").rglob("*.py")):
+        text = path.read_text(encoding="utf-8")
+        where = path.relative_to(ROOT)
+        assert len(text.splitlines()) <= 400, f"{where}: {len(text.splitlines())} lines; split it by concern"
+        if path.name != "__main__.py":
+            doc = ast.get_docstring(ast.parse(text))
+            assert doc and doc.splitlines()[0].strip(), f"{where}: no docstring naming what it is for"

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import NO_SECOND_SETS
+from helpers import NO_DECISION_SETS
 
 from isheep_lite import cli, process
 from isheep_lite.gguf import header
@@ -61,6 +61,7 @@ def _tiny_run(tiny: dict[str, Path], tmp: Path) -> list[str]:
         "model.n_parallel=2",
         "model.n_ctx=1024",
         "eval.stop_prompts=0",
+        "eval.ifeval_prompts=0",
         "eval.suite_prompts=0",
         "eval.heldout_prompts=0",
         "eval.knowledge_questions=0",
@@ -68,7 +69,7 @@ def _tiny_run(tiny: dict[str, Path], tmp: Path) -> list[str]:
 
 
 def _eval(gguf: Path) -> list[str]:
-    return ["eval", str(gguf), "--stop-prompts", "2", "--suite-prompts", "0", *NO_SECOND_SETS, "--parallel", "2"]
+    return ["eval", str(gguf), "--stop-prompts", "2", "--suite-prompts", "0", *NO_DECISION_SETS, "--parallel", "2"]
 
 
 def _one_line(stderr: str) -> str:

@@ -21,7 +21,7 @@ def test_defaults_validate_and_shipped_default_recipe_matches_them() -> None:
 
 
 def test_shipped_default_recipe_is_the_generated_reference() -> None:
-    """Field docs live once (recipe.py); the commented default recipe is generated from them."""
+    """Field docs live once (config.py); the commented default recipe is generated from them."""
     text = (ROOT / "recipes" / "smollm2" / "135m_lora_cpu.yaml").read_text(encoding="utf-8")
     lines = text.splitlines(keepends=True)
     header = next(i for i, line in enumerate(lines) if not line.startswith("#"))

@@ -17,12 +17,10 @@ def add_token(batch: Any, token: int, pos: int, seq: int, logits: bool) -> int:
     return n
 
 
-# Sharing a prefix costs one copy of a KV stream per prompt: ~10 ms for 2048 cells of SmolLM2 on 2
-# threads (a one-off timing, taken while another job shared the cores), what evaluating about three
-# prompt tokens costs; shorter prefixes are evaluated per prompt. Measured on bench_generate's 64
-# chat prompts (Q4_1, 16 sequences, every llama_decode call timed): sharing the chat template's
-# 24-token system turn took the engine from 126 to 158 tok/s (a threshold of 32 had left it
-# unshared). Tests raise it to switch sharing off.
+# Sharing a prefix costs one copy of a KV stream per prompt, about what evaluating a few prompt tokens
+# costs: shorter prefixes are evaluated per prompt. Sharing the chat template's system turn is what
+# this threshold was set for (docs/measurements.md, the shared prompt prefix). Tests raise it to
+# switch sharing off.
 MIN_SHARED = 8
 
 

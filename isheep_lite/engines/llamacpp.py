@@ -140,13 +140,11 @@ class Engine(EngineBase):
     def batched_context(self) -> Any:
         """A second llama.cpp context on the same weights, sized for `n_parallel` sequences.
 
-        KV memory = (n_parallel + 1) × n_ctx cells × (2 · n_layers · n_kv_heads · head_dim · 2 bytes):
-        for SmolLM2-135M, 23 KiB per cell, so 17 × 2048 cells ≈ 0.8 GB.
+        KV memory = (n_parallel + 1) × n_ctx cells × (2 · n_layers · n_kv_heads · head_dim · 2 bytes).
 
         Each sequence has a KV stream of its own (`kv_unified = False`): in one shared pool every
-        new token's attention scans every live sequence's cells, masked, which cost 16 sequences of
-        512 tokens 6.4 ms per token against 3.8 ms with a stream each (F16, 2 threads, llama_decode
-        timed alone in a one-off check). llama.cpp then splits a batch into micro-batches of
+        new token's attention scans every live sequence's cells, masked, which costs more per token
+        the longer the texts in flight (docs/measurements.md, one KV stream per sequence). llama.cpp then splits a batch into micro-batches of
         consecutive sequence ids, so `generate` adds tokens in id order and fills the lowest free
         ids first.
         """

@@ -92,6 +92,7 @@ def _all() -> tuple[Prompt, ...]:
 
 KINDS: tuple[str, ...] = tuple(sorted({kind for p in _all() for kind in p.instruction_id_list}))
 """Every instruction id that occurs in the shipped prompts, sorted."""
+N_PROMPTS = len(_all())
 
 
 def prompts(n: int | None = None, seed: int = 0) -> list[Prompt]:

@@ -1,10 +1,16 @@
-"""Per-iteration checks of a model, run on its GGUF in llama.cpp.
+"""The decision sets of one model, answered greedily on its GGUF: what promotion compares.
 
-The stop-rate check guards the most common failure of self-training exports: a tuned model that
-no longer emits its end-of-turn token and babbles to the length limit. The instruction-following
-suite (suite.py) checks answers by rule.
-The pairwise judge compares M_t's and M_0's answers to the stop-rate prompts (no extra generation).
-Prompts are held out: they are not seeds and not generation prompts.
+IFEval (evals/ifeval.py, lm-evaluation-harness's checker) is the instruction-following benchmark; the
+second set (data/if_heldout.jsonl) is the toolkit's own, several constraints a prompt; the knowledge
+probe catches forgetting; the stop rate guards the most common failure of self-training exports, a
+tuned model that no longer emits its end-of-turn token. The suite (evals/suite.py) is a quick check
+that promotion does not read. The pairwise judge compares M_t's and M_0's answers to the stop-rate
+prompts (no extra generation). Prompts are held out: they are not seeds and not generation prompts.
+
+Held out by kind, not only by wording: a prompt carrying a constraint kind that training sees
+(`constraints.trained_kinds`) is marked `trained`, and promotion decides on the untrained prompts
+of each set — a model that learned the trained rules gains on those whether or not it follows
+instructions better.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from typing import Any, Callable, Sequence
 from isheep_lite.config import Recipe
 from isheep_lite.engines.base import Completion, EngineBase, Sampling
 from isheep_lite.engines.serving import Engines, Served
+from isheep_lite.evals import ifeval
 from isheep_lite.evals import suite
 from isheep_lite.gguf import chat
 from isheep_lite.progress import progress_bar
@@ -62,7 +69,51 @@ def instruction_following(
     result = suite.score(items, [c.text for c in outs])
     result["strict_ci95"] = bootstrap_ci(result["strict_pass"])
     result["tokens"] = sum(c.n_tokens for c in outs)
+    result["answers"] = [
+        {"id": it.kind, "prompt": it.prompt, "answer": c.text, "passed": p} for it, c, p in zip(items, outs, result["strict_pass"])
+    ]
     return result
+
+
+def ifeval_following(
+    engine: EngineBase,
+    n_prompts: int,
+    max_tokens: int,
+    trained: frozenset[str] = frozenset(),
+    progress: Callable[[int], None] = lambda n: None,
+) -> dict[str, Any]:
+    """Greedy answers to IFEval (all of it, or a stratified subset of `n_prompts`), scored by the
+    official checker: prompt- and instruction-level accuracy, strict and loose, with intervals; per
+    prompt, the loose outcome promotion compares and whether the prompt carries a trained kind."""
+    items = ifeval.prompts(None if n_prompts >= ifeval.N_PROMPTS else n_prompts)
+    outs = greedy_answers(engine, [p.prompt for p in items], max_tokens, progress)
+    scored = [ifeval.score(p, o.text) for p, o in zip(items, outs)]
+    result = dict(ifeval.summarise(scored))
+    marks = trained_marks([p.instruction_id_list for p in items], trained)
+    result.update(
+        prompt_loose_ci95=bootstrap_ci(result["per_prompt_loose"]),
+        prompt_strict_ci95=bootstrap_ci(result["per_prompt_strict"]),
+        trained=marks,
+        untrained=_part(result["per_prompt_loose"], marks, 0),
+        trained_part=_part(result["per_prompt_loose"], marks, 1),
+        tokens=sum(o.n_tokens for o in outs),
+        answers=[
+            {"id": p.key, "prompt": p.prompt, "answer": o.text, "passed": x, "kinds": p.instruction_id_list}
+            for p, o, x in zip(items, outs, result["per_prompt_loose"])
+        ],
+    )
+    return result
+
+
+def trained_marks(kinds: Sequence[Sequence[str]], trained: frozenset[str]) -> list[int]:
+    """Per prompt (given its constraint kinds), 1 where training sees one of them: promotion leaves it out."""
+    return [int(bool(set(k) & trained)) for k in kinds]
+
+
+def _part(outcomes: Sequence[float], marks: Sequence[int], mark: int) -> dict[str, Any]:
+    """The share of one part of a set's prompts (trained or untrained kinds) that passed, with its interval."""
+    xs = [x for x, m in zip(outcomes, marks) if m == mark]
+    return {"prompts": len(xs), "mean": round(sum(xs) / len(xs), 4) if xs else None, "ci95": bootstrap_ci(xs)}
 
 
 def _data(name: str) -> list[dict[str, Any]]:
@@ -77,7 +128,11 @@ def heldout_items(n: int) -> list[dict[str, Any]]:
 
 
 def heldout_following(
-    engine: EngineBase, n_prompts: int, max_tokens: int, progress: Callable[[int], None] = lambda n: None
+    engine: EngineBase,
+    n_prompts: int,
+    max_tokens: int,
+    trained: frozenset[str] = frozenset(),
+    progress: Callable[[int], None] = lambda n: None,
 ) -> dict[str, Any]:
     """Greedy answers to the second set, checked by rule: a prompt passes only if every one of its
     constraints holds (strict: the answer as given; loose: suite.loose_variants); also the share of
@@ -92,6 +147,8 @@ def heldout_following(
     ]
     flat = [x for k in kept for x in k]
     n = len(items)
+    marks = trained_marks([[c["kind"] for c in it["constraints"]] for it in items], trained)
+    shares = [round(sum(k) / len(k), 4) for k in kept]
     return {
         "prompts": n,
         "strict": round(sum(strict) / n, 4) if n else None,
@@ -101,8 +158,15 @@ def heldout_following(
         "strict_ci95": bootstrap_ci(strict),
         # per prompt, the share of its constraints kept: finer-grained than all-or-nothing, so a
         # small model's gains show before it passes whole prompts
-        "constraints_kept": [round(sum(k) / len(k), 4) for k in kept],
+        "constraints_kept": shares,
+        "trained": marks,
+        "untrained": _part(shares, marks, 0),
+        "trained_part": _part(shares, marks, 1),
         "tokens": sum(o.n_tokens for o in outs),
+        "answers": [
+            {"id": it["id"], "prompt": it["prompt"], "answer": o.text, "passed": x, "kinds": [c["kind"] for c in it["constraints"]]}
+            for it, o, x in zip(items, outs, strict)
+        ],
     }
 
 
@@ -213,10 +277,8 @@ def pairwise(
 
 
 # ---- comparing two models on the same prompts ---------------------------------------------------
-def passes(entry: dict[str, Any]) -> list[float]:
-    """Per-prompt outcome of an eval entry used to rank models: suite strict passes, else stopped answers."""
-    if entry.get("ifeval"):
-        return [float(x) for x in entry["ifeval"]["strict_pass"]]
+def stopped(entry: dict[str, Any]) -> list[float]:
+    """Per stop-rate prompt of an eval entry, 1.0 where the answer ended (its end-of-turn token)."""
     return [float(s["finish"] == "stop") for s in entry.get("samples") or []]
 
 
@@ -260,15 +322,20 @@ def checks(
     """
     out: dict[str, Any] = {}
     engine = engines.get(model)
+    trained = constraints.trained_kinds(r.synth.verifiable_fraction)
     if r.eval.stop_prompts:
         with progress_bar("eval: stop rate", r.eval.stop_prompts) as bar:
             out.update(stop_rate(engine, r.eval.stop_prompts, r.eval.max_tokens, bar))
+    if r.eval.ifeval_prompts:
+        n = min(r.eval.ifeval_prompts, ifeval.N_PROMPTS)
+        with progress_bar("eval: IFEval", n) as bar:
+            out["ifeval"] = ifeval_following(engine, n, r.eval.suite_max_tokens, trained, bar)
     if r.eval.suite_prompts:
         with progress_bar("eval: instruction suite", r.eval.suite_prompts) as bar:
-            out["ifeval"] = instruction_following(engine, r.eval.suite_prompts, r.eval.suite_max_tokens, bar)
+            out["suite"] = instruction_following(engine, r.eval.suite_prompts, r.eval.suite_max_tokens, bar)
     if r.eval.heldout_prompts:
         with progress_bar("eval: held-out set", r.eval.heldout_prompts) as bar:
-            out["heldout"] = heldout_following(engine, r.eval.heldout_prompts, r.eval.suite_max_tokens, bar)
+            out["heldout"] = heldout_following(engine, r.eval.heldout_prompts, r.eval.suite_max_tokens, trained, bar)
     if r.eval.knowledge_questions:
         with progress_bar("eval: knowledge probe", r.eval.knowledge_questions) as bar:
             out["knowledge"] = knowledge(engine, r.eval.knowledge_questions, progress=bar)

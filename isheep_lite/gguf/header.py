@@ -145,6 +145,7 @@ class GgufInfo:
     n_head_kv: int = 0
     head_dim: int = 0
     tied: bool = True  # no separate output.weight: the output layer reuses the token embeddings
+    general: tuple[tuple[str, Any], ...] = ()  # the general.* metadata (name, license, …), as (key without "general.", value)
 
 
 def _field_value(reader: Any, key: str) -> Any:
@@ -208,6 +209,7 @@ def gguf_info(path: Path) -> GgufInfo:
         bos=tok("tokenizer.ggml.bos_token_id"),
         eos=tok("tokenizer.ggml.eos_token_id"),
         n_params=n_params,
+        general=tuple((k[len("general.") :], _field_value(reader, k)) for k in reader.fields if k.startswith("general.")),
     )
 
 

@@ -117,7 +117,7 @@ def dequantised_dir(gguf_path: Path) -> Path:
 
 
 # Peak RSS of `gguf_to_hf` per parameter: transformers holds the dequantised float32 model and the
-# plain copy it is saved from (measured: SmolLM2-135M, 1.58 GB peak, 0.25 GB of it the imports).
+# plain copy it is saved from (docs/measurements.md has the peak measured on SmolLM2-135M).
 DEQUANTISE_BYTES_PER_PARAM = 10.0
 
 
@@ -134,7 +134,7 @@ def available_ram() -> int | None:
 
 def check_dequantisable(gguf_path: Path) -> None:
     """Refuse, before any work, a GGUF-only model this machine cannot dequantise into HF weights:
-    transformers' GGUF reader needs about 10 bytes of RAM per parameter (~70 GB for a 7B model)."""
+    transformers' GGUF reader needs about DEQUANTISE_BYTES_PER_PARAM bytes of RAM per parameter."""
     if (dequantised_dir(gguf_path) / "config.json").is_file():
         return
     need = int(DEQUANTISE_BYTES_PER_PARAM * gguf_info(gguf_path).n_params + 0.5e9)

@@ -26,12 +26,9 @@ CARD = "MODEL_CARD.md"
 
 def gguf_general(path: Path) -> dict[str, Any]:
     """The GGUF's general.* metadata (name, license, …), read from its header."""
-    import gguf
+    from isheep_lite.gguf.header import gguf_info
 
-    from isheep_lite.gguf.header import _field_value
-
-    reader = gguf.GGUFReader(str(path))
-    return {k[len("general.") :]: _field_value(reader, k) for k in reader.fields if k.startswith("general.")}
+    return dict(gguf_info(path).general)
 
 
 def model_card(m: Manifest) -> str:
@@ -66,15 +63,13 @@ def model_card(m: Manifest) -> str:
         "",
         "## Held-out checks",
         "",
-        "| model | suite strict (95 % CI) | suite loose | held-out set (95 % CI) | knowledge (95 % CI) | kept pairs |",
+        "| model | IFEval loose (95 % CI) | IFEval, untrained kinds | held-out set (95 % CI) | knowledge (95 % CI) | suite strict | kept pairs |",
     ]
-    lines.append("|---|---|---:|---|---|---:|")
+    lines.append("|---|---|---|---|---|---|---:|")
     for row in eval_rows(m):
         f = m.get(row["t"], FilterSummary) if row["t"] else None
-        lines.append(
-            f"| M_{row['t']}{' (final)' if row['t'] == best else ''} | {fmt_ci(row.get('strict'))} | {fmt_ci(row.get('loose'))} | "
-            f"{fmt_ci(row.get('heldout'))} | {fmt_ci(row.get('knowledge'))} | {f.kept if f else '–'} |"
-        )
+        cells = " | ".join(fmt_ci(row.get(c)) for c in ("ifeval_loose", "ifeval_untrained", "heldout", "knowledge", "strict"))
+        lines.append(f"| M_{row['t']}{' (final)' if row['t'] == best else ''} | {cells} | {f.kept if f else '–'} |")
     lines += ["", "Training data of each iteration: `iter_NN/data/` (messages, ShareGPT and Alpaca JSONL, with a dataset card).", ""]
     return "\n".join(lines)
 

@@ -93,7 +93,7 @@ def check_free_disks(needs: list[tuple[Path, int, str]]) -> None:
 # ---- temporaries of killed processes ------------------------------------------------------------
 # Whatever is written under a temporary name and renamed (the atomic writes above, GGUF exports,
 # the dequantised HF weights in the model cache) stays behind when its process is killed mid-way:
-# 146 MB for the default model, ~28 GB for a 7B one, and every rerun writes under a new name.
+# a whole model's weights each time, and every rerun writes under a new name.
 # `<name>.tmp<pid>` names its writer; `<name>.tmp` (no pid) is only ever written inside a run
 # directory, by the process holding that directory's lock.
 TMP_PID = re.compile(r"\.tmp(\d+)$")

@@ -15,6 +15,7 @@ from isheep_lite.evals import measure
 from isheep_lite.rundir.files import atomic_path, atomic_write_text
 from isheep_lite.rundir.jsonl import read_jsonl
 from isheep_lite.rundir.manifest import Manifest
+from isheep_lite.rundir.page import write_page
 from isheep_lite.stages import (
     AssessSummary,
     EvalSummary,
@@ -32,7 +33,9 @@ PLOTS = ("scores", "selection", "loss", "eval", "throughput")
 
 
 def eval_rows(m: Manifest) -> list[dict[str, Any]]:
-    """One row per evaluated model: metric, value, 95 % interval."""
+    """One row per evaluated model: metric → (value, 95 % interval). IFEval is split into its prompts
+    whose constraint kinds training sees (`ifeval_trained`) and the rest (`ifeval_untrained`: what
+    promotion decides on); so is the second set."""
     rows = []
     for t in m.iterations(with_base=True):
         e = m.get(t, EvalSummary)
@@ -43,10 +46,21 @@ def eval_rows(m: Manifest) -> list[dict[str, Any]]:
             stops = [float(s["finish"] == "stop") for s in e.samples]
             row["stop_rate"] = (e.stop_rate, measure.bootstrap_ci(stops))
         if e.ifeval:
-            row["strict"] = (e.ifeval["strict"], e.ifeval["strict_ci95"])
-            row["loose"] = (e.ifeval["loose"], None)
+            i = e.ifeval
+            row["ifeval_loose"] = (i["prompt_loose"], i["prompt_loose_ci95"])
+            row["ifeval_strict"] = (i["prompt_strict"], i["prompt_strict_ci95"])
+            row["ifeval_instruction_loose"] = (i["instruction_loose"], None)
+            for part in ("untrained", "trained_part"):
+                if i.get(part, {}).get("prompts"):
+                    row[f"ifeval_{part.split('_')[0]}"] = (i[part]["mean"], i[part]["ci95"])
+        if e.suite:
+            row["strict"] = (e.suite["strict"], e.suite["strict_ci95"])
+            row["loose"] = (e.suite["loose"], None)
         if e.heldout:
             row["heldout"] = (e.heldout["strict"], e.heldout["strict_ci95"])
+            for part in ("untrained", "trained_part"):
+                if e.heldout.get(part, {}).get("prompts"):
+                    row[f"heldout_{part.split('_')[0]}"] = (e.heldout[part]["mean"], e.heldout[part]["ci95"])
         if e.knowledge:
             row["knowledge"] = (e.knowledge["accuracy"], e.knowledge["accuracy_ci95"])
         if e.pairwise:
@@ -69,7 +83,7 @@ def throughput(m: Manifest, t: int) -> dict[str, float]:
         out["responses tok/s"] = res.tokens / res.seconds
     ev = m.get(t, EvalSummary)
     if ev and ev.seconds > 0:
-        tokens = sum(s["tokens"] for s in ev.samples or []) + (ev.ifeval or {}).get("tokens", 0)
+        tokens = sum(s["tokens"] for s in ev.samples or []) + sum((x or {}).get("tokens", 0) for x in (ev.ifeval, ev.suite, ev.heldout))
         out["eval tok/s"] = tokens / ev.seconds
     a = m.get(t, AssessSummary)
     if a and a.seconds > 0:
@@ -172,14 +186,15 @@ def plot_eval(m: Manifest, path: Path) -> None:
     ax = fig.add_subplot(1, 1, 1)
     rows = eval_rows(m)
     metrics = (
-        ("strict", "suite strict accuracy"),
+        ("ifeval_loose", "IFEval prompt-level loose"),
+        ("ifeval_untrained", "IFEval, untrained kinds (loose)"),
         ("heldout", "held-out set strict accuracy"),
         ("knowledge", "knowledge-probe accuracy"),
         ("stop_rate", "stop rate"),
         ("pairwise", "pairwise score vs M_0 (0.5 = same)"),
     )
     for k, (metric, label) in enumerate(metrics):
-        pts = [(r["t"] + 0.06 * (k - 2), *r[metric]) for r in rows if metric in r]
+        pts = [(r["t"] + 0.06 * (k - 2), r[metric][0], r[metric][1] or [r[metric][0]] * 2) for r in rows if metric in r]
         if not pts:
             continue
         xs, ys = [p[0] for p in pts], [p[1] for p in pts]
@@ -233,9 +248,14 @@ def markdown(m: Manifest) -> str:
     lines += [
         "## Held-out checks per model",
         "",
-        "| model | suite strict (95 % CI) | suite loose | held-out set strict (95 % CI) | knowledge (95 % CI) | stop rate (95 % CI) "
-        "| pairwise vs M_0 (95 % CI) | win/tie/loss | verdict |",
-        "|---|---|---:|---|---|---|---|---|---|",
+        "IFEval: prompt-level accuracy over its prompts as lm-evaluation-harness's checker scores them; "
+        "*untrained kinds*: its prompts whose constraint kinds training never sees — what promotion decides on, "
+        "with the second set's untrained prompts (where any), the knowledge probe and the stop rate. "
+        "The suite is a quick check promotion does not read.",
+        "",
+        "| model | IFEval loose (95 % CI) | IFEval strict | IFEval, untrained kinds | IFEval, trained kinds | held-out set strict (95 % CI) "
+        "| knowledge (95 % CI) | stop rate (95 % CI) | suite strict | pairwise vs M_0 (95 % CI) | win/tie/loss | verdict |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in eval_rows(m):
         p = r["promote"]
@@ -250,17 +270,26 @@ def markdown(m: Manifest) -> str:
                 else f"not promoted ({p.reason or 'lower mean'})"
             )
         )
-        sets = (p.sets or {"suite": {"delta": p.delta, "ci95": p.ci95, "p_worse": p.p_worse}}) if p and p.compared and p.ci95 else {}
-        for name, c in sets.items():
-            verdict += (
-                f"; Δ {name} vs M_{p.against} {c['delta']:+.3f} ({c['ci95'][0]:+.3f}–{c['ci95'][1]:+.3f}), P(worse) {c['p_worse']:.2f}"
-            )
+        for name, c in (p.sets or {}).items() if p and p.compared else ():
+            for ref, against in (("vs_best", f"M_{p.against}"), ("vs_m0", "M_0")):
+                if ref in c and (ref == "vs_best" or p.against != 0):
+                    d = c[ref]
+                    verdict += (
+                        f"; Δ {name} vs {against} {d['delta']:+.3f} ({d['ci95'][0]:+.3f}–{d['ci95'][1]:+.3f}), P(worse) {d['p_worse']:.2f}"
+                    )
         wtl = "/".join(map(str, r["wtl"])) if "wtl" in r else "–"
-        lines.append(
-            f"| M_{r['t']} | {fmt_ci(r.get('strict'))} | {fmt_ci(r.get('loose'))} | {fmt_ci(r.get('heldout'))} | {fmt_ci(r.get('knowledge'))} | "
-            f"{fmt_ci(r.get('stop_rate'))} | "
-            f"{fmt_ci(r.get('pairwise'))} | {wtl} | {verdict} |"
+        cells = (
+            "ifeval_loose",
+            "ifeval_strict",
+            "ifeval_untrained",
+            "ifeval_trained",
+            "heldout",
+            "knowledge",
+            "stop_rate",
+            "strict",
+            "pairwise",
         )
+        lines.append(f"| M_{r['t']} | " + " | ".join(fmt_ci(r.get(c)) for c in cells) + f" | {wtl} | {verdict} |")
     lines += [
         "",
         "## Stages",
@@ -280,7 +309,8 @@ def markdown(m: Manifest) -> str:
 
 
 def write_report(run_dir: Path, out_dir: Path | None = None) -> Path:
-    """Write report.md and one PNG per entry of PLOTS into `out_dir` (default RUN_DIR/report)."""
+    """Write report.md, one PNG per entry of PLOTS and the run page (index.html) into `out_dir`
+    (default RUN_DIR/report); returns report.md."""
     m = Manifest.read(run_dir)
     out = Path(out_dir) if out_dir else Path(run_dir) / "report"
     out.mkdir(parents=True, exist_ok=True)
@@ -290,4 +320,5 @@ def write_report(run_dir: Path, out_dir: Path | None = None) -> Path:
     plot_eval(m, out / "eval.png")
     plot_throughput(m, out / "throughput.png")
     atomic_write_text(out / "report.md", markdown(m))
+    write_page(m, out, PLOTS)
     return out / "report.md"

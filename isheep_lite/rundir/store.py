@@ -1,9 +1,9 @@
-"""The run directory: whole-line JSONL, an atomically replaced manifest, a lock.
+"""A run's directory: the manifest each stage is marked running and done in, and the lock one run holds.
 
-Why this shape: a run on a laptop or Colab dies at arbitrary points. Every record is one JSONL line
-appended with flush+fsync, so a crash leaves at most one torn *last* line, which readers drop; the
-manifest is written to a temporary file and renamed, so it is always the old or the new version;
-a stage counts as done only once the manifest says so, so a rerun redoes exactly the unfinished work.
+Why this shape: a run on a laptop or Colab dies at arbitrary points. Records are appended one whole
+JSONL line at a time (rundir.jsonl); the manifest is replaced atomically, so it is always the old or
+the new version; a stage counts as done only once the manifest says so, so a rerun redoes exactly the
+unfinished work.
 """
 
 from __future__ import annotations

@@ -64,7 +64,7 @@ def check(constraint: dict[str, Any], response: str) -> bool:
 
 
 # ---- verifiable self-feedback: constraints appended to self-written instructions ------------------
-# Worded apart from both evaluation sets (the suite in ifeval.py, the held-out set in
+# Worded apart from both evaluation sets (the suite in evals/suite.py, the held-out set in
 # data/if_heldout.jsonl) with other parameter values, so training on them teaches following a
 # constraint, not the evaluation's sentences (tests/selfalign/test_constraints.py checks the disjointness).
 TRAINING: tuple[tuple[str, dict[str, Any]], ...] = (
@@ -91,10 +91,44 @@ TRAINING: tuple[tuple[str, dict[str, Any]], ...] = (
 )
 
 
+# The IFEval instruction ids each kind of rule trains, read generously: a rule of the same family
+# counts as training it even when its wording and parameters differ (no semicolons trains "no commas",
+# a word to use trains both keyword existence and keyword frequency). A decision-set prompt that
+# carries any trained kind is a trained prompt: the guard decides on the others (evals.measure).
+IFEVAL_IDS: dict[str, tuple[str, ...]] = {
+    "word_range": ("length_constraints:number_words",),
+    "sentence_range": ("length_constraints:number_sentences",),
+    "paragraph_count": ("length_constraints:number_paragraphs",),
+    "dash_items": ("detectable_format:number_bullet_lists",),
+    "numbered_items": ("detectable_format:number_bullet_lists",),
+    "all_lowercase": ("change_case:english_lowercase",),
+    "all_uppercase": ("change_case:english_capital", "change_case:capital_word_frequency"),
+    "include_words": ("keywords:existence", "keywords:frequency"),
+    "exclude_words": ("keywords:forbidden_words",),
+    "starts_with": ("length_constraints:nth_paragraph_first_word",),
+    "ends_with": ("startend:end_checker",),
+    "no_char": ("punctuation:no_comma",),
+    "char_at_least": ("keywords:letter_frequency",),
+    "json_keys": ("detectable_format:json_format",),
+    "first_line_prefix": ("length_constraints:nth_paragraph_first_word",),
+}
+
+
+def trained_kinds(verifiable_fraction: float) -> frozenset[str]:
+    """The constraint kinds training sees — the library's, when synth.verifiable_fraction appends it to
+    instructions — under every name a decision set uses for them: the rule kinds and their IFEval ids."""
+    if not verifiable_fraction:
+        return frozenset()
+    kinds = {rule["kind"] for _, rule in TRAINING}
+    return frozenset(kinds | {i for k in kinds for i in IFEVAL_IDS[k]})
+
+
 def attach(records: list[dict[str, Any]], fraction: float, seed: int) -> list[dict[str, Any]]:
-    """A seeded `fraction` of the records, each with one TRAINING constraint appended to its
-    instruction (the text before it kept as `base_instruction`, the rule as `constraint`); the rest
-    unchanged. Which record gets which constraint depends only on `seed` and the record's id."""
+    """A seeded `fraction` of the records, each with one TRAINING constraint appended to what the user
+    writes — after the input where there is one, so a rule never stands between an instruction and
+    the text it works on (the instruction before it kept as `base_instruction`, the rule as
+    `constraint`); the rest unchanged. Which record gets which constraint depends only on `seed` and
+    the record's id."""
     import random
 
     out = []
@@ -104,11 +138,12 @@ def attach(records: list[dict[str, Any]], fraction: float, seed: int) -> list[di
             out.append(rec)
             continue
         phrase, rule = TRAINING[rng.randrange(len(TRAINING))]
+        at = "input" if rec.get("input") else "instruction"
         out.append(
             {
                 **rec,
                 "base_instruction": rec["instruction"],
-                "instruction": f"{rec['instruction'].rstrip()} {phrase}",
+                at: f"{rec[at].rstrip()}\n\n{phrase}" if at == "input" else f"{rec[at].rstrip()} {phrase}",
                 "constraint": {"kind": rule["kind"], **{k: v for k, v in rule.items() if k != "kind"}},
             }
         )

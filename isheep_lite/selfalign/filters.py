@@ -261,9 +261,9 @@ def preference_pairs(kept: list[dict[str, Any]], graded: list[dict[str, Any]], a
 def select(records: list[dict[str, Any]], aspects: Sequence[str], cfg: FilterConfig) -> tuple[list[dict], list[dict]]:
     """IFD ceiling, absolute threshold on every aspect, then the top fraction by `cfg.rank_by`.
 
-    The rank cut exists because a small model is a weak, compressed judge (measured on SmolLM2-135M: expected scores
-    of 4.96 vs 4.53 for a right and a wrong answer): a fixed threshold keeps all or nothing, a rank
-    keeps its relatively best. Ties keep record order (stable sort), so selection is deterministic.
+    The rank cut exists because a small model is a weak, compressed judge (its expected scores for a
+    right and a wrong answer lie close together: docs/measurements.md): a fixed threshold keeps all or
+    nothing, a rank keeps its relatively best. Ties keep record order (stable sort), so selection is deterministic.
     With no aspects (assessment switched off) only the rule filters have run and everything is kept.
     """
     kept, rejected = [], []

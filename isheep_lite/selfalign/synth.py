@@ -87,6 +87,7 @@ def fewshot_prompt(examples: list[dict[str, str]]) -> str:
 
 
 _TASK_SPLIT = re.compile(r"\n\s*Task\s+\d+\s*[:.]?\s*\n\s*Instruction\s*:", re.I)
+_OUTPUT = re.compile(r"\bOutput\s*:", re.I)
 
 
 def parse_tasks(completion: str, truncated: bool) -> list[dict[str, str]]:
@@ -98,7 +99,8 @@ def parse_tasks(completion: str, truncated: bool) -> list[dict[str, str]]:
     for block in blocks:
         block = block.split("\n\n")[0] if "\nInput" not in block else block
         instruction, _, rest = block.partition("\nInput:")
-        input_text = rest.split("\n\n")[0].strip()
+        # the list has no outputs, but a model continuing it may write one: it is not part of the task
+        input_text = _OUTPUT.split(rest.split("\n\n")[0], maxsplit=1)[0].strip()
         if input_text.lower() in {NO_INPUT, "noinput", "none", "n/a", ""}:
             input_text = ""
         tasks.append({"instruction": " ".join(instruction.split()), "input": input_text})

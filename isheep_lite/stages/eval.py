@@ -1,5 +1,6 @@
-"""Stage `eval` (evaluation): M_t's held-out checks (measure.checks): stop rate, the instruction-following
-suite, and the pairwise verdict against M_0's answers; written to `iter_NN/eval.json` as well."""
+"""Stage `eval`: M_t on the decision sets (measure.checks) — IFEval, the second set, the knowledge
+probe, the stop rate — plus the quick suite and the pairwise verdict against M_0's answers; the
+summary also goes to `iter_NN/eval.json`, every answer to `iter_NN/eval_answers.jsonl`."""
 
 from __future__ import annotations
 
@@ -11,42 +12,57 @@ from isheep_lite.engines.serving import Served
 from isheep_lite.evals import measure
 from isheep_lite.gguf import header
 from isheep_lite.rundir.files import atomic_write_text
+from isheep_lite.rundir.jsonl import write_jsonl
 from isheep_lite.stages import export
 from isheep_lite.stages.context import Context, Summary, once
 
-EVAL = "eval.json"
+EVAL, ANSWERS = "eval.json", "eval_answers.jsonl"
+SETS = ("ifeval", "suite", "heldout")  # the sets whose answers go to ANSWERS, one line each
 
 
 @dataclass(frozen=True, kw_only=True)
 class EvalSummary(Summary):
     STAGE = "eval"
-    FILES = (EVAL,)
+    FILES = (EVAL, ANSWERS)
     prompts: int | None = None  # stop-rate prompts
     stop_rate: float | None = None
     mean_tokens: float | None = None
     samples: list[dict[str, Any]] | None = None  # the stop-rate answers: id, prompt, finish, tokens, text
-    ifeval: dict[str, Any] | None = None  # the suite: strict, loose, strict_ci95, strict_pass per prompt, …
+    ifeval: dict[str, Any] | None = None  # IFEval: prompt/instruction strict/loose, intervals, per prompt loose and trained
+    suite: dict[str, Any] | None = None  # the quick suite: strict, loose, strict_ci95, strict_pass per prompt, …
     pairwise: dict[str, Any] | None = None  # vs M_0: win/tie/loss, score, score_ci95, judge
-    heldout: dict[str, Any] | None = None  # the second set: strict, loose, instruction_strict, strict_pass, strict_ci95
+    heldout: dict[str, Any] | None = None  # the second set: strict, loose, constraints kept and trained per prompt, …
     knowledge: dict[str, Any] | None = None  # the knowledge probe: accuracy, accuracy_ci95, correct per question
 
-    def outcomes(self) -> dict[str, list[float]]:
-        """Per-prompt outcomes per set, what promotion compares: `suite` (strict passes; without the
-        suite, `stop`: answers that ended), `heldout` (the share of each prompt's constraints kept: a
-        small model passes few whole prompts of two or three constraints, so whole-prompt passes
-        barely move; strict passes where the share was not recorded), `knowledge` (right answers)."""
-        out = {"suite" if self.ifeval else "stop": measure.passes(self.to_entry())}
-        if self.heldout:
-            out["heldout"] = [float(x) for x in self.heldout.get("constraints_kept") or self.heldout["strict_pass"]]
+    @classmethod
+    def from_entry(cls, entry: dict[str, Any]) -> "EvalSummary":
+        """As Summary.from_entry; an entry written before IFEval was measured held the suite under `ifeval`."""
+        old = entry.get("ifeval")
+        if isinstance(old, dict) and "per_prompt_loose" not in old and "suite" not in entry:
+            entry = {**entry, "suite": old, "ifeval": None}
+        return super().from_entry(entry)
+
+    def outcomes(self) -> dict[str, tuple[str, list[float]]]:
+        """What promotion compares, per set: (the metric, its per-prompt values). IFEval and the second
+        set count only their prompts whose constraint kinds training does not see (measure.py)."""
+        out: dict[str, tuple[str, list[float]]] = {}
+        if self.samples:
+            out["stop"] = ("stopped", measure.stopped(self.to_entry()))
+        for name, metric, values in (("ifeval", "prompt_loose", "per_prompt_loose"), ("heldout", "constraints_kept", "constraints_kept")):
+            s = getattr(self, name)
+            if s and values in s and "trained" in s:
+                out[name] = (f"{metric} of untrained prompts", [float(x) for x, m in zip(s[values], s["trained"]) if not m])
+            elif s:  # measured before prompts were marked trained: named apart, so it never compares with the new metric
+                out[name] = (f"{metric} of every prompt", [float(x) for x in s.get(values) or s["strict_pass"]])
         if self.knowledge:
-            out["knowledge"] = [float(x) for x in self.knowledge["correct"]]
-        return {k: v for k, v in out.items() if v}
+            out["knowledge"] = ("correct", [float(x) for x in self.knowledge["correct"]])
+        return {k: v for k, v in out.items() if v[1]}
 
 
 def run(ctx: Context) -> EvalSummary | None:
     """Evaluate M_t (M_0 at t = 0); None when every check is switched off."""
-    r = ctx.recipe
-    if not (r.eval.stop_prompts or r.eval.suite_prompts or r.eval.heldout_prompts or r.eval.knowledge_questions):
+    e = ctx.recipe.eval
+    if not (e.stop_prompts or e.ifeval_prompts or e.suite_prompts or e.heldout_prompts or e.knowledge_questions):
         return None
     return once(ctx, EvalSummary, _evaluate)
 
@@ -61,5 +77,7 @@ def _evaluate(ctx: Context) -> EvalSummary:
         else Served(header.resolve_gguf(r.eval.judge))
     )
     result = measure.checks(model, r, ctx.engines, reference.to_entry() if reference else None, judge)
+    answers = [{"set": name, **a} for name in SETS if result.get(name) for a in result[name].pop("answers", [])]
+    write_jsonl(ctx.dir / ANSWERS, answers)
     atomic_write_text(ctx.dir / EVAL, json.dumps({"model": str(model), **result}, indent=2, ensure_ascii=False))
     return EvalSummary(**result)

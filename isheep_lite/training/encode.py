@@ -1,4 +1,10 @@
-"""Training examples as token ids, tokenized by llama.cpp from the GGUF the model is served from, so training sees exactly the ids generation prompts with."""
+"""Training examples as token ids, tokenized by llama.cpp from the GGUF the model is served from.
+
+Prompt and completion are tokenized separately (a vocab-only load of the GGUF), so training sees
+exactly the token ids the model is prompted with at generation time. Labels are -100 over the prompt
+and cover the whole assistant turn *including its end-of-turn token*: a model that never gets loss on
+that token learns never to stop. Examples longer than `max_seq_len` are dropped, never cut.
+"""
 
 from __future__ import annotations
 

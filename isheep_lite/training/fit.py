@@ -1,4 +1,17 @@
-"""One training job in this process: the model loaded, SFT and/or DPO fitted with an out-of-memory back-off, the adapter saved."""
+"""One training job in this process: the model loaded, SFT and/or DPO fitted with an out-of-memory
+back-off, the adapter saved (`python -m isheep_lite.training.fit JOB.json` is the child training.train starts).
+
+Backends (`train.backend`, training.hardware): `hf` is transformers + peft + trl — bitsandbytes NF4
+QLoRA on CUDA (`train.load_in_4bit`), plain LoRA on CPU. `unsloth` is Unsloth's FastLanguageModel
+(4-bit QLoRA on CUDA; its CPU fallback trains LoRA), imported only here. Both train in one precision,
+from the GPU's compute capability, and LoRA-adapt the same layers (training.lora). On CUDA the
+micro-batch comes from the memory planner and the free VRAM, and a CUDA out-of-memory error halves it
+for that step and the rest (the gradient is the same: the halves are summed over the same token
+count), so no progress is lost.
+
+The examples are token ids from training.encode: labels -100 over the prompt and over the whole
+assistant turn *including its end-of-turn token*, so the model learns to stop.
+"""
 
 from __future__ import annotations
 

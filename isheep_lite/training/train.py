@@ -1,24 +1,9 @@
-"""LoRA SFT on the kept pairs, in a child process: transformers + peft + trl, or Unsloth.
-
-Backends (`train.backend`): `hf` is transformers + peft + trl — bitsandbytes NF4 QLoRA on CUDA
-(`train.load_in_4bit`), plain LoRA on CPU. `unsloth` is Unsloth's FastLanguageModel (4-bit QLoRA on
-CUDA; its CPU fallback trains LoRA), imported only here. `auto` takes Unsloth wherever it is
-installed, else hf (see `resolve_backend`). Both train in one precision, from the GPU's compute
-capability (`train_precision`: bf16 on Ampere and later, fp16 on a T4 or V100, fp32 on a CPU), and
-LoRA-adapt the same layers: `train.target_modules: auto` reads them from the model (`lora_targets`).
-On CUDA the micro-batch comes from the memory planner (planner.py)
-and the free VRAM, and a CUDA out-of-memory error halves it for that step and the rest (the
-gradient is the same: the halves are summed over the same token count), so no progress is lost.
+"""Training in a child process: the job written to a file, one process (or one per rank with
+torch.distributed) started on `training.fit`, and its summary read back.
 
 Why a child process: when it exits, every byte it held (RAM, and VRAM on a GPU) is returned before
 generation starts again — the usual complaint about running Unsloth/TRL and inference in one process.
-
-Why we tokenize ourselves: the examples are tokenized by llama.cpp's own tokenizer (vocab-only load
-of the GGUF the model is served from), prompt and completion separately, so training sees exactly
-the token ids the model is prompted with at generation time. Labels are -100 over the prompt and
-cover the whole assistant turn *including its end-of-turn token*: a model that never gets loss on
-that token learns never to stop. Examples longer than `max_seq_len` are dropped, never cut, for the
-same reason.
+It dies with the run (process.die_with_parent); a death by signal is raised as `TrainingKilled`.
 """
 
 from __future__ import annotations

@@ -16,6 +16,7 @@ SMALL = [
     "synth.response_max_tokens=128",
     "train.epochs=0.25",
     "eval.stop_prompts=0",
+    "eval.ifeval_prompts=0",
     "eval.suite_prompts=0",
     "eval.heldout_prompts=0",
     "eval.knowledge_questions=0",

@@ -31,6 +31,7 @@ def test_two_real_iterations(tmp_path: Path, smol_hf: Path, capsys: pytest.Captu
             "train.epochs=1",
             "eval.stop_prompts=20",
             "eval.max_tokens=512",
+            "eval.ifeval_prompts=20",
             "eval.suite_prompts=20",
             "eval.heldout_prompts=8",
             "eval.knowledge_questions=20",
@@ -58,10 +59,13 @@ def test_two_real_iterations(tmp_path: Path, smol_hf: Path, capsys: pytest.Captu
         assert sel and sel.kept >= 1 and tr and tr.steps >= 1
         # Each tuned model stops at least as often as the base on the 20 held-out prompts.
         ev = m.get(t, EvalSummary)
-        assert ev and ev.prompts == 20 and ev.ifeval and ev.stop_rate is not None
-        suite = ev.ifeval
+        assert ev and ev.prompts == 20 and ev.suite and ev.ifeval and ev.stop_rate is not None
+        suite = ev.suite
         assert suite["prompts"] == 20 and 0 <= suite["strict"] <= suite["loose"] <= 1
         assert suite["strict_ci95"][0] <= suite["strict"] <= suite["strict_ci95"][1]
+        ife = ev.ifeval  # a stratified 20 of IFEval, by the official checker
+        assert ife["n_prompts"] == 20 and 0 <= ife["prompt_strict"] <= ife["prompt_loose"] <= 1
+        assert ife["untrained"]["prompts"] + ife["trained_part"]["prompts"] == 20
         assert ev.stop_rate >= m0.stop_rate, (ev.stop_rate, m0.stop_rate)
     run_dir = tmp_path / "e2e"
     kept = read_jsonl(run_dir / "iter_01" / "kept.jsonl")

@@ -27,6 +27,7 @@ ARGS = [
     "train.checkpoint_steps=1",
     "filter.keep_top=null",
     "eval.stop_prompts=0",
+    "eval.ifeval_prompts=0",
     "eval.suite_prompts=0",
     "eval.heldout_prompts=0",
     "eval.knowledge_questions=0",

@@ -96,6 +96,7 @@ def test_an_iteration_runs_on_the_transformers_backend(tmp_path: Path, smol_hf: 
             "train.epochs=1",
             "eval.stop_prompts=3",
             "eval.max_tokens=64",
+            "eval.ifeval_prompts=0",
             "eval.suite_prompts=3",
             "eval.heldout_prompts=0",
             "eval.knowledge_questions=0",

@@ -12,7 +12,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from helpers import NO_SECOND_SETS, REQUESTS, cli, conversations, same_texts
+from helpers import NO_DECISION_SETS, REQUESTS, cli, conversations, same_texts
 
 from isheep_lite.engines.base import Sampling
 from isheep_lite.engines.llamacpp import Engine
@@ -122,7 +122,7 @@ def test_isheep_eval_runs_on_a_server(server: str, tiny: dict[str, Path]) -> Non
                 "4",
                 "--suite-prompts",
                 "6",
-                *NO_SECOND_SETS,
+                *NO_DECISION_SETS,
                 *extra,
             ],
             capture_output=True,
@@ -133,8 +133,8 @@ def test_isheep_eval_runs_on_a_server(server: str, tiny: dict[str, Path]) -> Non
     out = run("--server", server, "--parallel", "4")
     assert out.returncode == 0, out.stderr[-2000:]
     result = json.loads(out.stdout.strip().splitlines()[-1])
-    assert result["prompts"] == 4 and result["mean_tokens"] > 0 and result["ifeval"]["prompts"] == 6
-    assert 0 <= result["ifeval"]["strict"] <= result["ifeval"]["loose"] <= 1
+    assert result["prompts"] == 4 and result["mean_tokens"] > 0 and result["suite"]["prompts"] == 6
+    assert 0 <= result["suite"]["strict"] <= result["suite"]["loose"] <= 1
     # The answers really come from the server: with none listening, the same command fails in one line.
     dead = run("--server", f"http://127.0.0.1:{_free_port()}/v1")
     assert dead.returncode == 2 and "cannot reach" in dead.stderr and "Traceback" not in dead.stderr
@@ -190,6 +190,7 @@ def test_the_loop_runs_on_a_server_it_starts_and_a_killed_server_loses_nothing(s
         "synth.response_max_tokens=96",
         "train.epochs=1",
         "eval.stop_prompts=2",
+        "eval.ifeval_prompts=0",
         "eval.suite_prompts=2",
         "eval.heldout_prompts=0",
         "eval.knowledge_questions=0",
@@ -228,7 +229,7 @@ def test_the_loop_runs_on_a_server_it_starts_and_a_killed_server_loses_nothing(s
 
 def test_a_server_that_serves_another_model_is_refused_in_one_line(server: str, smol_gguf: Path) -> None:
     def eval_on_server(*extra: str) -> subprocess.CompletedProcess:
-        argv = ["eval", str(smol_gguf), "--server", server, *extra, "--stop-prompts", "1", "--suite-prompts", "0", *NO_SECOND_SETS]
+        argv = ["eval", str(smol_gguf), "--server", server, *extra, "--stop-prompts", "1", "--suite-prompts", "0", *NO_DECISION_SETS]
         return subprocess.run([sys.executable, "-m", "isheep_lite", *argv], capture_output=True, text=True, timeout=300)
 
     out = eval_on_server()

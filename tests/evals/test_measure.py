@@ -67,3 +67,27 @@ def test_both_sets_run_on_an_engine_and_report_per_prompt_outcomes(tiny_engine: 
     assert abs(sum(kept) / 6 - held["instruction_strict"]) < 0.2  # per prompt vs per constraint: close, not equal
     know = measure.knowledge(tiny_engine, 5, max_tokens=16)
     assert know["prompts"] == 5 and set(know["correct"]) <= {0, 1} and know["accuracy"] == sum(know["correct"]) / 5
+
+
+def test_ifeval_runs_on_an_engine_and_marks_the_prompts_whose_kinds_training_sees(tiny_engine: Engine) -> None:
+    trained = constraints.trained_kinds(0.5)
+    out = measure.ifeval_following(tiny_engine, 12, 32, trained)
+    n = out["n_prompts"]
+    assert n == 12 and len(out["per_prompt_loose"]) == len(out["trained"]) == len(out["answers"]) == n
+    assert 0 <= out["prompt_strict"] <= out["prompt_loose"] <= 1 and out["prompt_loose_ci95"][0] <= out["prompt_loose"]
+    for a, mark in zip(out["answers"], out["trained"]):
+        assert mark == int(bool(set(a["kinds"]) & trained)), a["kinds"]
+    assert out["untrained"]["prompts"] + out["trained_part"]["prompts"] == n and 0 < out["untrained"]["prompts"] < n
+    # with no verifiable training, no prompt is a trained one
+    assert not any(measure.ifeval_following(tiny_engine, 3, 8)["trained"])
+
+
+def test_training_constraints_name_the_ifeval_kinds_they_train() -> None:
+    from isheep_lite.evals import ifeval
+
+    assert set(constraints.IFEVAL_IDS) == set(constraints.CHECKS), "every rule kind says which IFEval kinds it trains"
+    assert {i for ids in constraints.IFEVAL_IDS.values() for i in ids} <= set(ifeval.KINDS)
+    assert constraints.trained_kinds(0) == frozenset()
+    trained = constraints.trained_kinds(0.5)
+    assert {rule["kind"] for _, rule in constraints.TRAINING} <= trained
+    assert "punctuation:no_comma" in trained and "combination:repeat_prompt" not in trained

@@ -186,6 +186,7 @@ def test_adapter_mode_loop_serves_adapter_chains_and_exports_the_final_model_mer
             "synth.response_max_tokens=96",
             "train.epochs=1",
             "eval.stop_prompts=0",
+            "eval.ifeval_prompts=0",
             "eval.suite_prompts=0",
             "eval.heldout_prompts=0",
             "eval.knowledge_questions=0",

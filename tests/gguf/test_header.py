@@ -165,6 +165,7 @@ def test_one_real_iteration_runs_on_a_split_gguf_alone(smol_gguf: Path, tmp_path
             "train.epochs=1",
             "eval.stop_prompts=2",
             "eval.max_tokens=32",
+            "eval.ifeval_prompts=0",
             "eval.suite_prompts=0",
             "eval.heldout_prompts=0",
             "eval.knowledge_questions=0",

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from helpers import assert_report
+from helpers import assert_report, fake_ifeval
 
 from isheep_lite.recipe import UserError
 from isheep_lite.rundir import report
@@ -22,7 +22,8 @@ def _eval(strict: float, n: int = 20) -> dict:
         "stop_rate": 0.75,
         "prompts": 4,
         "samples": [{"id": f"s{i}", "finish": "stop" if i else "length", "tokens": 50, "text": "x"} for i in range(4)],
-        "ifeval": {"strict": k / n, "loose": k / n, "strict_pass": [1] * k + [0] * (n - k), "strict_ci95": [0.1, 0.6], "tokens": 900},
+        "ifeval": {**fake_ifeval(strict, 50, trained=20), "tokens": 4000},
+        "suite": {"strict": k / n, "loose": k / n, "strict_pass": [1] * k + [0] * (n - k), "strict_ci95": [0.1, 0.6], "tokens": 900},
         "heldout": {"strict": 0.25, "loose": 0.3, "strict_pass": [1, 0, 0, 0], "strict_ci95": [0.0, 0.75], "tokens": 300},
         "knowledge": {"accuracy": 0.375, "correct": [1, 1, 1, 0, 0, 0, 0, 0], "accuracy_ci95": [0.125, 0.75], "tokens": 80},
     }
@@ -97,6 +98,17 @@ def test_report_from_a_handmade_run(tmp_path: Path) -> None:
     text = md.read_text()
     assert "| M_2 |" in text and "flagged worse, not promoted" in text and "Best model: **M_1**" in text
     assert "| 0.25 (0.00–0.75) | 0.38 (0.12–0.75) |" in text, "the held-out set and the knowledge probe, with intervals"
+    assert "| M_1 | 0.40 (0.00–1.00) | 0.40 (0.00–1.00) | 0.40 (0.00–1.00) | 0.40 (0.00–1.00) |" in text, "IFEval, whole and split"
+    assert "IFEval, untrained kinds" in text and "IFEval, trained kinds" in text
+
+
+def test_an_eval_written_before_ifeval_was_measured_reads_its_suite_as_the_suite() -> None:
+    from isheep_lite.stages import EvalSummary
+
+    old = {"status": "done", "ifeval": {"strict": 0.3, "loose": 0.4, "strict_pass": [1, 0, 0], "strict_ci95": [0, 1]}}
+    e = EvalSummary.from_entry(old)
+    assert e.suite == old["ifeval"] and e.ifeval is None
+    assert e.outcomes() == {}, "the suite is no decision set"
 
 
 def test_report_refuses_a_directory_that_is_not_a_run(tmp_path: Path) -> None:

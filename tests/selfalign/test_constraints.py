@@ -76,6 +76,19 @@ def test_every_training_constraint_is_checkable_and_attach_is_seeded() -> None:
     assert constraints.attach(recs, 0.0, seed=7) == recs
 
 
+def test_a_constraint_follows_the_input_never_stands_between_instruction_and_input() -> None:
+    from isheep_lite.selfalign import synth
+
+    recs = [
+        {"id": f"r{i}", "instruction": "Create a card with answers to the following question:", "input": "5 + 10 = ?"} for i in range(40)
+    ]
+    for x in (x for x in constraints.attach(recs, 1.0, seed=3) if "constraint" in x):
+        phrase = next(p for p, rule in constraints.TRAINING if rule["kind"] == x["constraint"]["kind"] and p in x["input"])
+        message = synth.user_message(x["instruction"], x["input"])
+        assert x["instruction"] == x["base_instruction"] and message.endswith(phrase), message
+        assert message.index("5 + 10 = ?") < message.index(phrase)
+
+
 def test_an_answer_that_breaks_its_constraint_is_dropped_before_grading() -> None:
     from isheep_lite.config import FilterConfig
     from isheep_lite.selfalign import filters

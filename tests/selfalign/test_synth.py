@@ -89,6 +89,12 @@ def test_fewshot_prompt_and_parsing() -> None:
     assert len(synth.parse_tasks(completion, truncated=False)) == 3
 
 
+def test_an_output_the_model_writes_after_a_task_is_not_part_of_its_input() -> None:
+    completion = " Clean the tables of this room.\nInput: The big hall.\nOutput: after christening of the god\n\nTask 4\nInstruction: Sort.\nInput: b a Output: a b\n\n"
+    tasks = synth.parse_tasks(completion, truncated=False)
+    assert [t["input"] for t in tasks[:2]] == ["The big hall.", "b a"]
+
+
 def test_instruction_generation_filters_dedups_and_resumes(tmp_path: Path) -> None:
     seeds = synth.load_seeds("builtin")
     cfg = SynthConfig(num_instructions=5, max_prompts=20, tasks_per_prompt=3)

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import QUALITY, fake_iterations, fake_run
+from helpers import QUALITY, fake_iterations, fake_ifeval, fake_run, iteration_of, passes
 
 from isheep_lite import config, loop, recipe
 from isheep_lite.engines.llamacpp import Engine
@@ -53,7 +53,7 @@ def test_a_session_reads_back_what_the_run_decided_and_refuses_what_it_did_not_r
     with loop.Session(r) as s:
         assert s.promote(2).worse and s.promote(2).best == 1 and s.promote(1).best == 1
         assert s.models[1].gguf == store.iter_dir(1) / "model-f16.gguf"
-        assert s.eval(2).ifeval and s.eval(2).ifeval["strict"] == QUALITY[2]
+        assert s.eval(2).ifeval and s.eval(2).ifeval["prompt_loose"] == QUALITY[2]
         with pytest.raises(UserError, match="stopped after iteration 2"):
             s.instructions(3)
         with pytest.raises(UserError, match="iterations 1 to 3"):
@@ -73,24 +73,33 @@ def test_promote_latest_keeps_the_flag_but_promotes(tmp_path: Path, tiny: dict[s
     assert seen[3][0] == store.iter_dir(2) / "model-f16.gguf"
 
 
-def _passes(rate: float, n: int) -> list[int]:
-    k = round(rate * n)
-    return [1] * k + [0] * (n - k)
-
-
-def _three_set_run(tmp_path: Path, tiny: dict[str, Path], monkeypatch: pytest.MonkeyPatch, scores: dict[int, tuple[float, ...]]):
-    """loop.run where iteration t's model scores (suite, held-out set, knowledge probe[, share of the
-    held-out set's constraints kept on every prompt]) = scores[t]."""
+def _run(tmp_path: Path, tiny: dict[str, Path], monkeypatch: pytest.MonkeyPatch, scores: dict[int, dict[str, Any]], *extra: str):
+    """loop.run where iteration t's model scores `scores[t]`: a rate per set — ifeval, heldout (the share
+    of each prompt's constraints kept), knowledge, stop — a set left out is not measured."""
 
     def fake_checks(model: Served, r: config.Recipe, engines: Any, reference: Any = None, judge: Any = None) -> dict[str, Any]:
-        t = int(model.gguf.parent.name[5:]) if model.gguf.parent.name.startswith("iter_") else 0
-        suite, held, know, *kept = scores[t]
-        heldout = {"strict_pass": _passes(held, 80), "strict": held, "loose": held, "strict_ci95": [0, 1]}
-        return {
-            "ifeval": {"strict_pass": _passes(suite, 40), "strict": suite, "loose": suite, "strict_ci95": [0, 1]},
-            "heldout": {**heldout, "constraints_kept": [kept[0]] * 80} if kept else heldout,
-            "knowledge": {"correct": _passes(know, 120), "accuracy": know, "accuracy_ci95": [0, 1]},
-        }
+        s = scores[iteration_of(model)]
+        out: dict[str, Any] = {}
+        if "ifeval" in s:
+            out["ifeval"] = fake_ifeval(s["ifeval"], 100, trained=s.get("ifeval_trained_prompts", 0))
+        if "heldout" in s:
+            kept = s["heldout"]
+            out["heldout"] = {
+                "strict_pass": passes(kept, 80),
+                "strict": kept,
+                "strict_ci95": [0, 1],
+                "constraints_kept": [kept] * 80,
+                "trained": [0] * 80,
+            }
+        if "knowledge" in s:
+            out["knowledge"] = {"correct": passes(s["knowledge"], 100), "accuracy": s["knowledge"], "accuracy_ci95": [0, 1]}
+        if "stop" in s:
+            stopped = passes(s["stop"], 20)
+            out["samples"] = [
+                {"id": i, "prompt": "p", "finish": "stop" if x else "length", "tokens": 1, "text": ""} for i, x in enumerate(stopped)
+            ]
+            out.update(prompts=20, stop_rate=s["stop"], mean_tokens=1.0)
+        return out
 
     monkeypatch.setattr(measure, "checks", fake_checks)
     fake_iterations(monkeypatch)
@@ -98,13 +107,12 @@ def _three_set_run(tmp_path: Path, tiny: dict[str, Path], monkeypatch: pytest.Mo
         None,
         [
             f"runs_dir={tmp_path}",
-            "name=three",
+            "name=guard",
             f"model.gguf={tiny['gguf']}",
             f"model.hf={tiny['hf']}",
             "model.serve_base=original",
             f"loop.iterations={len(scores) - 1}",
-            "eval.heldout_prompts=80",
-            "eval.knowledge_questions=120",
+            *extra,
         ],
     )
     return loop.run(r).manifest["iterations"]
@@ -113,32 +121,105 @@ def _three_set_run(tmp_path: Path, tiny: dict[str, Path], monkeypatch: pytest.Mo
 def test_a_gain_on_one_set_and_a_loss_on_the_other_is_not_promoted(
     tmp_path: Path, tiny: dict[str, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # M_1 gains 20 points on the suite but loses 20 on the held-out set: not promoted, and flagged worse.
-    m = _three_set_run(tmp_path, tiny, monkeypatch, {0: (0.3, 0.4, 0.5), 1: (0.5, 0.2, 0.5)})
+    # M_1 gains 20 points on IFEval but loses 20 on the second set: not promoted, and flagged worse.
+    m = _run(
+        tmp_path,
+        tiny,
+        monkeypatch,
+        {0: {"ifeval": 0.3, "heldout": 0.4, "knowledge": 0.5}, 1: {"ifeval": 0.5, "heldout": 0.2, "knowledge": 0.5}},
+    )
     p = m["1"]["promote"]
     assert p["compared"] and p["best"] == 0 and p["worse"], p
-    assert set(p["sets"]) == {"suite", "heldout", "knowledge"} and p["reason"] == "lower on heldout"
-    assert p["sets"]["suite"]["delta"] == 0.2 and p["sets"]["heldout"]["delta"] == -0.2
-
-
-def test_the_second_set_is_compared_by_the_constraints_each_prompt_keeps(
-    tmp_path: Path, tiny: dict[str, Path], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # Whole second-set prompts: M_1 and M_2 pass as many as M_0. M_1 keeps fewer of their constraints
-    # (0.3 → 0.25 of each prompt's): not promoted. M_2 keeps more (0.4): promoted.
-    m = _three_set_run(tmp_path, tiny, monkeypatch, {0: (0.3, 0.05, 0.5, 0.3), 1: (0.4, 0.05, 0.5, 0.25), 2: (0.4, 0.05, 0.5, 0.4)})
-    assert m["1"]["promote"]["best"] == 0 and m["1"]["promote"]["reason"] == "lower on heldout"
-    assert m["1"]["promote"]["sets"]["heldout"]["delta"] == pytest.approx(-0.05)
-    assert m["2"]["promote"]["best"] == 2 and m["2"]["promote"]["sets"]["heldout"]["delta"] == pytest.approx(0.1)
+    assert set(p["sets"]) == {"ifeval", "heldout", "knowledge"} and p["reason"] == "lower on heldout"
+    assert p["sets"]["ifeval"]["vs_best"]["delta"] == 0.2 and p["sets"]["heldout"]["vs_m0"]["delta"] == -0.2
+    assert p["delta"] == 0.2, "the summary's headline difference is IFEval's"
 
 
 def test_forgetting_beyond_the_tolerance_blocks_promotion(tmp_path: Path, tiny: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
     # M_1 gains on both following sets but forgets 10 points of knowledge (tolerance 3): not promoted.
     # M_2 gains on both and loses 2 points of knowledge, within the tolerance: promoted.
-    m = _three_set_run(tmp_path, tiny, monkeypatch, {0: (0.3, 0.3, 0.5), 1: (0.4, 0.4, 0.4), 2: (0.4, 0.4, 0.48)})
+    sets = {0: (0.3, 0.3, 0.5), 1: (0.4, 0.4, 0.4), 2: (0.4, 0.4, 0.48)}
+    m = _run(tmp_path, tiny, monkeypatch, {t: {"ifeval": a, "heldout": b, "knowledge": c} for t, (a, b, c) in sets.items()})
     assert m["1"]["promote"]["best"] == 0 and m["1"]["promote"]["reason"] == "lower on knowledge"
     assert m["2"]["promote"]["best"] == 2 and m["2"]["promote"]["reason"].startswith("at least as good on")
-    assert m["2"]["promote"]["sets"]["knowledge"]["delta"] == pytest.approx(-0.0167, abs=1e-3)
+    assert m["2"]["promote"]["sets"]["knowledge"]["vs_best"]["delta"] == pytest.approx(-0.02)
+
+
+def test_knowledge_lost_a_little_each_iteration_is_caught_against_m0(
+    tmp_path: Path, tiny: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Each iteration gains on IFEval and loses 3 points of knowledge, each within the tolerance against
+    # the best model; the second time, M_2 is 6 points below M_0: not promoted.
+    scores = {0: {"ifeval": 0.3, "knowledge": 0.6}, 1: {"ifeval": 0.35, "knowledge": 0.57}, 2: {"ifeval": 0.4, "knowledge": 0.54}}
+    m = _run(tmp_path, tiny, monkeypatch, scores)
+    assert m["1"]["promote"]["best"] == 1, m["1"]["promote"]
+    p = m["2"]["promote"]
+    assert p["best"] == 1 and p["reason"] == "lower on knowledge", p
+    assert p["sets"]["knowledge"]["vs_best"]["delta"] == pytest.approx(-0.03) and p["sets"]["knowledge"]["vs_m0"]["delta"] == pytest.approx(
+        -0.06
+    )
+
+
+def test_a_model_no_following_set_could_compare_is_not_promoted(
+    tmp_path: Path, tiny: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # only the knowledge probe measured: nothing says M_1 follows instructions better
+    m = _run(tmp_path, tiny, monkeypatch, {0: {"knowledge": 0.5}, 1: {"knowledge": 0.6}})
+    p = m["1"]["promote"]
+    assert not p["compared"] and p["best"] == 0 and "not promoted" in p["reason"], p
+
+
+def test_a_runaway_model_whose_answers_stop_ending_is_not_promoted(
+    tmp_path: Path, tiny: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # M_1 gains on IFEval but 15 of its 20 stop-rate answers now run to the length limit (M_0: 1 of 20)
+    m = _run(tmp_path, tiny, monkeypatch, {0: {"ifeval": 0.3, "stop": 0.95}, 1: {"ifeval": 0.4, "stop": 0.25}})
+    p = m["1"]["promote"]
+    assert p["worse"] and p["best"] == 0 and p["reason"] == "lower on stop rate", p
+    assert p["sets"]["stop"]["vs_m0"]["p_worse"] >= 0.9
+
+
+def test_promotion_decides_on_the_prompts_whose_kinds_training_does_not_see(
+    tmp_path: Path, tiny: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the same IFEval pass rate, but M_1's last 40 prompts carry trained kinds: promotion compares 60
+    scores = {0: {"ifeval": 0.3, "ifeval_trained_prompts": 40}, 1: {"ifeval": 0.3, "ifeval_trained_prompts": 40}}
+    p = _run(tmp_path, tiny, monkeypatch, scores)["1"]["promote"]
+    assert p["sets"]["ifeval"]["metric"] == "prompt_loose of untrained prompts"
+    assert p["compared"] and p["best"] == 1
+
+
+def test_a_set_measured_two_ways_is_refused_on_resume(tmp_path: Path, tiny: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    # M_0 measured on 100 IFEval prompts, M_1 (after a recipe edit) on 60: one line, nothing compared
+    with pytest.raises(UserError, match="cannot be compared"):
+        _run(tmp_path, tiny, monkeypatch, {0: {"ifeval": 0.3}, 1: {"ifeval": 0.3, "ifeval_trained_prompts": 40}})
+
+
+def test_no_trained_constraint_kind_reaches_a_set_the_guard_decides_on() -> None:
+    """With the default recipe's verifiable constraints, the prompts promotion compares on IFEval and
+    on the second set carry no kind the training library teaches (by rule name or IFEval id)."""
+    from isheep_lite.evals import ifeval
+    from isheep_lite.selfalign import constraints
+    from isheep_lite.stages import EvalSummary
+
+    r = recipe.load()
+    trained = constraints.trained_kinds(r.synth.verifiable_fraction)
+    assert {rule["kind"] for _, rule in constraints.TRAINING} <= trained, "the default recipe trains on the library"
+    sets = {
+        "ifeval": [p.instruction_id_list for p in ifeval.prompts()],
+        "heldout": [[c["kind"] for c in it["constraints"]] for it in measure.heldout_items(r.eval.heldout_prompts)],
+    }
+    marks = {k: measure.trained_marks(v, trained) for k, v in sets.items()}
+    e = EvalSummary(
+        ifeval={"per_prompt_loose": list(range(len(marks["ifeval"]))), "trained": marks["ifeval"]},
+        heldout={"constraints_kept": list(range(len(marks["heldout"]))), "trained": marks["heldout"], "strict_pass": []},
+    )
+    compared = e.outcomes()
+    for name, kinds in sets.items():
+        read = [int(i) for i in compared[name][1]] if name in compared else []  # the prompts' positions, as the fake outcomes
+        assert not any(set(kinds[i]) & trained for i in read), name
+        assert len(read) == marks[name].count(0)
+    assert len(compared["ifeval"][1]) >= 100, "IFEval keeps enough untrained prompts to decide on"
 
 
 def test_paired_bootstrap() -> None:
