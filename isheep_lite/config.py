@@ -202,18 +202,9 @@ class EvalConfig:
     stop_prompts: int = knob(20, "held-out prompts for the stop-rate check (0 = skip)", **NONNEG)
     max_tokens: int = knob(512, 'an answer still going at this length counts as "never stops"', **POS)
     ifeval_prompts: int = knob(
-        160,
-        "IFEval prompts, scored by lm-evaluation-harness's checker: 541 is all of it, fewer a subset stratified by "
-        "instruction group (0 = skip); promotion decides on its prompts whose kinds training does not see",
-        ge=0,
-        le=541,
+        160, "IFEval prompts, lm-evaluation-harness's checker: 541 = all, fewer = stratified (0 = skip)", ge=0, le=541
     )
-    suite_prompts: int = knob(
-        0,
-        "the quick instruction-following suite, balanced over 20 constraint kinds; promotion does not read it (0 = skip; max 160)",
-        ge=0,
-        le=160,
-    )
+    suite_prompts: int = knob(0, "the quick suite: 20 constraint kinds; promotion does not read it (0 = skip; max 160)", ge=0, le=160)
     suite_max_tokens: int = knob(384, "tokens per answer of IFEval, the suite and the held-out set", **POS)
     heldout_prompts: int = knob(
         80,

@@ -148,29 +148,11 @@ class Session:
         if v.worse and self.recipe.loop.stop_when_worse:
             self.store.set_run_info(stopped_early=f"iteration {t} scored worse than iteration {v.against}")
 
-    # ---- a method per stage ----
+    # ---- a method per stage: instructions … export are made from the table below the class ----
 
     def base(self) -> stages.BaseSummary:
         """M_0 made servable, with its HF weights (iter_00/)."""
         return stages.base.run(self._base_context())
-
-    def instructions(self, t: int) -> stages.InstructionsSummary:
-        return self.walk(t, stages.instructions)
-
-    def responses(self, t: int) -> stages.ResponsesSummary:
-        return self.walk(t, stages.responses)
-
-    def assess(self, t: int) -> stages.AssessSummary:
-        return self.walk(t, stages.assess)
-
-    def filter(self, t: int) -> stages.FilterSummary:
-        return self.walk(t, stages.filter)
-
-    def train(self, t: int) -> stages.TrainSummary:
-        return self.walk(t, stages.train)
-
-    def export(self, t: int) -> stages.ExportSummary:
-        return self.walk(t, stages.export)
 
     def eval(self, t: int) -> stages.EvalSummary | None:
         """M_t on the evaluation sets (t = 0: the base model)."""
@@ -200,5 +182,20 @@ class Session:
             raise UserError(f"{path}: no such records yet (run the stage that writes them first)")
         return read_jsonl(path)
 
+
+def _up_to(stage: ModuleType) -> Any:
+    """The Session method named as `stage`: iteration t walked up to it; its summary."""
+    name = stage.__name__.rsplit(".", 1)[1]
+
+    def method(self: Session, t: int) -> Any:
+        return self.walk(t, stage)
+
+    method.__name__ = method.__qualname__ = name
+    method.__doc__ = f"Iteration t up to its `{name}` stage (M_0 and every earlier stage and iteration first); the stage's summary."
+    return method
+
+
+for _stage in stages.ITERATION[: stages.ITERATION.index(stages.eval)]:  # eval and promote have methods of their own
+    setattr(Session, _stage.__name__.rsplit(".", 1)[1], _up_to(_stage))
 
 __all__ = ["Session", "Summary", "data", "run"]

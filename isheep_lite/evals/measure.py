@@ -30,6 +30,9 @@ from isheep_lite.progress import progress_bar
 from isheep_lite.selfalign import constraints
 
 
+Progress = Callable[[int], None]  # called with how many more prompts are done
+
+
 def stop_prompts(n: int) -> list[dict[str, str]]:
     text = resources.files("isheep_lite").joinpath("data/stop_prompts.jsonl").read_text(encoding="utf-8")
     return [json.loads(line) for line in text.splitlines() if line.strip()][:n]
@@ -75,13 +78,7 @@ def instruction_following(
     return result
 
 
-def ifeval_following(
-    engine: EngineBase,
-    n_prompts: int,
-    max_tokens: int,
-    trained: frozenset[str] = frozenset(),
-    progress: Callable[[int], None] = lambda n: None,
-) -> dict[str, Any]:
+def ifeval_following(engine: EngineBase, n_prompts: int, max_tokens: int, trained: frozenset[str], progress: Progress) -> dict[str, Any]:
     """Greedy answers to IFEval (all of it, or a stratified subset of `n_prompts`), scored by the
     official checker: prompt- and instruction-level accuracy, strict and loose, with intervals; per
     prompt, the loose outcome promotion compares and whether the prompt carries a trained kind."""
@@ -131,6 +128,7 @@ def heldout_following(
     engine: EngineBase,
     n_prompts: int,
     max_tokens: int,
+    *,
     trained: frozenset[str] = frozenset(),
     progress: Callable[[int], None] = lambda n: None,
 ) -> dict[str, Any]:
@@ -335,7 +333,7 @@ def checks(
             out["suite"] = instruction_following(engine, r.eval.suite_prompts, r.eval.suite_max_tokens, bar)
     if r.eval.heldout_prompts:
         with progress_bar("eval: held-out set", r.eval.heldout_prompts) as bar:
-            out["heldout"] = heldout_following(engine, r.eval.heldout_prompts, r.eval.suite_max_tokens, trained, bar)
+            out["heldout"] = heldout_following(engine, r.eval.heldout_prompts, r.eval.suite_max_tokens, trained=trained, progress=bar)
     if r.eval.knowledge_questions:
         with progress_bar("eval: knowledge probe", r.eval.knowledge_questions) as bar:
             out["knowledge"] = knowledge(engine, r.eval.knowledge_questions, progress=bar)

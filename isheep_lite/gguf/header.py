@@ -148,6 +148,11 @@ class GgufInfo:
     general: tuple[tuple[str, Any], ...] = ()  # the general.* metadata (name, license, …), as (key without "general.", value)
 
 
+def _hashable(value: Any) -> Any:
+    """A metadata value as a GgufInfo field holds it: lists as tuples (a GgufInfo is a cache key)."""
+    return tuple(_hashable(v) for v in value) if isinstance(value, list) else value
+
+
 def _field_value(reader: Any, key: str) -> Any:
     f = reader.fields.get(key)
     if f is None:
@@ -209,7 +214,7 @@ def gguf_info(path: Path) -> GgufInfo:
         bos=tok("tokenizer.ggml.bos_token_id"),
         eos=tok("tokenizer.ggml.eos_token_id"),
         n_params=n_params,
-        general=tuple((k[len("general.") :], _field_value(reader, k)) for k in reader.fields if k.startswith("general.")),
+        general=tuple((k[len("general.") :], _hashable(_field_value(reader, k))) for k in reader.fields if k.startswith("general.")),
     )
 
 
@@ -248,21 +253,14 @@ def joined_gguf(path: Path) -> Path:
     moved into place, reused afterwards. A single-file GGUF is returned as it is."""
     import re
 
-    from isheep_lite.rundir.files import atomic_path, reclaim_temporaries
+    from isheep_lite.rundir.files import cached
 
     shards = gguf_shards(path)
     if len(shards) == 1:
         return path
     m = re.match(SPLIT_NAME, path.name)
     assert m is not None  # gguf_shards refuses a split file not named like one
-    out = cache_root() / "gguf" / f"{m['prefix']}-{_gguf_key(path)}.joined.gguf"
-    if out.is_file():
-        return out
-    out.parent.mkdir(parents=True, exist_ok=True)
-    reclaim_temporaries(out.parent, recursive=False)  # a killed join's `.tmp<pid>` (its pid gone)
-    with atomic_path(out, shared=True) as tmp:
-        _join_shards(shards, tmp)
-    return out
+    return cached(cache_root() / "gguf" / f"{m['prefix']}-{_gguf_key(path)}.joined.gguf", lambda tmp: _join_shards(shards, tmp))
 
 
 def _join_shards(shards: list[Path], out: Path) -> None:

@@ -71,20 +71,16 @@ def converted_gguf(hf_dir: Path, converter: str) -> Path:
     for f in sorted(hf_dir.iterdir()):
         if f.is_file():
             h.update(f"{f.name}:{f.stat().st_size}:{f.stat().st_mtime_ns}".encode())
-    out = cache_root() / "gguf" / f"{hf_dir.name}-{h.hexdigest()[:16]}.f16.gguf"
-    if out.is_file():
-        return out
-    out.parent.mkdir(parents=True, exist_ok=True)
-    from isheep_lite.rundir.files import atomic_path, reclaim_temporaries
+    from isheep_lite.rundir.files import cached
 
-    reclaim_temporaries(out.parent, recursive=False)  # a killed conversion's `.tmp<pid>` (its pid gone)
-    with atomic_path(out, shared=True) as tmp:
+    def convert(tmp: Path) -> None:
         cmd = [sys.executable, str(script), str(hf_dir), "--outfile", str(tmp), "--outtype", "f16"]
         returncode, last = _run_with_status(cmd, f"converting {hf_dir.name} to GGUF (llama.cpp's converter)")
         if returncode != 0 or not tmp.is_file() or tmp.stat().st_size == 0:
             raise UserError(f"llama.cpp's converter failed on {hf_dir} (exit {returncode}): {last or 'no output'}")
         check_gguf(tmp)
-    return out
+
+    return cached(cache_root() / "gguf" / f"{hf_dir.name}-{h.hexdigest()[:16]}.f16.gguf", convert)
 
 
 def _run_with_status(cmd: list[str], title: str) -> tuple[int, str]:

@@ -28,7 +28,7 @@ def gguf_general(path: Path) -> dict[str, Any]:
     """The GGUF's general.* metadata (name, license, …), read from its header."""
     from isheep_lite.gguf.header import gguf_info
 
-    return dict(gguf_info(path).general)
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in gguf_info(path).general}
 
 
 def model_card(m: Manifest) -> str:

@@ -10,7 +10,7 @@ import re
 import shutil
 import sys
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 from isheep_lite.recipe import UserError
 
@@ -44,6 +44,18 @@ def _remove(p: Path) -> None:
         shutil.rmtree(p, ignore_errors=True)
     else:
         p.unlink(missing_ok=True)
+
+
+def cached(out: Path, write: Callable[[Path], None]) -> Path:
+    """`out` in a cache folder other processes share: made once by `write(tmp)` through `atomic_path`
+    (a killed maker's leftover reclaimed first), then returned as it is."""
+    if out.is_file():
+        return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    reclaim_temporaries(out.parent, recursive=False)  # a killed maker's `.tmp<pid>` (its pid gone)
+    with atomic_path(out, shared=True) as tmp:
+        write(tmp)
+    return out
 
 
 def atomic_write_text(path: Path, text: str) -> None:

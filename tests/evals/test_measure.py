@@ -71,7 +71,7 @@ def test_both_sets_run_on_an_engine_and_report_per_prompt_outcomes(tiny_engine: 
 
 def test_ifeval_runs_on_an_engine_and_marks_the_prompts_whose_kinds_training_sees(tiny_engine: Engine) -> None:
     trained = constraints.trained_kinds(0.5)
-    out = measure.ifeval_following(tiny_engine, 12, 32, trained)
+    out = measure.ifeval_following(tiny_engine, 12, 32, trained, lambda n: None)
     n = out["n_prompts"]
     assert n == 12 and len(out["per_prompt_loose"]) == len(out["trained"]) == len(out["answers"]) == n
     assert 0 <= out["prompt_strict"] <= out["prompt_loose"] <= 1 and out["prompt_loose_ci95"][0] <= out["prompt_loose"]
@@ -79,7 +79,7 @@ def test_ifeval_runs_on_an_engine_and_marks_the_prompts_whose_kinds_training_see
         assert mark == int(bool(set(a["kinds"]) & trained)), a["kinds"]
     assert out["untrained"]["prompts"] + out["trained_part"]["prompts"] == n and 0 < out["untrained"]["prompts"] < n
     # with no verifiable training, no prompt is a trained one
-    assert not any(measure.ifeval_following(tiny_engine, 3, 8)["trained"])
+    assert not any(measure.ifeval_following(tiny_engine, 3, 8, frozenset(), lambda n: None)["trained"])
 
 
 def test_training_constraints_name_the_ifeval_kinds_they_train() -> None:
