@@ -56,3 +56,24 @@ def open_page(html: Path) -> Iterator[tuple[Any, list[str], list[str]]]:
 def shown_rows(page: Any, table: str) -> list[list[str]]:
     """The text of every body row of a table, cell by cell."""
     return page.eval_on_selector_all(f"#{table} tbody tr", "rows => rows.map(r => [...r.cells].map(c => c.textContent))")
+
+
+def check_page(html: Path, shots: Path, reason: str) -> None:
+    """Load the page, filter to rejected pairs of `reason`, sort by grade, open the side-by-side view
+    and screenshot each; no dialog, no request beyond the file system, every filtered row as asked."""
+    with open_page(html) as (page, requests, dialogs):
+        page.click("nav button[data-tab=pairs]")
+        page.select_option("#p-status", "rejected")
+        page.select_option("#p-reason", reason)
+        rows = shown_rows(page, "p-table")
+        assert rows and all(r[5] == "rejected" and r[6] == reason for r in rows), rows
+        page.select_option("#p-sort", "score-desc")
+        grades = [float(r[4]) for r in shown_rows(page, "p-table") if r[4] != "–"]
+        assert grades == sorted(grades, reverse=True)
+        page.screenshot(path=str(shots / "pairs-rejected.png"), full_page=False)
+        page.click("nav button[data-tab=evals]")
+        side = shown_rows(page, "e-table")
+        assert side and all(len(r) == 5 for r in side), side
+        page.screenshot(path=str(shots / "side-by-side.png"), full_page=False)
+        assert not dialogs, dialogs
+        assert all(u.startswith("file://") for u in requests), [u for u in requests if not u.startswith("file://")]

@@ -38,7 +38,6 @@ MATRIX: dict[str, Arch] = {
     for a in (
         Arch("llama", ("LlamaForCausalLM", "MistralForCausalLM"), ("llama", "mistral"), "Llama 2/3.x, SmolLM2, Mistral", True),
         Arch("qwen2", ("Qwen2ForCausalLM",), ("qwen2",), "Qwen2/2.5", False),
-        Arch("qwen3", ("Qwen3ForCausalLM",), ("qwen3",), "Qwen3 (dense)", False),
         Arch("gemma2", ("Gemma2ForCausalLM",), ("gemma2",), "Gemma 2", False),
         Arch("gemma3", ("Gemma3ForCausalLM",), ("gemma3_text",), "Gemma 3 text (270M, 1B)", False),
         Arch("phi3", ("Phi3ForCausalLM",), ("phi3",), "Phi-3/3.5 mini", False),

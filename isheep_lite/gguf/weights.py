@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 
 from isheep_lite.gguf.header import GgufInfo, _gguf_key, cache_root, check_gguf, gguf_info, joined_gguf
-from isheep_lite.gguf.rope import restore_config
+from isheep_lite.gguf import rope
 from isheep_lite.recipe import UserError
 
 
@@ -174,7 +174,7 @@ def gguf_to_hf(gguf_path: Path, out: Path) -> None:
         config = loaded.config
         if hasattr(config, "quantization_config"):
             del config.quantization_config
-        restore_config(config, gguf_path)
+        rope.restore_config(config, gguf_path)
         # `save_pretrained` refuses a model loaded from GGUF: rebuild a plain one from its config.
         plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
         plain.load_state_dict(loaded.state_dict())

@@ -126,5 +126,6 @@ def write_page(m: Manifest, out: Path, plots: tuple[str, ...]) -> Path:
     template = resources.files("isheep_lite.rundir").joinpath("page.html").read_text(encoding="utf-8")
     data = {**page_data(m), "plots": list(plots)}
     html = template.replace("/*DATA*/null", _json_for_script(data), 1)
+    out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / PAGE, html)
     return out / PAGE

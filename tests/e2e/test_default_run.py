@@ -31,7 +31,7 @@ def test_two_real_iterations(tmp_path: Path, smol_hf: Path, capsys: pytest.Captu
             "train.epochs=1",
             "eval.stop_prompts=20",
             "eval.max_tokens=512",
-            "eval.ifeval_prompts=20",
+            "eval.ifeval_prompts=9",
             "eval.suite_prompts=20",
             "eval.heldout_prompts=8",
             "eval.knowledge_questions=20",
@@ -63,9 +63,9 @@ def test_two_real_iterations(tmp_path: Path, smol_hf: Path, capsys: pytest.Captu
         suite = ev.suite
         assert suite["prompts"] == 20 and 0 <= suite["strict"] <= suite["loose"] <= 1
         assert suite["strict_ci95"][0] <= suite["strict"] <= suite["strict_ci95"][1]
-        ife = ev.ifeval  # a stratified 20 of IFEval, by the official checker
-        assert ife["n_prompts"] == 20 and 0 <= ife["prompt_strict"] <= ife["prompt_loose"] <= 1
-        assert ife["untrained"]["prompts"] + ife["trained_part"]["prompts"] == 20
+        ife = ev.ifeval  # a stratified 9 of IFEval (one a group), by the official checker
+        assert ife["n_prompts"] == 9 and 0 <= ife["prompt_strict"] <= ife["prompt_loose"] <= 1
+        assert ife["untrained"]["prompts"] + ife["trained_part"]["prompts"] == 9
         assert ev.stop_rate >= m0.stop_rate, (ev.stop_rate, m0.stop_rate)
     run_dir = tmp_path / "e2e"
     kept = read_jsonl(run_dir / "iter_01" / "kept.jsonl")
@@ -97,12 +97,16 @@ def test_two_real_iterations(tmp_path: Path, smol_hf: Path, capsys: pytest.Captu
     for t in (0, 1, 2):  # beside every exported model, a Modelfile for `ollama create`
         text = (run_dir / f"iter_{t:02d}" / "model-f16.Modelfile").read_text()
         assert text.startswith("FROM ./model-f16.gguf\n") and 'TEMPLATE """' in text and 'PARAMETER stop "<|im_end|>"' in text
-    # The report has every plot at its documented size.
+    # The report has every plot at its documented size, and the run page works in a browser.
+    from browser import check_page
     from helpers import assert_report
 
     from isheep_lite.rundir.report import write_report
 
-    assert_report(write_report(run_dir))
+    md = write_report(run_dir)
+    assert_report(md)
+    reason = read_jsonl(run_dir / "iter_01" / "rejected.jsonl")[0]["reason"]
+    check_page(md.parent / "index.html", tmp_path, reason)
     # A rerun skips every finished stage (nothing is redone; the manifest's timings are unchanged).
     before = json.loads((run_dir / "manifest.json").read_text())
     run(r)

@@ -13,6 +13,7 @@ import pytest
 from pools import SMALL
 
 from isheep_lite import recipe
+from isheep_lite.selfalign import constraints, synth
 from isheep_lite.loop import run
 from isheep_lite.rundir.jsonl import read_jsonl
 from isheep_lite.rundir.manifest import Manifest, fork
@@ -46,7 +47,10 @@ def test_levers_run_record_what_they_did_and_resume_after_a_kill(tmp_path: Path,
     written = read_jsonl(it / "instructions.jsonl")
     constrained = [x for x in written if "constraint" in x]
     assert ins and ins.constrained == len(constrained) >= 1 and len(written) == 8
-    assert all(x["instruction"].startswith(x["base_instruction"] + " ") and x["constraint"]["kind"] for x in constrained)
+    phrases = [phrase for phrase, _ in constraints.TRAINING]  # each at the end of what the user writes, after any input
+    messages = [synth.user_message(x["instruction"], x["input"]) for x in constrained]
+    assert all(m.startswith(x["base_instruction"]) and x["constraint"]["kind"] for m, x in zip(messages, constrained))
+    assert all(any(m.endswith(p) for p in phrases) for m in messages), messages
     rejected = read_jsonl(it / "rejected.jsonl")
     broken = [x for x in rejected if x["reason"] == "fails_constraint"]
     assert sel and sel.rejected_by_reason.get("fails_constraint", 0) == len(broken)

@@ -61,13 +61,6 @@ def _qwen2(vocab: int, **ids: Any) -> Any:
     return Qwen2ForCausalLM(Qwen2Config(vocab_size=vocab, **COMMON, **ids))
 
 
-def _qwen3(vocab: int, **ids: Any) -> Any:
-    from transformers import Qwen3Config, Qwen3ForCausalLM
-
-    # Qwen3's per-head RMS norms on Q and K (random here, like every norm), head_dim apart from hidden / heads
-    return Qwen3ForCausalLM(Qwen3Config(vocab_size=vocab, head_dim=32, **COMMON, **ids))
-
-
 def _gemma2(vocab: int, **ids: Any) -> Any:
     from transformers import Gemma2Config, Gemma2ForCausalLM
 
@@ -120,7 +113,6 @@ BUILDERS: dict[str, Callable[..., Any]] = {
     "llama3": _llama3,
     "mistral": _mistral,
     "qwen2": _qwen2,
-    "qwen3": _qwen3,
     "gemma2": _gemma2,
     "gemma3": _gemma3,
     "phi3": _phi3,

@@ -6,7 +6,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from browser import open_page, shown_rows
+import pytest
+from browser import check_page, open_page, shown_rows
 
 from isheep_lite.rundir import page as run_page
 from isheep_lite.rundir import report
@@ -67,27 +68,7 @@ def handmade_run(root: Path) -> Path:
     return root
 
 
-def check_page(html: Path, shots: Path, reason: str) -> None:
-    """Load the page, filter to rejected pairs of `reason`, sort by grade, open the side-by-side view
-    and screenshot each; no dialog, no request beyond the file system, every filtered row as asked."""
-    with open_page(html) as (page, requests, dialogs):
-        page.click("nav button[data-tab=pairs]")
-        page.select_option("#p-status", "rejected")
-        page.select_option("#p-reason", reason)
-        rows = shown_rows(page, "p-table")
-        assert rows and all(r[5] == "rejected" and r[6] == reason for r in rows), rows
-        page.select_option("#p-sort", "score-desc")
-        grades = [float(r[4]) for r in shown_rows(page, "p-table") if r[4] != "–"]
-        assert grades == sorted(grades, reverse=True)
-        page.screenshot(path=str(shots / "pairs-rejected.png"), full_page=False)
-        page.click("nav button[data-tab=evals]")
-        side = shown_rows(page, "e-table")
-        assert side and all(len(r) == 5 for r in side), side
-        page.screenshot(path=str(shots / "side-by-side.png"), full_page=False)
-        assert not dialogs, dialogs
-        assert all(u.startswith("file://") for u in requests), [u for u in requests if not u.startswith("file://")]
-
-
+@pytest.mark.slow  # a real browser: Chromium starts for each
 def test_the_page_filters_sorts_and_shows_both_models_answers(tmp_path: Path) -> None:
     run = handmade_run(tmp_path / "run")
     html = report.write_report(run).parent / run_page.PAGE
@@ -111,6 +92,7 @@ def test_the_page_filters_sorts_and_shows_both_models_answers(tmp_path: Path) ->
         assert [(r[0], r[2], r[4]) for r in shown_rows(page, "e-table")] == [("End with 'Bye.'", "pass", "fail")]
 
 
+@pytest.mark.slow
 def test_a_model_answer_that_is_a_script_tag_is_shown_as_text_and_runs_nothing(tmp_path: Path) -> None:
     run = handmade_run(tmp_path / "run")
     html = report.write_report(run).parent / run_page.PAGE
