@@ -26,11 +26,11 @@ import json
 import time
 from pathlib import Path
 
-from sweep_seeds import seed_mean, shared_stages
+from sweep_seeds import pooled, seed_mean, start_from
 
 from isheep_lite import loop, recipe
 from isheep_lite.evals import ifeval, measure
-from isheep_lite.rundir.manifest import Manifest, fork
+from isheep_lite.rundir.manifest import Manifest
 from isheep_lite.selfalign import constraints
 from isheep_lite.stages import EvalSummary, FilterSummary, PromoteSummary, TrainSummary
 
@@ -68,14 +68,6 @@ def per_prompt(e: EvalSummary) -> dict[str, list[float]]:
     if e.samples:
         out["stop"] = measure.stopped(e.to_entry())
     return out
-
-
-def pooled(m0: list[float], runs: list[list[float]]) -> dict:
-    """M_1 − M_0 averaged over seeds per prompt, bootstrapped over prompts."""
-    diffs = seed_mean([[y - x for x, y in zip(m0, r)] for r in runs])
-    d = measure.paired_bootstrap([0.0] * len(diffs), diffs)
-    mean = seed_mean(runs)
-    return {"m1": round(sum(mean) / len(mean), 4), "delta": d["delta"], "ci95": d["ci95"], "p_worse": d["p_worse"], "seeds": len(runs)}
 
 
 def pool(results: dict, seeds: list[int]) -> dict:
@@ -132,14 +124,7 @@ def main() -> None:
             if key in results["runs"]:
                 continue
             dest = args.out / f"{name}-seed{seed}"
-            source, shared = first, ()
-            for done in results["runs"].values():  # the finished run of this seed that shares the most stages
-                if done["seed"] == seed and Path(done["run_dir"]).exists():
-                    common = shared_stages(CONFIGS[done["config"]], CONFIGS[name])
-                    if len(common) > len(shared):
-                        source, shared = Path(done["run_dir"]), common
-            if source is not None and not (dest / "manifest.json").exists():
-                fork(source, dest, shared)  # M_0 and its evaluation, and the stages in common
+            shared = start_from(results, CONFIGS, name, seed, first, dest)
             overrides = [f"name={dest.name}", f"runs_dir={args.out}", "loop.iterations=1", f"loop.seed={seed}", *EVAL, *CONFIGS[name]]
             start = time.time()
             m = Manifest.of(loop.run(recipe.load(None, overrides), force=True))
@@ -156,7 +141,7 @@ def main() -> None:
                 "kept": fl.kept,
                 "train_steps": tr.steps,
                 "stage_seconds": m.seconds(1),  # a stage shared by fork counts its source's time
-                "shared": {"from": str(source), "stages": list(shared)} if shared else None,
+                "shared": shared,
                 "seconds": round(time.time() - start, 1),
                 "promoted": m.get(1, PromoteSummary).best == 1,
                 "m1": per_prompt(e1),

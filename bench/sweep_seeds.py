@@ -101,6 +101,21 @@ def per_prompt(entry: dict) -> dict[str, list[float]]:
     return out
 
 
+def start_from(results: dict, configs: dict[str, list[str]], name: str, seed: int, first: Path | None, dest: Path) -> dict | None:
+    """Fork `dest` from the finished run of this seed that shares the most stages with `name` (else
+    from `first`: M_0 and its evaluation only); what was shared, for the results."""
+    source, shared = first, ()
+    for done in results["runs"].values():
+        if done["seed"] != seed or done["config"] not in configs or not Path(done["run_dir"]).exists():
+            continue
+        common = shared_stages(configs[done["config"]], configs[name])
+        if len(common) > len(shared):
+            source, shared = Path(done["run_dir"]), common
+    if source is not None and not (dest / "manifest.json").exists():
+        fork(source, dest, shared)  # M_0 and its evaluation, and the stages in common
+    return {"from": str(source), "stages": list(shared)} if shared else None
+
+
 def seed_mean(runs: list[list[float]]) -> list[float]:
     """Per prompt, the mean over the seeds' runs."""
     return [sum(col) / len(col) for col in zip(*runs)]
@@ -158,16 +173,7 @@ def main() -> None:
             if key in results["runs"]:
                 continue
             dest = args.out / f"{name}-seed{seed}"
-            source, shared = first, ()
-            known = {**CONFIGS, **results["configs"]}
-            for done in results["runs"].values():  # the finished run of this seed that shares the most stages
-                if done["seed"] != seed or done["config"] not in known or not Path(done["run_dir"]).exists():
-                    continue
-                common = shared_stages(known[done["config"]], CONFIGS[name])
-                if len(common) > len(shared):
-                    source, shared = Path(done["run_dir"]), common
-            if source is not None and not (dest / "manifest.json").exists():
-                fork(source, dest, shared)  # M_0 and its evaluation, and the stages in common
+            shared = start_from(results, {**CONFIGS, **results["configs"]}, name, seed, first, dest)
             overrides = [
                 f"name={dest.name}",
                 f"runs_dir={args.out}",
@@ -194,7 +200,7 @@ def main() -> None:
                 "train_steps": tr.steps,
                 "train_loss": tr.train_loss,
                 "stage_seconds": m.seconds(1),  # a stage shared by fork counts its source's time
-                "shared": {"from": str(source), "stages": list(shared)} if shared else None,
+                "shared": shared,
                 "seconds": round(time.time() - start, 1),
                 "m1": per_prompt(e1.to_entry()),
             }
