@@ -114,7 +114,7 @@ def main() -> None:
     args = ap.parse_args()
     results = json.loads(args.json.read_text()) if args.json.exists() else {"runs": {}}
     if args.versus:
-        print(versus(results, *args.versus, args.seeds))
+        print(versus(results, *args.versus, args.seeds) if "m0" in results else f"{args.json}: no run measured yet")
         return
     results.update(eval_overrides=EVAL, configs=CONFIGS)
     first = next((Path(r["run_dir"]) for r in results["runs"].values() if Path(r["run_dir"]).exists()), None)
