@@ -27,7 +27,7 @@ from isheep_lite.recipe import UserError, dump_yaml
 from isheep_lite.rundir import card
 from isheep_lite.rundir.jsonl import read_jsonl
 from isheep_lite.rundir.store import RunStore
-from isheep_lite.stages import PromoteSummary, Summary
+from isheep_lite.stages import PromoteSummary
 from isheep_lite.stages.context import Context
 
 
@@ -198,4 +198,4 @@ def _up_to(stage: ModuleType) -> Any:
 for _stage in stages.ITERATION[: stages.ITERATION.index(stages.eval)]:  # eval and promote have methods of their own
     setattr(Session, _stage.__name__.rsplit(".", 1)[1], _up_to(_stage))
 
-__all__ = ["Session", "Summary", "data", "run"]
+__all__ = ["Session", "data", "run"]

@@ -72,8 +72,9 @@ def instruction_following(
     result = suite.score(items, [c.text for c in outs])
     result["strict_ci95"] = bootstrap_ci(result["strict_pass"])
     result["tokens"] = sum(c.n_tokens for c in outs)
-    result["answers"] = [
-        {"id": it.kind, "prompt": it.prompt, "answer": c.text, "passed": p} for it, c, p in zip(items, outs, result["strict_pass"])
+    result["answers"] = [  # ids by position: a kind has several topics
+        {"id": f"{it.kind}-{i}", "prompt": it.prompt, "answer": c.text, "passed": p, "kinds": [it.kind]}
+        for i, (it, c, p) in enumerate(zip(items, outs, result["strict_pass"]))
     ]
     return result
 
