@@ -379,15 +379,17 @@ def test_small_subset_below_group_count():
 # --- Punkt, offline -----------------------------------------------------------------------------------------
 
 
-def test_punkt_model_written_once_and_equal_to_the_packaged_one():
-    from nltk.data import FileSystemPathPointer
+def test_punkt_model_written_once_and_equal_to_the_packaged_one(monkeypatch: pytest.MonkeyPatch):
+    import nltk
     from nltk.tokenize.punkt import load_punkt_params
     from punkt.data import english
 
     root = ifeval._nltk_data()
     assert root == Path(os.environ["ISHEEP_CACHE"]) / "nltk_data"
     lang = root / "tokenizers" / "punkt_tab" / "english"
-    params = load_punkt_params(FileSystemPathPointer(str(lang)))
+    # read it the way lm-eval's sentence counting does: found on nltk.data.path (NLTK refuses other paths)
+    monkeypatch.setattr(nltk.data, "path", [str(root), *nltk.data.path])
+    params = load_punkt_params(nltk.data.find("tokenizers/punkt_tab/english/"))
     assert params.abbrev_types == set(english.ABBREV_TYPES)
     assert params.collocations == set(english.COLLOCATIONS)
     assert params.sent_starters == set(english.SENT_STARTERS)
