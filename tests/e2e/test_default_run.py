@@ -32,7 +32,7 @@ def test_two_real_iterations(tmp_path: Path, smol_hf: Path, capsys: pytest.Captu
             "eval.stop_prompts=20",
             "eval.max_tokens=512",
             "eval.ifeval_prompts=9",
-            "eval.suite_prompts=20",
+            "eval.suite_prompts=0",  # off by default; tests/e2e/test_eval_suite.py runs it
             "eval.heldout_prompts=8",
             "eval.knowledge_questions=20",
         ],
@@ -59,10 +59,7 @@ def test_two_real_iterations(tmp_path: Path, smol_hf: Path, capsys: pytest.Captu
         assert sel and sel.kept >= 1 and tr and tr.steps >= 1
         # Each tuned model stops at least as often as the base on the 20 held-out prompts.
         ev = m.get(t, EvalSummary)
-        assert ev and ev.prompts == 20 and ev.suite and ev.ifeval and ev.stop_rate is not None
-        suite = ev.suite
-        assert suite["prompts"] == 20 and 0 <= suite["strict"] <= suite["loose"] <= 1
-        assert suite["strict_ci95"][0] <= suite["strict"] <= suite["strict_ci95"][1]
+        assert ev and ev.prompts == 20 and not ev.suite and ev.ifeval and ev.stop_rate is not None
         ife = ev.ifeval  # a stratified 9 of IFEval (one a group), by the official checker
         assert ife["n_prompts"] == 9 and 0 <= ife["prompt_strict"] <= ife["prompt_loose"] <= 1
         assert ife["untrained"]["prompts"] + ife["trained_part"]["prompts"] == 9
