@@ -77,10 +77,14 @@ def check_model(r: Recipe) -> None:
     by `isheep recipe` and `isheep run`, so both refuse an unsupported model before any work."""
     from isheep_lite.gguf import archs
 
+    rows = []
     if r.model.hf:
-        archs.for_hf(weights.user_hf(r.model.hf))
+        rows.append(archs.for_hf(weights.user_hf(r.model.hf)))
     if not r.model.converter:
-        header.check_arch(header.resolve_gguf(r.model.gguf))
+        info = header.check_arch(header.resolve_gguf(r.model.gguf))
+        rows.append(archs.for_gguf(info.arch, r.model.gguf))
+    if r.export.mode == "adapter" and any(not a.adapter_gguf for a in rows):
+        raise UserError(f"export.mode=adapter: a {rows[0].gguf_arch} model's LoRA adapter is exported merged only; set export.mode=merged")
 
 
 def check_recipe(r: Recipe) -> list[dict[str, str]]:

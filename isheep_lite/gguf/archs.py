@@ -31,6 +31,8 @@ class Arch:
     model_types: tuple[str, ...]  # config.json `model_type`, for a config that names no architecture
     families: str  # what users call the models
     permute_qk: bool  # llama.cpp keeps Q/K rows in its own rotary order: a LoRA B's rows are permuted too
+    from_gguf: bool = True  # transformers reads this GGUF back into weights: a GGUF alone is enough to train
+    adapter_gguf: bool = True  # a GGUF LoRA adapter on the base reproduces the trained model (export.mode: adapter)
 
 
 MATRIX: dict[str, Arch] = {
@@ -38,9 +40,15 @@ MATRIX: dict[str, Arch] = {
     for a in (
         Arch("llama", ("LlamaForCausalLM", "MistralForCausalLM"), ("llama", "mistral"), "Llama 2/3.x, SmolLM2, Mistral", True),
         Arch("qwen2", ("Qwen2ForCausalLM",), ("qwen2",), "Qwen2/2.5", False),
+        Arch("qwen3", ("Qwen3ForCausalLM",), ("qwen3",), "Qwen3 dense", False, from_gguf=False),
+        # the converter reorders the linear-attention heads of the weights; a LoRA adapter is exported merged
+        Arch("qwen35", ("Qwen3_5ForCausalLM",), ("qwen3_5_text",), "Qwen3.5 dense", False, from_gguf=False, adapter_gguf=False),
         Arch("gemma2", ("Gemma2ForCausalLM",), ("gemma2",), "Gemma 2", False),
         Arch("gemma3", ("Gemma3ForCausalLM",), ("gemma3_text",), "Gemma 3 text (270M, 1B)", False),
         Arch("phi3", ("Phi3ForCausalLM",), ("phi3",), "Phi-3/3.5 mini", False),
+        Arch("smollm3", ("SmolLM3ForCausalLM",), ("smollm3",), "SmolLM3", True, from_gguf=False),
+        Arch("olmo2", ("Olmo2ForCausalLM", "Olmo3ForCausalLM"), ("olmo2", "olmo3"), "OLMo 2, Olmo 3", False, from_gguf=False),
+        Arch("granite", ("GraniteForCausalLM",), ("granite",), "Granite 3.x dense", True, from_gguf=False),
     )
 }
 

@@ -23,12 +23,18 @@ def _compile(template: str) -> Any:
 
 
 def render_chat(info: GgufInfo, messages: list[dict[str, str]], add_generation_prompt: bool) -> str:
-    """The model's own chat template, rendered as transformers and llama.cpp render it."""
+    """The model's own chat template, rendered as transformers and llama.cpp render it.
+
+    Always through the template's no-think path (`enable_thinking=False`, which Qwen3, Qwen3.5 and
+    SmolLM3 read; other templates ignore it): instructions, answers and grades are written without
+    a reasoning block, and the training text is what the template makes of an answer without one.
+    """
     if not info.chat_template:
         raise UserError("this GGUF has no chat template (tokenizer.chat_template); use a chat/instruct model")
     return _compile(info.chat_template).render(
         messages=messages,
         add_generation_prompt=add_generation_prompt,
+        enable_thinking=False,
         bos_token=info.bos or "",
         eos_token=info.eos or "",
     )

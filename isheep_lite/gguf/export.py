@@ -105,7 +105,10 @@ def write_lora_gguf(adapter_dir: Path, config: Mapping[str, Any], template: Path
 
     reader = gguf.GGUFReader(str(template))
     arch = str(reader.fields["general.architecture"].contents())
-    permute = archs.for_gguf(arch, str(template)).permute_qk
+    row = archs.for_gguf(arch, str(template))
+    if not row.adapter_gguf:
+        raise UserError(f"{template.name}: a {arch} model's LoRA adapter is not exported as a GGUF adapter; set export.mode=merged")
+    permute = row.permute_qk
     arch_enum = {v: k for k, v in gguf.MODEL_ARCH_NAMES.items()}[arch]
     name_map = gguf.get_tensor_name_map(arch_enum, int(config["num_hidden_layers"]))
     pairs, alpha = lora_pairs(adapter_dir)
@@ -265,6 +268,9 @@ def _export_class(base: type, template: Path) -> type:
 
     class Export(base):  # type: ignore[misc, valid-type]
         model_arch = base.model_arch
+        # multi-token-prediction layers (Qwen3.5) are left out, as the converter's --no-mtp does:
+        # training does not touch them and llama.cpp generates without them
+        no_mtp = base.supports_mtp_export
 
         def set_vocab(self) -> None:
             for key, value, vtype, sub in _template_fields(reader, "tokenizer."):

@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 
 from isheep_lite.gguf.header import GgufInfo, _gguf_key, cache_root, check_gguf, gguf_info, joined_gguf
-from isheep_lite.gguf import rope
+from isheep_lite.gguf import archs, rope
 from isheep_lite.recipe import UserError
 
 
@@ -129,11 +129,18 @@ def available_ram() -> int | None:
 
 
 def check_dequantisable(gguf_path: Path) -> None:
-    """Refuse, before any work, a GGUF-only model this machine cannot dequantise into HF weights:
-    transformers' GGUF reader needs about DEQUANTISE_BYTES_PER_PARAM bytes of RAM per parameter."""
+    """Refuse, before any work, a GGUF-only model that cannot be dequantised into HF weights: an
+    architecture transformers' GGUF reader does not know (archs.py's `from_gguf`), or one this machine
+    has too little RAM for (the reader needs about DEQUANTISE_BYTES_PER_PARAM bytes per parameter)."""
+    info = gguf_info(gguf_path)
+    if not archs.for_gguf(info.arch, gguf_path.name).from_gguf:
+        raise UserError(
+            f"{gguf_path.name}: transformers cannot read a {info.arch} GGUF back into weights to train; "
+            "give the model's HF weights as model.hf (a local directory or an HF-cache id)"
+        )
     if (dequantised_dir(gguf_path) / "config.json").is_file():
         return
-    need = int(DEQUANTISE_BYTES_PER_PARAM * gguf_info(gguf_path).n_params + 0.5e9)
+    need = int(DEQUANTISE_BYTES_PER_PARAM * info.n_params + 0.5e9)
     free = available_ram()
     if free is not None and need > free:
         raise UserError(

@@ -131,6 +131,8 @@ def test_generation_scoring_training_and_backends_see_one_bos(
     assert (info.bos, info.eos, info.chat_template) == (fam.bos, fam.eos, fam.template)
     prompt, completion = chat.split_prompt_completion(info, CONVERSATION)
     assert prompt.startswith(fam.bos) == fam.prints_bos
+    if "enable_thinking" in fam.template:  # the template's own no-think path: an empty reasoning block, none trained
+        assert prompt.endswith("<|im_start|>assistant\n<think>\n\n</think>\n\n") and "<think>" not in completion
 
     vocab = Llama(model_path=str(path), vocab_only=True, verbose=False)
     try:

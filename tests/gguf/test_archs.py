@@ -109,6 +109,81 @@ def _phi3(vocab: int, **ids: Any) -> Any:
     return Phi3ForCausalLM(cfg)
 
 
+def _qwen3(vocab: int, **ids: Any) -> Any:
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    return Qwen3ForCausalLM(Qwen3Config(vocab_size=vocab, head_dim=16, **COMMON, **ids))
+
+
+def _qwen3_5(vocab: int, **ids: Any) -> Any:
+    from transformers import Qwen3_5ForCausalLM, Qwen3_5TextConfig
+
+    # Qwen3.5's hybrid: three gated-delta-net (linear attention) layers, then one full-attention
+    # layer with a gated output; its real head size and interleaved multimodal RoPE on a quarter of it
+    rope = {
+        "rope_type": "default",
+        "rope_theta": 10000000.0,
+        "partial_rotary_factor": 0.25,
+        "mrope_section": [11, 11, 10],
+        "mrope_interleaved": True,
+    }
+    cfg = Qwen3_5TextConfig(
+        vocab_size=vocab,
+        head_dim=256,
+        rope_parameters=rope,
+        linear_key_head_dim=16,
+        linear_value_head_dim=16,
+        linear_num_key_heads=2,
+        linear_num_value_heads=4,
+        layer_types=["linear_attention"] * 3 + ["full_attention"],
+        **{**COMMON, "num_hidden_layers": 4},
+        **ids,
+    )
+    return Qwen3_5ForCausalLM(cfg)
+
+
+def _smollm3(vocab: int, **ids: Any) -> Any:
+    from transformers import SmolLM3Config, SmolLM3ForCausalLM
+
+    # every fourth layer without RoPE, as SmolLM3 ships
+    cfg = SmolLM3Config(vocab_size=vocab, no_rope_layers=[1, 1, 1, 0], pad_token_id=None, **{**COMMON, "num_hidden_layers": 4}, **ids)
+    return SmolLM3ForCausalLM(cfg)
+
+
+def _olmo2(vocab: int, **ids: Any) -> Any:
+    from transformers import Olmo2Config, Olmo2ForCausalLM
+
+    # untied output embeddings, as OLMo 2 ships (llama.cpp's olmo2 reads output.weight)
+    return Olmo2ForCausalLM(Olmo2Config(vocab_size=vocab, **{**COMMON, "tie_word_embeddings": False}, **ids))
+
+
+def _olmo3(vocab: int, **ids: Any) -> Any:
+    from transformers import Olmo3Config, Olmo3ForCausalLM
+
+    # Olmo 3's pattern: three sliding-window layers, then one full
+    layers = ["sliding_attention"] * 3 + ["full_attention"]
+    cfg = Olmo3Config(
+        vocab_size=vocab, sliding_window=128, layer_types=layers, **{**COMMON, "num_hidden_layers": 4, "tie_word_embeddings": False}, **ids
+    )
+    return Olmo3ForCausalLM(cfg)
+
+
+def _granite(vocab: int, **ids: Any) -> Any:
+    from transformers import GraniteConfig, GraniteForCausalLM
+
+    # Granite's four multipliers, each away from 1 so that losing one shows
+    cfg = GraniteConfig(
+        vocab_size=vocab,
+        embedding_multiplier=12.0,
+        residual_multiplier=0.22,
+        attention_multiplier=0.0625,
+        logits_scaling=8.0,
+        **COMMON,
+        **ids,
+    )
+    return GraniteForCausalLM(cfg)
+
+
 BUILDERS: dict[str, Callable[..., Any]] = {
     "llama3": _llama3,
     "mistral": _mistral,
@@ -116,6 +191,12 @@ BUILDERS: dict[str, Callable[..., Any]] = {
     "gemma2": _gemma2,
     "gemma3": _gemma3,
     "phi3": _phi3,
+    "qwen3": _qwen3,
+    "qwen3_5": _qwen3_5,
+    "smollm3": _smollm3,
+    "olmo2": _olmo2,
+    "olmo3": _olmo3,
+    "granite": _granite,
 }
 
 
@@ -183,11 +264,37 @@ def _agreement(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
     return float((a.argmax(-1) == b.argmax(-1)).mean()), float(np.abs(a - b).max())
 
 
+def _check_gguf_only_input(kind: str, tokenizer: Any, gguf: Path, tmp_path: Path) -> None:
+    """A user who gives only a GGUF: where the row says transformers reads it back, the HF weights
+    the toolkit trains on (dequantised, RoPE scaling restored from the GGUF) compute what llama.cpp
+    computes from that GGUF, past the original context where the model scales RoPE; elsewhere the
+    GGUF alone is refused before any work, asking for the HF weights."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    if not archs.for_gguf(header.gguf_info(gguf).arch, str(gguf)).from_gguf:
+        with pytest.raises(UserError, match="give the model's HF weights as model.hf"):
+            weights.check_dequantisable(gguf)
+        return
+    hf = tmp_path / "from-gguf"
+    weights.gguf_to_hf(gguf, hf)
+    ids = np.random.default_rng(2).integers(100, len(tokenizer), N_POSITIONS).tolist()
+    model = AutoModelForCausalLM.from_pretrained(str(hf), dtype=torch.float32, attn_implementation="eager").eval()
+    with torch.no_grad():
+        expected = model(torch.tensor([ids])).logits[0].numpy()
+    top1, delta = _agreement(_llama_logits(gguf, ids), expected)
+    print(f"{kind}: GGUF-only input top-1 agreement {top1:.4f}, max |Δlogit| {delta:.4g}")
+    assert top1 >= 0.99, f"{kind}: HF weights made from the GGUF agree with llama.cpp on {top1:.1%} of positions"
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", list(BUILDERS))
 def test_trained_model_exports_faithfully(kind: str, tokenizer: Any, smol_gguf: Path, tmp_path: Path) -> None:
     hf, base_gguf = _user_model(kind, tokenizer, smol_gguf, tmp_path)
-    assert header.gguf_info(base_gguf).n_ctx_train == 1024, "context length must survive the export"
+    info = header.gguf_info(base_gguf)
+    assert info.n_ctx_train == 1024, "context length must survive the export"
+    assert archs.for_hf(hf) == archs.for_gguf(info.arch, str(base_gguf)), "the HF config and its GGUF name one row"
+    _check_gguf_only_input(kind, tokenizer, base_gguf, tmp_path)
     convo = [{"role": "user", "content": "Name a colour."}, {"role": "assistant", "content": "Blue, like the sea."}]
     cfg = TrainConfig(lora_r=8, lora_alpha=16, lora_dropout=0.0, lr=5e-2, epochs=3, batch_size=2, warmup_steps=0)
     _train_here([convo] * 4, hf, base_gguf, tmp_path / "run", cfg)
@@ -208,7 +315,13 @@ def test_trained_model_exports_faithfully(kind: str, tokenizer: Any, smol_gguf: 
     lora = tmp_path / "adapter-f32.gguf"
     import json
 
-    export.write_lora_gguf(adapter, json.loads((hf / "config.json").read_text()), base_gguf, lora, "f32")
+    config = json.loads((hf / "config.json").read_text())
+    if not archs.for_gguf(info.arch, str(base_gguf)).adapter_gguf:  # merged only: the adapter is refused, not written wrong
+        with pytest.raises(UserError, match="set export.mode=merged"):
+            export.write_lora_gguf(adapter, config, base_gguf, lora, "f32")
+        assert not lora.exists()
+        return
+    export.write_lora_gguf(adapter, config, base_gguf, lora, "f32")
     top1, delta = _agreement(_llama_logits(base_gguf, ids, lora), expected)
     print(f"{kind}: GGUF LoRA adapter top-1 agreement {top1:.4f}, max |Δlogit| {delta:.4g}")
     assert top1 >= 0.99, f"{kind}: base + GGUF adapter agrees with transformers on {top1:.1%} of positions"
@@ -255,6 +368,28 @@ def _gpt2_gguf(path: Path) -> Path:
     return path
 
 
+def test_adapter_mode_is_refused_up_front_where_the_row_exports_merged_only(tmp_path: Path) -> None:
+    import gguf
+    import subprocess
+    import sys
+
+    w = gguf.GGUFWriter(str(tmp_path / "qwen35.gguf"), "qwen35")  # a Qwen3.5 header with a chat template
+    w.add_block_count(1)
+    w.add_context_length(64)
+    w.add_chat_template("{% for m in messages %}{{ m['content'] }}{% endfor %}")
+    w.add_tensor("token_embd.weight", np.zeros((8, 4), dtype=np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    argv = [sys.executable, "-m", "isheep_lite", "recipe", f"model.gguf={tmp_path / 'qwen35.gguf'}", "model.hf=" + str(tmp_path)]
+    (tmp_path / "config.json").write_text('{"architectures": ["Qwen3_5ForCausalLM"], "model_type": "qwen3_5_text"}')
+    proc = subprocess.run([*argv, "export.mode=adapter"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
+        "error: export.mode=adapter: a qwen35 model's LoRA adapter is exported merged only; set export.mode=merged"
+    ], proc.stderr
+
+
 @pytest.mark.parametrize("command", ["recipe", "run"])
 def test_unsupported_gguf_is_refused_before_any_work(command: str, tmp_path: Path) -> None:
     import subprocess
@@ -272,27 +407,6 @@ def test_unsupported_gguf_is_refused_before_any_work(command: str, tmp_path: Pat
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "architecture 'gpt2' is not supported" in lines[0] and "qwen2" in lines[0], proc.stderr
     assert not runs.exists(), "nothing may be written for a refused model"
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("kind", list(BUILDERS))
-def test_gguf_only_input_keeps_the_model(kind: str, tokenizer: Any, smol_gguf: Path, tmp_path: Path) -> None:
-    """A user who gives only a GGUF: the HF weights the toolkit trains on (dequantised by
-    transformers, RoPE scaling restored from the GGUF) compute what llama.cpp computes from that
-    GGUF, past the original context where the model scales RoPE."""
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    _, gguf = _user_model(kind, tokenizer, smol_gguf, tmp_path)
-    hf = tmp_path / "from-gguf"
-    weights.gguf_to_hf(gguf, hf)
-    ids = np.random.default_rng(2).integers(100, len(tokenizer), N_POSITIONS).tolist()
-    model = AutoModelForCausalLM.from_pretrained(str(hf), dtype=torch.float32, attn_implementation="eager").eval()
-    with torch.no_grad():
-        expected = model(torch.tensor([ids])).logits[0].numpy()
-    top1, delta = _agreement(_llama_logits(gguf, ids), expected)
-    print(f"{kind}: GGUF-only input top-1 agreement {top1:.4f}, max |Δlogit| {delta:.4g}")
-    assert top1 >= 0.99, f"{kind}: HF weights made from the GGUF agree with llama.cpp on {top1:.1%} of positions"
 
 
 @pytest.mark.slow
