@@ -129,6 +129,9 @@ def eval_cmd(
         f"eval.knowledge_questions={knowledge}",
     ]
     r = recipe.load(None, [*sets, *engine])
+    for named in (model, against, judge):  # each checked before any work: in the matrix (archs.py), with a chat template
+        if named:
+            header.check_arch(header.resolve_gguf(named))
     served = Served(header.resolve_gguf(model), tuple(header.resolve_gguf(a) for a in lora or []))
     reference = None
     with Engines(r) as engines:

@@ -390,15 +390,16 @@ def test_adapter_mode_is_refused_up_front_where_the_row_exports_merged_only(tmp_
     ], proc.stderr
 
 
-@pytest.mark.parametrize("command", ["recipe", "run"])
+@pytest.mark.parametrize("command", ["recipe", "run", "eval"])
 def test_unsupported_gguf_is_refused_before_any_work(command: str, tmp_path: Path) -> None:
     import subprocess
     import sys
 
     model = _gpt2_gguf(tmp_path / "gpt2.gguf")
     runs = tmp_path / "runs"
+    args = [str(model)] if command == "eval" else [f"model.gguf={model}", f"runs_dir={runs}"]
     proc = subprocess.run(
-        [sys.executable, "-m", "isheep_lite", command, f"model.gguf={model}", f"runs_dir={runs}"],
+        [sys.executable, "-m", "isheep_lite", command, *args],
         capture_output=True,
         text=True,
         timeout=300,
