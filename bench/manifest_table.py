@@ -97,16 +97,21 @@ def main() -> None:
                 print(f"| {t} | {stage} | {e.seconds:.0f} | {counts(e)} |")
     total = sum(sum(m.seconds(t).values()) for t in m.iterations(with_base=True))
     print(f"| | **total** | **{total:.0f}** | |")
+    evals = {t: ev for t in m.iterations(with_base=True) if (ev := m.get(t, EvalSummary))}
+    suite = any(ev.suite for ev in evals.values())  # the suite's columns only where it ran
     print(
-        "\n| model | stop rate | mean answer tokens | IFEval loose (95 % CI) | suite strict (95 % CI) | suite loose | second set: whole prompts, "
-        "constraints kept | knowledge (95 % CI) | promote |\n|---|---:|---:|---|---:|---:|---:|---:|---|"
+        "\n| model | stop rate | mean answer tokens | IFEval loose (95 % CI) | "
+        + ("suite strict (95 % CI) | suite loose | " if suite else "")
+        + "second set: whole prompts, constraints kept | knowledge (95 % CI) | promote |\n|---|---:|---:|---|"
+        + ("---:|---:|" if suite else "")
+        + "---:|---:|---|"
     )
-    for t in m.iterations(with_base=True):
-        if ev := m.get(t, EvalSummary):
-            print(
-                f"| M_{t} | {ev.stop_rate} | {ev.mean_tokens} | {ifeval_cell(ev)} | {suite_cells(ev)} | {heldout_cell(ev)} | {knowledge_cell(ev)} "
-                f"| {promote_cell(m, t)} |"
-            )
+    for t, ev in evals.items():
+        print(
+            f"| M_{t} | {ev.stop_rate} | {ev.mean_tokens} | {ifeval_cell(ev)} | "
+            + (f"{suite_cells(ev)} | " if suite else "")
+            + f"{heldout_cell(ev)} | {knowledge_cell(ev)} | {promote_cell(m, t)} |"
+        )
     if args.save:
         args.save.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(args.run_dir / "manifest.json", args.save)
