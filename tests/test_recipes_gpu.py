@@ -18,6 +18,7 @@ RECIPES = {
     "qwen2.5-7b-24gb.yaml": Shape(28, 3584, 18944, 28, 4, 128, 152064, False),
     "llama3.1-8b-24gb.yaml": Shape(32, 4096, 14336, 32, 8, 128, 128256, False),
     "qwen2.5-1.5b-colab-t4.yaml": Shape(28, 1536, 8960, 12, 2, 128, 151936, True),
+    "qwen3-8b-24gb.yaml": Shape(36, 4096, 12288, 32, 8, 128, 151936, False),
 }
 
 
@@ -50,7 +51,11 @@ def test_gpu_recipe_loads_and_its_memory_comment_is_the_planners(name: str) -> N
 
 
 # Published Q4_K_M file sizes (bartowski's / Qwen's GGUF repositories on the Hugging Face Hub), bytes.
-Q4_K_M_BYTES = {"qwen2.5-7b-24gb.yaml": 4_683_073_760, "llama3.1-8b-24gb.yaml": 4_920_734_016}
+Q4_K_M_BYTES = {
+    "qwen2.5-7b-24gb.yaml": 4_683_073_760,
+    "llama3.1-8b-24gb.yaml": 4_920_734_016,
+    "qwen3-8b-24gb.yaml": 5_030_000_000,  # bartowski's Qwen_Qwen3-8B-Q4_K_M.gguf, listed as 5.03 GB
+}
 
 
 @pytest.mark.parametrize("name", Q4_K_M_BYTES)
@@ -99,6 +104,7 @@ HF_WEIGHTS = {
     "llama3.1-8b-24gb.yaml": (16.1e9, 5.0e9),
     "qwen2.5-7b-24gb.yaml": (15.2e9, 3.9e9),
     "qwen2.5-1.5b-colab-t4.yaml": (3.1e9, 3.1e9),
+    "qwen3-8b-24gb.yaml": (16.4e9, 4.0e9),
 }
 
 
