@@ -145,6 +145,7 @@ class GgufInfo:
     n_head_kv: int = 0
     head_dim: int = 0
     tied: bool = True  # no separate output.weight: the output layer reuses the token embeddings
+    rope_dims: int = 0  # <arch>.rope.dimension_count: fewer than head_dim where RoPE covers part of each head
     general: tuple[tuple[str, Any], ...] = ()  # the general.* metadata (name, license, …), as (key without "general.", value)
 
 
@@ -205,6 +206,7 @@ def gguf_info(path: Path) -> GgufInfo:
         n_head_kv=num("attention.head_count_kv") or heads,
         head_dim=num("attention.key_length") or (num("embedding_length") // heads if heads else 0),
         tied=not any(t.name == "output.weight" for r in readers for t in r.tensors),
+        rope_dims=num("rope.dimension_count"),
         kv_bytes_per_cell=kv_bytes_per_cell(meta, arch),
         n_layers=int(meta.get(f"{arch}.block_count") or 0),
         n_ctx_train=int(meta.get(f"{arch}.context_length") or 0),

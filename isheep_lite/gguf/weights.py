@@ -138,6 +138,11 @@ def check_dequantisable(gguf_path: Path) -> None:
             f"{gguf_path.name}: transformers cannot read a {info.arch} GGUF back into weights to train; "
             "give the model's HF weights as model.hf (a local directory or an HF-cache id)"
         )
+    if 0 < info.rope_dims < info.head_dim:
+        raise UserError(
+            f"{gguf_path.name}: its rotary embedding covers {info.rope_dims} of each head's {info.head_dim} dimensions, "
+            "which transformers' GGUF reader drops; give the model's HF weights as model.hf (a local directory or an HF-cache id)"
+        )
     if (dequantised_dir(gguf_path) / "config.json").is_file():
         return
     need = int(DEQUANTISE_BYTES_PER_PARAM * info.n_params + 0.5e9)

@@ -184,6 +184,31 @@ def _granite(vocab: int, **ids: Any) -> Any:
     return GraniteForCausalLM(cfg)
 
 
+def _phi4_mini(vocab: int, **ids: Any) -> Any:
+    from transformers import Phi3Config, Phi3ForCausalLM
+
+    # Phi-4-mini: a phi3 config whose rotary embedding covers three quarters of each head, longrope-scaled
+    rotary_half = int(16 * 0.75) // 2
+    rope = {
+        "rope_type": "longrope",
+        "rope_theta": 10000.0,
+        "partial_rotary_factor": 0.75,
+        "original_max_position_embeddings": 256,
+        "short_factor": [1.0 + 0.1 * i for i in range(rotary_half)],
+        "long_factor": [1.0 + 0.5 * i for i in range(rotary_half)],
+    }
+    cfg = Phi3Config(
+        vocab_size=vocab,
+        rope_parameters=rope,
+        partial_rotary_factor=0.75,
+        original_max_position_embeddings=256,
+        pad_token_id=None,
+        **{**COMMON, "tie_word_embeddings": True},
+        **ids,
+    )
+    return Phi3ForCausalLM(cfg)
+
+
 BUILDERS: dict[str, Callable[..., Any]] = {
     "llama3": _llama3,
     "mistral": _mistral,
@@ -191,6 +216,7 @@ BUILDERS: dict[str, Callable[..., Any]] = {
     "gemma2": _gemma2,
     "gemma3": _gemma3,
     "phi3": _phi3,
+    "phi4_mini": _phi4_mini,
     "qwen3": _qwen3,
     "qwen3_5": _qwen3_5,
     "smollm3": _smollm3,
@@ -272,7 +298,8 @@ def _check_gguf_only_input(kind: str, tokenizer: Any, gguf: Path, tmp_path: Path
     import torch
     from transformers import AutoModelForCausalLM
 
-    if not archs.for_gguf(header.gguf_info(gguf).arch, str(gguf)).from_gguf:
+    info = header.gguf_info(gguf)
+    if not archs.for_gguf(info.arch, str(gguf)).from_gguf or 0 < info.rope_dims < info.head_dim:  # Phi-4-mini's partial RoPE
         with pytest.raises(UserError, match="give the model's HF weights as model.hf"):
             weights.check_dequantisable(gguf)
         return
