@@ -42,16 +42,31 @@ class EvalSummary(Summary):
             entry = {**entry, "suite": old, "ifeval": None}
         return super().from_entry(entry)
 
-    def outcomes(self) -> dict[str, tuple[str, list[float]]]:
+    def marks(self) -> dict[str, tuple[list[Any], list[bool]]]:
+        """Per marked set: (its prompts — IFEval's keys, else their count —, which are of trained kinds)."""
+        out = {}
+        for name in ("ifeval", "heldout"):
+            s = getattr(self, name)
+            if s and "trained" in s:
+                out[name] = (s.get("keys") or [len(s["trained"])], list(s["trained"]))
+        return out
+
+    def outcomes(self, marks: dict[str, tuple[list[Any], list[bool]]] | None = None) -> dict[str, tuple[str, list[float]]]:
         """What promotion compares, per set: (the metric, its per-prompt values). IFEval and the second
-        set count only their prompts whose constraint kinds training does not see (measure.py)."""
+        set count only their prompts whose constraint kinds training does not see (measure.py) —
+        by `marks` (another model's `marks()`: the run's recipe decides what is trained) where the
+        set's prompts are the same, else by this model's own."""
         out: dict[str, tuple[str, list[float]]] = {}
         if self.samples:
             out["stop"] = ("stopped", measure.stopped(self.to_entry()))
+        own = self.marks()
         for name, metric, values in (("ifeval", "prompt_loose", "per_prompt_loose"), ("heldout", "constraints_kept", "constraints_kept")):
             s = getattr(self, name)
             if s and values in s and "trained" in s:
-                out[name] = (f"{metric} of untrained prompts", [float(x) for x, m in zip(s[values], s["trained"]) if not m])
+                prompts, trained = (marks or {}).get(name, own[name])
+                if prompts != own[name][0]:
+                    trained = own[name][1]
+                out[name] = (f"{metric} of untrained prompts", [float(x) for x, m in zip(s[values], trained) if not m])
             elif s:  # measured before prompts were marked trained: named apart, so it never compares with the new metric
                 out[name] = (f"{metric} of every prompt", [float(x) for x in s.get(values) or s["strict_pass"]])
         if self.knowledge:

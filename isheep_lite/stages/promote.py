@@ -51,7 +51,9 @@ def _decide(ctx: Context) -> PromoteSummary:
     sets: dict[str, dict[str, Any]] = {}
     for ref, t in (("best", ctx.best), ("m0", 0)):
         old = ctx.done(EvalSummary, t=t)
-        a = old.outcomes() if old else {}
+        # which prompts are of trained kinds is the run's recipe's question, asked once: an older
+        # model's evaluation (M_0's, shared from another run) is read with M_t's marks
+        a = old.outcomes(new.marks() if new else None) if old else {}
         for name in sorted(set(a) & set(b)):
             (m_old, x_old), (m_new, x_new) = a[name], b[name]
             if m_old != m_new or len(x_old) != len(x_new):

@@ -75,13 +75,13 @@ def test_promote_latest_keeps_the_flag_but_promotes(tmp_path: Path, tiny: dict[s
 
 def _run(tmp_path: Path, tiny: dict[str, Path], monkeypatch: pytest.MonkeyPatch, scores: dict[int, dict[str, Any]], *extra: str):
     """loop.run where iteration t's model scores `scores[t]`: a rate per set — ifeval, heldout (the share
-    of each prompt's constraints kept), knowledge, stop — a set left out is not measured."""
+    of each prompt's constraints kept), knowledge, stop — a set left out is not measured; ifeval_prompts sets how many IFEval prompts (100 unless given)."""
 
     def fake_checks(model: Served, r: config.Recipe, engines: Any, reference: Any = None, judge: Any = None) -> dict[str, Any]:
         s = scores[iteration_of(model)]
         out: dict[str, Any] = {}
         if "ifeval" in s:
-            out["ifeval"] = fake_ifeval(s["ifeval"], 100, trained=s.get("ifeval_trained_prompts", 0))
+            out["ifeval"] = fake_ifeval(s["ifeval"], s.get("ifeval_prompts", 100), trained=s.get("ifeval_trained_prompts", 0))
         if "heldout" in s:
             kept = s["heldout"]
             out["heldout"] = {
@@ -192,7 +192,7 @@ def test_promotion_decides_on_the_prompts_whose_kinds_training_does_not_see(
 def test_a_set_measured_two_ways_is_refused_on_resume(tmp_path: Path, tiny: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
     # M_0 measured on 100 IFEval prompts, M_1 (after a recipe edit) on 60: one line, nothing compared
     with pytest.raises(UserError, match="cannot be compared"):
-        _run(tmp_path, tiny, monkeypatch, {0: {"ifeval": 0.3}, 1: {"ifeval": 0.3, "ifeval_trained_prompts": 40}})
+        _run(tmp_path, tiny, monkeypatch, {0: {"ifeval": 0.3}, 1: {"ifeval": 0.3, "ifeval_prompts": 60}})
 
 
 def test_no_trained_constraint_kind_reaches_a_set_the_guard_decides_on() -> None:
@@ -273,3 +273,21 @@ def test_empty_answers_are_decided_by_rule_not_by_the_judge(tiny_engine: Engine)
 def test_pairwise_on_a_real_engine(tiny_engine: Engine) -> None:
     out = measure.pairwise(tiny_engine, ["Name a colour."], ["Blue."], ["Green."])
     assert out["win"] + out["tie"] + out["loss"] == 1 and 0 <= out["score"] <= 1
+
+
+def test_an_older_evaluation_is_read_with_the_runs_own_trained_marks() -> None:
+    """M_0's evaluation shared from a run whose recipe trained other kinds (a sweep's fork) is read
+    with M_t's marks when the prompts are the same, so both count the same prompts; over other
+    prompts each keeps its own."""
+    from isheep_lite.stages.eval import EvalSummary
+
+    def summary(keys: list[int], loose: list[int], trained: list[bool]) -> EvalSummary:
+        return EvalSummary(ifeval={"keys": keys, "per_prompt_loose": loose, "trained": trained})
+
+    m0 = summary([1, 2, 3, 4], [1, 0, 1, 0], [True, True, False, False])  # its run trained two kinds
+    mt = summary([1, 2, 3, 4], [0, 0, 1, 1], [False, False, False, False])  # this run trains none
+    assert m0.outcomes()["ifeval"][1] == [1.0, 0.0]
+    assert m0.outcomes(mt.marks())["ifeval"] == ("prompt_loose of untrained prompts", [1.0, 0.0, 1.0, 0.0])
+    assert len(m0.outcomes(mt.marks())["ifeval"][1]) == len(mt.outcomes()["ifeval"][1])
+    other = summary([5, 6, 7, 8], [1, 1, 0, 0], [True, False, False, False])
+    assert m0.outcomes(other.marks())["ifeval"][1] == [1.0, 0.0]  # other prompts: its own marks
