@@ -85,6 +85,11 @@ def check_model(r: Recipe) -> None:
         rows.append(archs.for_gguf(info.arch, r.model.gguf))
     if r.export.mode == "adapter" and any(not a.adapter_gguf for a in rows):
         raise UserError(f"export.mode=adapter: a {rows[0].gguf_arch} model's LoRA adapter is exported merged only; set export.mode=merged")
+    if r.model.backend == "transformers" and any(not a.from_gguf for a in rows):
+        raise UserError(
+            f"model.backend=transformers loads each model from its GGUF, which transformers does not read back "
+            f"exactly for a {rows[0].gguf_arch} model; use model.backend=llama_cpp"
+        )
 
 
 def check_recipe(r: Recipe) -> list[dict[str, str]]:

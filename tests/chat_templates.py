@@ -1,9 +1,12 @@
 """Chat templates as each family's tokenizer_config.json ships them, with the tokens a test GGUF
-needs to carry each one (tests/engines/test_tokens.py, tests/gguf/test_modelfile.py)."""
+needs to carry each one, and a small GGUF that carries them (tests/engines/test_tokens.py,
+tests/gguf/test_modelfile.py, tests/e2e/test_thinking_models.py)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 # ---- the families' chat templates, as their tokenizer_config.json ships them ----------------------
 SMOLLM2 = (  # HuggingFaceTB/SmolLM2-135M-Instruct (also the embedded GGUF's)
@@ -303,6 +306,110 @@ QWEN3 = r"""{%- if tools %}
     {%- endif %}
 {%- endif %}"""
 
+# Qwen/Qwen3.5-0.8B … Qwen3.5-27B (multimodal content parts; no default system turn; a user query is
+# required; the answer after the last query gets a reasoning block, an earlier one none; the
+# generation prompt opens a reasoning block unless `enable_thinking=False` closes it empty; its
+# tool-calling branch is left out: the toolkit sends no tools)
+QWEN35 = r"""{%- set image_count = namespace(value=0) %}
+{%- set video_count = namespace(value=0) %}
+{%- macro render_content(content, do_vision_count, is_system_content=false) %}
+    {%- if content is string %}
+        {{- content }}
+    {%- elif content is iterable and content is not mapping %}
+        {%- for item in content %}
+            {%- if 'image' in item or 'image_url' in item or item.type == 'image' %}
+                {%- if is_system_content %}
+                    {{- raise_exception('System message cannot contain images.') }}
+                {%- endif %}
+                {%- if do_vision_count %}
+                    {%- set image_count.value = image_count.value + 1 %}
+                {%- endif %}
+                {%- if add_vision_id %}
+                    {{- 'Picture ' ~ image_count.value ~ ': ' }}
+                {%- endif %}
+                {{- '<|vision_start|><|image_pad|><|vision_end|>' }}
+            {%- elif 'video' in item or item.type == 'video' %}
+                {%- if is_system_content %}
+                    {{- raise_exception('System message cannot contain videos.') }}
+                {%- endif %}
+                {%- if do_vision_count %}
+                    {%- set video_count.value = video_count.value + 1 %}
+                {%- endif %}
+                {%- if add_vision_id %}
+                    {{- 'Video ' ~ video_count.value ~ ': ' }}
+                {%- endif %}
+                {{- '<|vision_start|><|video_pad|><|vision_end|>' }}
+            {%- elif 'text' in item %}
+                {{- item.text }}
+            {%- else %}
+                {{- raise_exception('Unexpected item type in content.') }}
+            {%- endif %}
+        {%- endfor %}
+    {%- elif content is none or content is undefined %}
+        {{- '' }}
+    {%- else %}
+        {{- raise_exception('Unexpected content type.') }}
+    {%- endif %}
+{%- endmacro %}
+{%- if not messages %}
+    {{- raise_exception('No messages provided.') }}
+{%- endif %}
+{%- if messages[0].role == 'system' %}
+    {%- set content = render_content(messages[0].content, false, true)|trim %}
+    {{- '<|im_start|>system\n' + content + '<|im_end|>\n' }}
+{%- endif %}
+{%- set ns = namespace(multi_step_tool=true, last_query_index=messages|length - 1) %}
+{%- for message in messages[::-1] %}
+    {%- set index = (messages|length - 1) - loop.index0 %}
+    {%- if ns.multi_step_tool and message.role == "user" %}
+        {%- set content = render_content(message.content, false)|trim %}
+        {%- if not(content.startswith('<tool_response>') and content.endswith('</tool_response>')) %}
+            {%- set ns.multi_step_tool = false %}
+            {%- set ns.last_query_index = index %}
+        {%- endif %}
+    {%- endif %}
+{%- endfor %}
+{%- if ns.multi_step_tool %}
+    {{- raise_exception('No user query found in messages.') }}
+{%- endif %}
+{%- for message in messages %}
+    {%- set content = render_content(message.content, true)|trim %}
+    {%- if message.role == "system" %}
+        {%- if not loop.first %}
+            {{- raise_exception('System message must be at the beginning.') }}
+        {%- endif %}
+    {%- elif message.role == "user" %}
+        {{- '<|im_start|>' + message.role + '\n' + content + '<|im_end|>' + '\n' }}
+    {%- elif message.role == "assistant" %}
+        {%- set reasoning_content = '' %}
+        {%- if message.reasoning_content is string %}
+            {%- set reasoning_content = message.reasoning_content %}
+        {%- else %}
+            {%- if '</think>' in content %}
+                {%- set reasoning_content = content.split('</think>')[0].rstrip('\n').split('<think>')[-1].lstrip('\n') %}
+                {%- set content = content.split('</think>')[-1].lstrip('\n') %}
+            {%- endif %}
+        {%- endif %}
+        {%- set reasoning_content = reasoning_content|trim %}
+        {%- if loop.index0 > ns.last_query_index %}
+            {{- '<|im_start|>' + message.role + '\n<think>\n' + reasoning_content + '\n</think>\n\n' + content }}
+        {%- else %}
+            {{- '<|im_start|>' + message.role + '\n' + content }}
+        {%- endif %}
+        {{- '<|im_end|>\n' }}
+    {%- else %}
+        {{- raise_exception('Unexpected message role.') }}
+    {%- endif %}
+{%- endfor %}
+{%- if add_generation_prompt %}
+    {{- '<|im_start|>assistant\n' }}
+    {%- if enable_thinking is defined and enable_thinking is false %}
+        {{- '<think>\n\n</think>\n\n' }}
+    {%- else %}
+        {{- '<think>\n' }}
+    {%- endif %}
+{%- endif %}"""
+
 MISTRAL = (  # mistralai/Mistral-7B-Instruct-v0.2 ([INST] is plain text in its vocabulary)
     "{{ bos_token }}{% for message in messages %}{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}"
     "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{% endif %}"
@@ -334,6 +441,7 @@ FAMILIES = {
     "smollm2": Family(SMOLLM2, prints_bos=True),  # its BOS id is <|im_start|>, which starts every ChatML turn
     "qwen2.5": Family(QWEN25, bos="<|endoftext|>"),
     "qwen3": Family(QWEN3, ("<think>", "</think>"), bos="<|endoftext|>"),
+    "qwen3.5": Family(QWEN35, ("<think>", "</think>"), bos="<|endoftext|>"),
     "llama3.2": Family(
         LLAMA32,
         ("<|begin_of_text|>", "<|eot_id|>", "<|start_header_id|>", "<|end_header_id|>"),
@@ -347,3 +455,66 @@ FAMILIES = {
     "mistral": Family(MISTRAL, ("<s>", "</s>"), "<s>", "</s>", add_bos=True, prints_bos=True),
     "phi3": Family(PHI3, ("<s>", "<|user|>", "<|assistant|>", "<|end|>", "<|system|>"), "<s>", "<|endoftext|>", add_bos=True),
 }
+
+
+# ---- a tiny GGUF per family ---------------------------------------------------------------------
+# tokens a family's tokenizer marks non-special (Qwen3's reasoning tags): llama.cpp shows them as text
+SHOWN = ("<think>", "</think>")
+N_VOCAB = 4096  # SmolLM2's first 4096 tokens and the merges among them: a BPE vocabulary quick to parse
+
+
+def family_tokens(reader: Any, fam: Family, n_vocab: int = N_VOCAB) -> list[str]:
+    """SmolLM2's first `n_vocab` tokens, the family's control tokens written over its spare ones (ids 3…)."""
+    tokens = list(reader.fields["tokenizer.ggml.tokens"].contents())[:n_vocab]
+    assert not set(fam.specials) & set(tokens), "a family token SmolLM2 already has"
+    tokens[3 : 3 + len(fam.specials)] = fam.specials
+    return tokens
+
+
+def write_family_gguf(reader: Any, fam: Family, out: Path, n_vocab: int = N_VOCAB) -> Path:
+    """The SmolLM2 GGUF cut to `n_vocab` tokens and its first block, with the family's template, special
+    tokens, BOS/EOS and add_bos_token (gguf-py directly, as its gguf_new_metadata.py copies a GGUF)."""
+    import gguf
+
+    tokens = family_tokens(reader, fam, n_vocab)
+    kept = set(tokens)
+
+    def merge_kept(merge: str) -> bool:
+        a, b = merge.split(" ", 1)
+        return a in kept and b in kept and a + b in kept
+
+    new: dict[str, Any] = {
+        "tokenizer.ggml.tokens": tokens,
+        "tokenizer.ggml.token_type": [
+            gguf.TokenType.USER_DEFINED if tok in SHOWN else kind
+            for tok, kind in zip(tokens, list(reader.fields["tokenizer.ggml.token_type"].contents())[:n_vocab])
+        ],
+        "tokenizer.ggml.merges": [m for m in reader.fields["tokenizer.ggml.merges"].contents() if merge_kept(m)],
+        "tokenizer.chat_template": fam.template,
+        "tokenizer.ggml.add_bos_token": fam.add_bos,
+        "tokenizer.ggml.bos_token_id": tokens.index(fam.bos),
+        "tokenizer.ggml.eos_token_id": tokens.index(fam.eos),
+        "llama.vocab_size": n_vocab,
+        "llama.block_count": 1,
+    }
+    writer = gguf.GGUFWriter(str(out), "llama")
+    for field in reader.fields.values():
+        if field.name == "general.architecture" or field.name.startswith("GGUF."):
+            continue
+        vtype = field.types[0]
+        sub = field.types[-1] if vtype == gguf.GGUFValueType.ARRAY else None
+        writer.add_key_value(field.name, new.get(field.name, field.contents()), vtype, sub_type=sub)
+    kept_tensors = [
+        (t, t.data[:n_vocab] if t.name == "token_embd.weight" else t.data)  # rows = tokens (tied output)
+        for t in reader.tensors
+        if not t.name.startswith("blk.") or t.name.startswith("blk.0.")
+    ]
+    for t, data in kept_tensors:
+        writer.add_tensor_info(t.name, data.shape, data.dtype, data.nbytes, t.tensor_type)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_ti_data_to_file()
+    for _, data in kept_tensors:
+        writer.write_tensor_data(data, tensor_endianess=reader.endianess)
+    writer.close()
+    return out

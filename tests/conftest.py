@@ -80,3 +80,19 @@ def tiny_engine(tiny: dict[str, Path]):
 
     with Engine(tiny["gguf"], n_ctx=1024, n_threads=2) as e:
         yield e
+
+
+@pytest.fixture(scope="session")
+def taught(tmp_path_factory: pytest.TempPathFactory, smol_gguf: Path):
+    """taught(kind, family) → (HF dir, GGUF): a tiny model of `kind` taught to answer in the chat
+    template `family` (tests/tiny_archs.py), made once per session."""
+    from tiny_archs import taught_model
+
+    made: dict[tuple[str, str], tuple[Path, Path]] = {}
+
+    def get(kind: str, family: str) -> tuple[Path, Path]:
+        if (kind, family) not in made:
+            made[kind, family] = taught_model(kind, family, smol_gguf, tmp_path_factory.mktemp(f"taught-{kind}"))
+        return made[kind, family]
+
+    return get

@@ -35,23 +35,50 @@ def user_hf(hf: str) -> Path:
     return p.resolve()
 
 
+# the parts of a checkpoint llama.cpp's converter leaves out of the text model's GGUF
+_NOT_IN_TEXT_GGUF = ("mtp.", "visual.", "vision_tower.", "multi_modal_projector.", "model.visual.", "model.vision_tower.")
+
+
+def hf_params(hf_dir: Path) -> int | None:
+    """The parameters of an HF directory's text model, from its safetensors headers (nothing is
+    read beyond them), or None where it has no safetensors."""
+    from safetensors import safe_open
+
+    files = sorted(hf_dir.glob("*.safetensors"))
+    if not files:
+        return None
+    total = 0
+    for f in files:
+        with safe_open(str(f), framework="np") as st:
+            for name in st.keys():
+                if not name.startswith(_NOT_IN_TEXT_GGUF):
+                    n = 1
+                    for d in st.get_slice(name).get_shape():
+                        n *= d
+                    total += n
+    return total
+
+
 def check_same_model(info: GgufInfo, gguf_path: Path, hf_dir: Path) -> None:
     """Refuse a GGUF (generation) and an HF directory (training) of different models — e.g. model.hf
     set to the user's model while model.gguf is still the embedded default. Compared by parameter
     count (±10 %), from the GGUF's tensors (every shard's, for a split GGUF: gguf_info) and the HF
-    config (planner.Shape); an HF config the planner cannot read is not checked."""
+    weights' safetensors headers (hf_params), else its config (planner.Shape: a hybrid such as
+    Qwen3.5's is counted as full attention there); an HF config the planner cannot read is not checked."""
     import json
 
     from isheep_lite.planner import Shape
 
-    try:
-        shape = Shape.from_config(json.loads((hf_dir / "config.json").read_text(encoding="utf-8")))
-    except (KeyError, TypeError, ValueError):
-        return
-    if shape.params() and not 0.9 <= info.n_params / shape.params() <= 1.1:
+    params = hf_params(hf_dir)
+    if params is None:
+        try:
+            params = Shape.from_config(json.loads((hf_dir / "config.json").read_text(encoding="utf-8"))).params()
+        except (KeyError, TypeError, ValueError):
+            return
+    if params and not 0.9 <= info.n_params / params <= 1.1:
         raise UserError(
             f"model.gguf ({gguf_path.name}, {info.n_params / 1e6:,.0f}M parameters) and model.hf "
-            f"({hf_dir.name}, {shape.params() / 1e6:,.0f}M) are not the same model; give the GGUF of the "
+            f"({hf_dir.name}, {params / 1e6:,.0f}M) are not the same model; give the GGUF of the "
             "HF model, or set model.converter to llama.cpp's convert_hf_to_gguf.py to make one from model.hf"
         )
 

@@ -49,6 +49,9 @@ _CHATTER_RE = re.compile(
     re.I,
 )
 _PLACEHOLDER_RE = re.compile(r"\[[^\]]*\]|<[^>]*>|\{[^}]*\}|_{3,}")
+# A reasoning block in an answer (Qwen3's and SmolLM3's <think>…</think>): answers are written through
+# the template's no-think path, and a model that thinks anyway must not be trained to.
+_REASONING_RE = re.compile(r"</?think>", re.I)
 _TURN_RE = re.compile(r"(^|\n)\s*(user|assistant|human|question|instruction|q)\s*:", re.I)
 _CHOICES_RE = re.compile(r"(^|\n)\s*\(?[A-Da-d][).]\s+\S.*(\n\s*\(?[A-Da-d][).]\s+\S.*){2,}")
 _REFUSAL_RE = re.compile(r"^\s*(i'?m sorry|i am sorry|sorry,|i cannot|i can'?t|as an ai)", re.I)
@@ -144,6 +147,8 @@ def response_reject_reason(instruction: str, response: str, finish_reason: str, 
         return "truncated"
     if len(words(r)) > cfg.max_response_words:
         return "response_too_long"
+    if _REASONING_RE.search(r):
+        return "reasoning_block"
     if _TURN_RE.search(r):
         return "continues_dialogue"
     if _CHOICES_RE.search(r):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 from helpers import REQUESTS, conversations, same_texts
@@ -76,16 +77,23 @@ def test_transformers_scores_agree_with_llama_cpp(tiny_engine: Engine, hf_engine
 
 
 @pytest.mark.slow
-def test_an_iteration_runs_on_the_transformers_backend(tmp_path: Path, smol_hf: Path) -> None:
-    """Every stage of the loop (instructions, responses, grades, eval, pairwise judge) on PyTorch."""
+def test_an_iteration_runs_on_the_transformers_backend(tmp_path: Path, taught: Any) -> None:
+    """Every stage of the loop (instructions, responses, grades, eval, pairwise judge) on PyTorch,
+    with a tiny Qwen2 taught to answer in Qwen2.5's template (tests/tiny_archs.py)."""
+    from tiny_archs import SHOTS
+
     from isheep_lite import recipe
     from isheep_lite.loop import run
 
+    hf, gguf = taught("qwen2", "qwen2.5")
     r = recipe.load(
         None,
         [
             f"runs_dir={tmp_path}",
             "name=hf",
+            f"model.gguf={gguf}",
+            f"model.hf={hf}",
+            f"synth.few_shot={SHOTS}",
             "model.backend=transformers",
             "model.n_parallel=8",
             "loop.iterations=1",

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import pytest
-from chat_templates import FAMILIES, Family
+from chat_templates import FAMILIES, Family, family_tokens, write_family_gguf
 
 from isheep_lite.engines.base import Sampling
 from isheep_lite.engines.llamacpp import Engine
@@ -28,68 +28,11 @@ CONVERSATION = [{"role": "user", "content": "Name three colours."}, {"role": "as
 
 
 # ---- a tiny GGUF per family ---------------------------------------------------------------------
-N_VOCAB = 4096  # SmolLM2's first 4096 tokens and the merges among them: a BPE vocabulary quick to parse
-
-
 @pytest.fixture(scope="module")
 def smol_reader(smol_gguf: Path) -> Any:
     import gguf
 
     return gguf.GGUFReader(str(smol_gguf))
-
-
-def family_tokens(reader: Any, fam: Family) -> list[str]:
-    """SmolLM2's first N_VOCAB tokens, the family's control tokens written over its spare ones (ids 3…)."""
-    tokens = list(reader.fields["tokenizer.ggml.tokens"].contents())[:N_VOCAB]
-    assert not set(fam.specials) & set(tokens), "a family token SmolLM2 already has"
-    tokens[3 : 3 + len(fam.specials)] = fam.specials
-    return tokens
-
-
-def write_family_gguf(reader: Any, fam: Family, out: Path) -> Path:
-    """The SmolLM2 GGUF cut to N_VOCAB tokens and its first block, with the family's template, special
-    tokens, BOS/EOS and add_bos_token (gguf-py directly, as its gguf_new_metadata.py copies a GGUF)."""
-    import gguf
-
-    tokens = family_tokens(reader, fam)
-    kept = set(tokens)
-
-    def merge_kept(merge: str) -> bool:
-        a, b = merge.split(" ", 1)
-        return a in kept and b in kept and a + b in kept
-
-    new: dict[str, Any] = {
-        "tokenizer.ggml.tokens": tokens,
-        "tokenizer.ggml.token_type": list(reader.fields["tokenizer.ggml.token_type"].contents())[:N_VOCAB],
-        "tokenizer.ggml.merges": [m for m in reader.fields["tokenizer.ggml.merges"].contents() if merge_kept(m)],
-        "tokenizer.chat_template": fam.template,
-        "tokenizer.ggml.add_bos_token": fam.add_bos,
-        "tokenizer.ggml.bos_token_id": tokens.index(fam.bos),
-        "tokenizer.ggml.eos_token_id": tokens.index(fam.eos),
-        "llama.vocab_size": N_VOCAB,
-        "llama.block_count": 1,
-    }
-    writer = gguf.GGUFWriter(str(out), "llama")
-    for field in reader.fields.values():
-        if field.name == "general.architecture" or field.name.startswith("GGUF."):
-            continue
-        vtype = field.types[0]
-        sub = field.types[-1] if vtype == gguf.GGUFValueType.ARRAY else None
-        writer.add_key_value(field.name, new.get(field.name, field.contents()), vtype, sub_type=sub)
-    kept_tensors = [
-        (t, t.data[:N_VOCAB] if t.name == "token_embd.weight" else t.data)  # rows = tokens (tied output)
-        for t in reader.tensors
-        if not t.name.startswith("blk.") or t.name.startswith("blk.0.")
-    ]
-    for t, data in kept_tensors:
-        writer.add_tensor_info(t.name, data.shape, data.dtype, data.nbytes, t.tensor_type)
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_ti_data_to_file()
-    for _, data in kept_tensors:
-        writer.write_tensor_data(data, tensor_endianess=reader.endianess)
-    writer.close()
-    return out
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ the 99 % asked here.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import pytest
@@ -22,208 +22,9 @@ from isheep_lite.config import TrainConfig
 from isheep_lite.gguf import archs, export, header, weights
 from isheep_lite.recipe import UserError
 from isheep_lite.training import fit
+from tiny_archs import BUILDERS
 
 N_POSITIONS = 600
-COMMON = dict(
-    hidden_size=64,
-    intermediate_size=128,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    max_position_embeddings=1024,
-    tie_word_embeddings=True,
-)
-
-
-def _llama3(vocab: int, **ids: Any) -> Any:
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    rope = {
-        "rope_type": "llama3",
-        "rope_theta": 500000.0,
-        "factor": 8.0,
-        "low_freq_factor": 1.0,
-        "high_freq_factor": 4.0,
-        "original_max_position_embeddings": 256,
-    }
-    return LlamaForCausalLM(LlamaConfig(vocab_size=vocab, rope_parameters=rope, **COMMON, **ids))
-
-
-def _mistral(vocab: int, **ids: Any) -> Any:
-    from transformers import MistralConfig, MistralForCausalLM
-
-    return MistralForCausalLM(MistralConfig(vocab_size=vocab, sliding_window=None, **COMMON, **ids))
-
-
-def _qwen2(vocab: int, **ids: Any) -> Any:
-    from transformers import Qwen2Config, Qwen2ForCausalLM
-
-    return Qwen2ForCausalLM(Qwen2Config(vocab_size=vocab, **COMMON, **ids))
-
-
-def _gemma2(vocab: int, **ids: Any) -> Any:
-    from transformers import Gemma2Config, Gemma2ForCausalLM
-
-    cfg = Gemma2Config(
-        vocab_size=vocab,
-        head_dim=16,
-        sliding_window=128,
-        query_pre_attn_scalar=16,
-        attn_logit_softcapping=50.0,
-        final_logit_softcapping=30.0,
-        **COMMON,
-        **ids,
-    )
-    return Gemma2ForCausalLM(cfg)
-
-
-def _gemma3(vocab: int, **ids: Any) -> Any:
-    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
-
-    # six layers: Gemma 3's pattern (five sliding, one full), as llama.cpp assumes for the family
-    cfg = Gemma3TextConfig(
-        vocab_size=vocab, head_dim=16, sliding_window=128, query_pre_attn_scalar=16, **{**COMMON, "num_hidden_layers": 6}, **ids
-    )
-    return Gemma3ForCausalLM(cfg)
-
-
-def _phi3(vocab: int, **ids: Any) -> Any:
-    from transformers import Phi3Config, Phi3ForCausalLM
-
-    half = 64 // 4 // 2
-    rope = {
-        "rope_type": "longrope",
-        "rope_theta": 10000.0,
-        "original_max_position_embeddings": 256,
-        "short_factor": [1.0 + 0.1 * i for i in range(half)],
-        "long_factor": [1.0 + 0.5 * i for i in range(half)],
-    }
-    cfg = Phi3Config(
-        vocab_size=vocab,
-        rope_parameters=rope,
-        original_max_position_embeddings=256,
-        pad_token_id=None,
-        **{**COMMON, "tie_word_embeddings": False},
-        **ids,
-    )
-    return Phi3ForCausalLM(cfg)
-
-
-def _qwen3(vocab: int, **ids: Any) -> Any:
-    from transformers import Qwen3Config, Qwen3ForCausalLM
-
-    return Qwen3ForCausalLM(Qwen3Config(vocab_size=vocab, head_dim=16, **COMMON, **ids))
-
-
-def _qwen3_5(vocab: int, **ids: Any) -> Any:
-    from transformers import Qwen3_5ForCausalLM, Qwen3_5TextConfig
-
-    # Qwen3.5's hybrid: three gated-delta-net (linear attention) layers, then one full-attention
-    # layer with a gated output; its real head size and interleaved multimodal RoPE on a quarter of it
-    rope = {
-        "rope_type": "default",
-        "rope_theta": 10000000.0,
-        "partial_rotary_factor": 0.25,
-        "mrope_section": [11, 11, 10],
-        "mrope_interleaved": True,
-    }
-    cfg = Qwen3_5TextConfig(
-        vocab_size=vocab,
-        head_dim=256,
-        rope_parameters=rope,
-        linear_key_head_dim=16,
-        linear_value_head_dim=16,
-        linear_num_key_heads=2,
-        linear_num_value_heads=4,
-        layer_types=["linear_attention"] * 3 + ["full_attention"],
-        **{**COMMON, "num_hidden_layers": 4},
-        **ids,
-    )
-    return Qwen3_5ForCausalLM(cfg)
-
-
-def _smollm3(vocab: int, **ids: Any) -> Any:
-    from transformers import SmolLM3Config, SmolLM3ForCausalLM
-
-    # every fourth layer without RoPE, as SmolLM3 ships
-    cfg = SmolLM3Config(vocab_size=vocab, no_rope_layers=[1, 1, 1, 0], pad_token_id=None, **{**COMMON, "num_hidden_layers": 4}, **ids)
-    return SmolLM3ForCausalLM(cfg)
-
-
-def _olmo2(vocab: int, **ids: Any) -> Any:
-    from transformers import Olmo2Config, Olmo2ForCausalLM
-
-    # untied output embeddings, as OLMo 2 ships (llama.cpp's olmo2 reads output.weight)
-    return Olmo2ForCausalLM(Olmo2Config(vocab_size=vocab, **{**COMMON, "tie_word_embeddings": False}, **ids))
-
-
-def _olmo3(vocab: int, **ids: Any) -> Any:
-    from transformers import Olmo3Config, Olmo3ForCausalLM
-
-    # Olmo 3's pattern: three sliding-window layers, then one full
-    layers = ["sliding_attention"] * 3 + ["full_attention"]
-    cfg = Olmo3Config(
-        vocab_size=vocab, sliding_window=128, layer_types=layers, **{**COMMON, "num_hidden_layers": 4, "tie_word_embeddings": False}, **ids
-    )
-    return Olmo3ForCausalLM(cfg)
-
-
-def _granite(vocab: int, **ids: Any) -> Any:
-    from transformers import GraniteConfig, GraniteForCausalLM
-
-    # Granite's four multipliers, each away from 1 so that losing one shows
-    cfg = GraniteConfig(
-        vocab_size=vocab,
-        embedding_multiplier=12.0,
-        residual_multiplier=0.22,
-        attention_multiplier=0.0625,
-        logits_scaling=8.0,
-        **COMMON,
-        **ids,
-    )
-    return GraniteForCausalLM(cfg)
-
-
-def _phi4_mini(vocab: int, **ids: Any) -> Any:
-    from transformers import Phi3Config, Phi3ForCausalLM
-
-    # Phi-4-mini: a phi3 config whose rotary embedding covers three quarters of each head, longrope-scaled
-    rotary_half = int(16 * 0.75) // 2
-    rope = {
-        "rope_type": "longrope",
-        "rope_theta": 10000.0,
-        "partial_rotary_factor": 0.75,
-        "original_max_position_embeddings": 256,
-        "short_factor": [1.0 + 0.1 * i for i in range(rotary_half)],
-        "long_factor": [1.0 + 0.5 * i for i in range(rotary_half)],
-    }
-    cfg = Phi3Config(
-        vocab_size=vocab,
-        rope_parameters=rope,
-        partial_rotary_factor=0.75,
-        original_max_position_embeddings=256,
-        pad_token_id=None,
-        **{**COMMON, "tie_word_embeddings": True},
-        **ids,
-    )
-    return Phi3ForCausalLM(cfg)
-
-
-BUILDERS: dict[str, Callable[..., Any]] = {
-    "llama3": _llama3,
-    "mistral": _mistral,
-    "qwen2": _qwen2,
-    "gemma2": _gemma2,
-    "gemma3": _gemma3,
-    "phi3": _phi3,
-    "phi4_mini": _phi4_mini,
-    "qwen3": _qwen3,
-    "qwen3_5": _qwen3_5,
-    "smollm3": _smollm3,
-    "olmo2": _olmo2,
-    "olmo3": _olmo3,
-    "granite": _granite,
-}
 
 
 @pytest.fixture(scope="module")
@@ -395,7 +196,9 @@ def _gpt2_gguf(path: Path) -> Path:
     return path
 
 
-def test_adapter_mode_is_refused_up_front_where_the_row_exports_merged_only(tmp_path: Path) -> None:
+def test_what_a_row_cannot_do_is_refused_up_front(tmp_path: Path) -> None:
+    """A Qwen3.5 model: its adapter is exported merged only, and transformers cannot load it back
+    from a GGUF (the transformers backend loads every model from its GGUF)."""
     import gguf
     import subprocess
     import sys
@@ -414,6 +217,11 @@ def test_adapter_mode_is_refused_up_front_where_the_row_exports_merged_only(tmp_
     proc = subprocess.run([*argv, "export.mode=adapter"], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
         "error: export.mode=adapter: a qwen35 model's LoRA adapter is exported merged only; set export.mode=merged"
+    ], proc.stderr
+    proc = subprocess.run([*argv, "model.backend=transformers"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
+        "error: model.backend=transformers loads each model from its GGUF, which transformers does not read back "
+        "exactly for a qwen35 model; use model.backend=llama_cpp"
     ], proc.stderr
 
 

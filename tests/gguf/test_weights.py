@@ -63,3 +63,17 @@ def test_converter_errors_are_one_line(tiny: dict, tmp_path: Path) -> None:
     with pytest.raises(UserError, match="not both"):
         preflight.generation_gguf(_recipe(tmp_path, f"model.hf={tiny['hf']}", f"model.converter={failing}", f"model.gguf={tiny['gguf']}"))
     assert sys.executable  # the converter runs under this interpreter (its gguf-py and torch)
+
+
+def test_hf_weights_are_counted_from_their_safetensors_headers(tiny: dict, tmp_path: Path) -> None:
+    """The same-model check counts the HF weights' tensors (a hybrid such as Qwen3.5 is not the
+    full-attention shape its config suggests), leaving out the parts the text GGUF has not."""
+    from safetensors.numpy import load_file, save_file
+
+    from isheep_lite.gguf import header, weights
+
+    assert weights.hf_params(tiny["hf"]) == header.gguf_info(tiny["gguf"]).n_params
+    tensors = load_file(str(tiny["hf"] / "model.safetensors"))
+    save_file({**tensors, "mtp.fc.weight": tensors["model.norm.weight"][:, None] * 0}, str(tmp_path / "model.safetensors"))
+    assert weights.hf_params(tmp_path) == weights.hf_params(tiny["hf"])
+    assert weights.hf_params(tmp_path / "none") is None
