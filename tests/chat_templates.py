@@ -425,6 +425,98 @@ PHI3 = (  # microsoft/Phi-3-mini-4k-instruct: no BOS in the template, but its GG
     "{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% else %}{{ eos_token }}{% endif %}"
 )
 
+# HuggingFaceTB/SmolLM3-3B (reasoning switch by `enable_thinking` or /think, /no_think in the system
+# turn; a header with today's date, `strftime_now`; the assistant's text in a `{% generation %}` block;
+# its /think default instructions and tool listing shortened here: the toolkit uses neither)
+SMOLLM3 = r"""{# ───── defaults ───── #}
+{%- if enable_thinking is not defined -%}
+{%- set enable_thinking = true -%}
+{%- endif -%}
+
+{# ───── reasoning mode ───── #}
+{%- if enable_thinking -%}
+  {%- set reasoning_mode = "/think" -%}
+{%- else -%}
+  {%- set reasoning_mode = "/no_think" -%}
+{%- endif -%}
+
+{# ───── header (system message) ───── #}
+{{- "<|im_start|>system\n" -}}
+
+{%- if messages[0].role == "system" -%}
+  {%- set system_message = messages[0].content -%}
+  {%- if "/no_think" in system_message -%}
+    {%- set reasoning_mode = "/no_think" -%}
+  {%- elif "/think" in system_message -%}
+    {%- set reasoning_mode = "/think" -%}
+  {%- endif -%}
+  {%- set custom_instructions = system_message.replace("/no_think", "").replace("/think", "").rstrip() -%}
+{%- endif -%}
+
+{%- if "/system_override" in system_message -%}
+  {{- custom_instructions.replace("/system_override", "").rstrip() -}}
+  {{- "<|im_end|>\n" -}}
+{%- else -%}
+  {{- "## Metadata\n\n" -}}
+  {{- "Knowledge Cutoff Date: June 2025\n" -}}
+  {%- set today = strftime_now("%d %B %Y") -%}
+  {{- "Today Date: " ~ today ~ "\n" -}}
+  {{- "Reasoning Mode: " + reasoning_mode + "\n\n" -}}
+
+  {{- "## Custom Instructions\n\n" -}}
+  {%- if custom_instructions -%}
+    {{- custom_instructions + "\n\n" -}}
+  {%- elif reasoning_mode == "/think" -%}
+    {{- "You are a helpful AI assistant named SmolLM, trained by Hugging Face. Your role as an assistant involves thoroughly exploring questions through a systematic thinking process before providing the final precise and accurate solutions.\n\n" -}}
+  {%- else -%}
+    {{- "You are a helpful AI assistant named SmolLM, trained by Hugging Face.\n\n" -}}
+  {%- endif -%}
+
+  {{- "## Tools\n\n" -}}
+  {{- "### XML Tools\n\n" -}}
+  {%- if xml_tools -%}
+    {{- xml_tools -}}
+  {%- else -%}
+    {{- "None" -}}
+  {%- endif -%}
+  {{- "\n\n" -}}
+  {{- "### Python Tools\n\n" -}}
+  {%- if python_tools -%}
+    {{- python_tools -}}
+  {%- else -%}
+    {{- "None" -}}
+  {%- endif -%}
+  {{- "\n\n" -}}
+  {{- "<|im_end|>\n" -}}
+{%- endif -%}
+
+{# ───── main loop ───── #}
+{%- for message in messages -%}
+    {%- set content = message.content if message.content is string else "" -%}
+    {%- if message.role == "user" -%}
+        {{ "<|im_start|>" + message.role + "\n"  + content + "<|im_end|>\n" }}
+    {%- elif message.role == "assistant" -%}
+        {% generation %}
+        {%- if reasoning_mode == "/think" -%}
+            {{ "<|im_start|>assistant\n" + content.lstrip("\n") + "<|im_end|>\n" }}
+        {%- else -%}
+            {{ "<|im_start|>assistant\n" + "<think>\n\n</think>\n" + content.lstrip("\n") + "<|im_end|>\n" }}
+        {%- endif -%}
+        {% endgeneration %}
+    {%- elif message.role == "tool" -%}
+    {{ "<|im_start|>" + "user\n"  + content + "<|im_end|>\n" }}
+    {%- endif -%}
+{%- endfor -%}
+
+{# ───── generation prompt ───── #}
+{%- if add_generation_prompt -%}
+    {%- if reasoning_mode == "/think" -%}
+        {{ "<|im_start|>assistant\n" }}
+    {%- else -%}
+        {{ "<|im_start|>assistant\n" + "<think>\n\n</think>\n"  }}
+    {%- endif -%}
+{%- endif -%}"""
+
 
 @dataclass(frozen=True)
 class Family:
@@ -442,6 +534,7 @@ FAMILIES = {
     "qwen2.5": Family(QWEN25, bos="<|endoftext|>"),
     "qwen3": Family(QWEN3, ("<think>", "</think>"), bos="<|endoftext|>"),
     "qwen3.5": Family(QWEN35, ("<think>", "</think>"), bos="<|endoftext|>"),
+    "smollm3": Family(SMOLLM3, ("<think>", "</think>", "<|begin_of_text|>"), bos="<|begin_of_text|>"),
     "llama3.2": Family(
         LLAMA32,
         ("<|begin_of_text|>", "<|eot_id|>", "<|start_header_id|>", "<|end_header_id|>"),

@@ -12,13 +12,32 @@ from isheep_lite.recipe import UserError
 # ---- chat template ------------------------------------------------------------------------------
 @lru_cache(maxsize=8)
 def _compile(template: str) -> Any:
+    """The template in the environment transformers renders chat templates in: its two globals
+    (`raise_exception`, `strftime_now`, which SmolLM3's header uses for today's date) and its
+    `{% generation %}` block (which marks the assistant's text; rendered as its content)."""
+    from datetime import datetime
+
+    from jinja2 import nodes
+    from jinja2.ext import Extension
     from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    class Generation(Extension):
+        tags = {"generation"}
+
+        def parse(self, parser: Any) -> Any:
+            lineno = next(parser.stream).lineno
+            body = parser.parse_statements(("name:endgeneration",), drop_needle=True)
+            return nodes.CallBlock(self.call_method("_content"), [], [], body).set_lineno(lineno)
+
+        def _content(self, caller: Any) -> str:
+            return caller()
 
     def raise_exception(message: str) -> None:
         raise UserError(f"chat template error: {message}")
 
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[Generation])
     env.globals["raise_exception"] = raise_exception
+    env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
     return env.from_string(template)
 
 

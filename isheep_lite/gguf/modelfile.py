@@ -233,8 +233,12 @@ def matches(info: GgufInfo, b: Blocks) -> bool:
 
 @lru_cache(maxsize=16)
 def checked_blocks(info: GgufInfo) -> Blocks | None:
-    """The blocks, verified; without the system role if only that part does not match; else None.
-    Cached: every exported type of one model shares its template, so it is derived once."""
+    """The blocks, verified; without the system role if only that part does not match; else None —
+    also for a template that prints today's date (SmolLM3's `strftime_now`): a Go template would
+    keep the day it was written. Cached: every exported type of one model shares its template, so
+    it is derived once."""
+    if "strftime_now" in (info.chat_template or ""):
+        return None
     b = blocks(info)
     if b is None:
         return None
