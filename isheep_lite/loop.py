@@ -21,7 +21,7 @@ from typing import Any
 from isheep_lite import planner, stages
 from isheep_lite.config import Recipe
 from isheep_lite.engines.serving import Engines, Served
-from isheep_lite.gguf import header
+from isheep_lite.gguf import header, weights
 from isheep_lite.preflight import adapter_mode, preflight
 from isheep_lite.recipe import UserError, dump_yaml
 from isheep_lite.rundir import card
@@ -29,6 +29,7 @@ from isheep_lite.rundir.jsonl import read_jsonl
 from isheep_lite.rundir.store import RunStore
 from isheep_lite.stages import PromoteSummary
 from isheep_lite.stages.context import Context
+from isheep_lite.training import lora
 
 
 def run(r: Recipe, force: bool = False) -> RunStore:
@@ -92,6 +93,8 @@ class Session:
         self.store.open(dump_yaml(r), force=self.force)
         try:
             print(planner.describe_plan(plan), flush=True)  # stdout, with the progress: stderr is for errors
+            if r.model.hf and (towers := lora.frozen_towers(weights.user_hf(r.model.hf))):
+                print(f"{' and '.join(towers)} left as they are: LoRA trains the text model, the GGUFs are the text model", flush=True)
             self.store.set_run_info(memory_plan=plan)
             self._engines = Engines(r).__enter__()
         except BaseException:

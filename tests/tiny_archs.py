@@ -74,6 +74,30 @@ def _gemma3(vocab: int, **ids: Any) -> Any:
     return Gemma3ForCausalLM(cfg)
 
 
+def _gemma3_vision(vocab: int, **ids: Any) -> Any:
+    from transformers import Gemma3Config, Gemma3ForConditionalGeneration, Gemma3TextConfig, SiglipVisionConfig
+
+    # Gemma 3 from 4B: the text model of `_gemma3` under a (tiny) SigLIP vision tower and projector,
+    # image tokens among the vocabulary's spare ids
+    text = Gemma3TextConfig(
+        vocab_size=vocab, head_dim=16, sliding_window=128, query_pre_attn_scalar=16, **{**COMMON, "num_hidden_layers": 6}, **ids
+    )
+    vision = SiglipVisionConfig(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, image_size=32, patch_size=8
+    )
+    cfg = Gemma3Config(
+        text_config=text.to_dict(),
+        vision_config=vision.to_dict(),
+        mm_tokens_per_image=4,
+        boi_token_index=5,
+        eoi_token_index=6,
+        image_token_index=7,
+        tie_word_embeddings=True,
+        **ids,
+    )
+    return Gemma3ForConditionalGeneration(cfg)
+
+
 def _phi3(vocab: int, **ids: Any) -> Any:
     from transformers import Phi3Config, Phi3ForCausalLM
 
@@ -202,6 +226,7 @@ BUILDERS: dict[str, Callable[..., Any]] = {
     "qwen2": _qwen2,
     "gemma2": _gemma2,
     "gemma3": _gemma3,
+    "gemma3_vision": _gemma3_vision,
     "phi3": _phi3,
     "phi4_mini": _phi4_mini,
     "qwen3": _qwen3,

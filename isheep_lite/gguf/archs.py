@@ -44,7 +44,8 @@ MATRIX: dict[str, Arch] = {
         # the converter reorders the linear-attention heads of the weights; a LoRA adapter is exported merged
         Arch("qwen35", ("Qwen3_5ForCausalLM",), ("qwen3_5_text",), "Qwen3.5 dense", False, from_gguf=False, adapter_gguf=False),
         Arch("gemma2", ("Gemma2ForCausalLM",), ("gemma2",), "Gemma 2", False),
-        Arch("gemma3", ("Gemma3ForCausalLM",), ("gemma3_text",), "Gemma 3 text (270M, 1B)", False),
+        # from 4B a vision model: its text tower is trained and exported (the converter writes it alone)
+        Arch("gemma3", ("Gemma3ForCausalLM", "Gemma3ForConditionalGeneration"), ("gemma3_text", "gemma3"), "Gemma 3", False),
         Arch("phi3", ("Phi3ForCausalLM",), ("phi3",), "Phi-3/3.5 mini, Phi-4-mini", False),
         Arch("smollm3", ("SmolLM3ForCausalLM",), ("smollm3",), "SmolLM3", True, from_gguf=False),
         Arch("olmo2", ("Olmo2ForCausalLM", "Olmo3ForCausalLM"), ("olmo2", "olmo3"), "OLMo 2, Olmo 3", False, from_gguf=False),

@@ -109,6 +109,7 @@ def write_lora_gguf(adapter_dir: Path, config: Mapping[str, Any], template: Path
     if not row.adapter_gguf:
         raise UserError(f"{template.name}: a {arch} model's LoRA adapter is not exported as a GGUF adapter; set export.mode=merged")
     permute = row.permute_qk
+    config = config.get("text_config") or config  # a vision model's text tower (Gemma 3 from 4B)
     arch_enum = {v: k for k, v in gguf.MODEL_ARCH_NAMES.items()}[arch]
     name_map = gguf.get_tensor_name_map(arch_enum, int(config["num_hidden_layers"]))
     pairs, alpha = lora_pairs(adapter_dir)
@@ -119,7 +120,9 @@ def write_lora_gguf(adapter_dir: Path, config: Mapping[str, Any], template: Path
         writer.add_float32(gguf.Keys.Adapter.LORA_ALPHA, float(alpha))
         dtype = np.float16 if outtype == "f16" else np.float32
         for hf_name, (a, b) in pairs.items():
-            name = name_map.get_name(hf_name, try_suffixes=(".weight",))
+            name = name_map.get_name(hf_name, try_suffixes=(".weight",)) or name_map.get_name(
+                "model." + _text_key(hf_name), try_suffixes=(".weight",)
+            )
             if name is None:
                 raise UserError(f"no GGUF name for LoRA target '{hf_name}' (architecture {arch})")
             if permute and hf_name.endswith("self_attn.q_proj.weight"):
@@ -145,6 +148,16 @@ def _weight_files(hf_dir: Path) -> list[Path]:
 MERGE_SHARD_BYTES = 1 << 30  # merged weights are written in shards of at most this much
 
 
+def _text_key(name: str) -> str:
+    """A weight's name without its leading `model.` / `language_model.` parts: a vision model's text
+    tower is stored as `language_model.model.layers.…` (Gemma 3 from 4B) while PEFT names the module
+    `model.language_model.layers.…`; both are `layers.…` here."""
+    parts = name.split(".")
+    while parts and parts[0] in ("model", "language_model"):
+        parts.pop(0)
+    return ".".join(parts)
+
+
 def merge_into_dir(hf_dir: Path, adapter_dir: Path | None, out: Path) -> None:
     """`hf_dir` with the adapter merged in (W + scale·B·A), written to `out` one tensor at a time.
 
@@ -161,6 +174,7 @@ def merge_into_dir(hf_dir: Path, adapter_dir: Path | None, out: Path) -> None:
 
     pairs, alpha = lora_pairs(adapter_dir) if adapter_dir is not None else ({}, 0.0)
     scale = {name: alpha / a.shape[0] for name, (a, _) in pairs.items()}
+    by_key = {_text_key(name): name for name in pairs}  # a stored name → the adapter's, however either is prefixed
     with atomic_path(out, shared=True, directory=True) as tmp:
         for f in hf_dir.iterdir():
             if f.is_file() and not f.name.endswith((".safetensors", ".bin", ".pt", ".pth", ".index.json")):
@@ -182,11 +196,12 @@ def merge_into_dir(hf_dir: Path, adapter_dir: Path | None, out: Path) -> None:
             with safe_open(str(shard), framework="pt") as src:
                 for name in src.keys():
                     w = src.get_tensor(name)
-                    if name in pairs:
-                        a, b = pairs[name]
+                    target = name if name in pairs else by_key.get(_text_key(name))
+                    if target is not None:
+                        a, b = pairs[target]
                         delta = torch.from_numpy(b) @ torch.from_numpy(a)
-                        w = (w.to(torch.float32) + scale[name] * delta).to(w.dtype)
-                        merged.add(name)
+                        w = (w.to(torch.float32) + scale[target] * delta).to(w.dtype)
+                        merged.add(target)
                     size = w.numel() * w.element_size()
                     if pending and pending_bytes + size > MERGE_SHARD_BYTES:
                         flush()

@@ -59,6 +59,16 @@ def config_lora_targets(hf_dir: Path) -> list[str]:
     return lora_targets(model)
 
 
+def frozen_towers(hf_dir: Path) -> list[str]:
+    """The non-text towers of the model in `hf_dir` (from config.json: `vision_config`, `audio_config`),
+    which training leaves as they are: LoRA adapts the text model only, and every GGUF written is the
+    text model (the converter writes it alone; an mmproj file made for the base keeps serving it)."""
+    import json
+
+    config = json.loads((hf_dir / "config.json").read_text(encoding="utf-8"))
+    return [f"{part} tower" for part in ("vision", "audio") if config.get(f"{part}_config")]
+
+
 def resolve_targets(cfg: TrainConfig, hf_dir: Path, model: Any = None) -> list[str]:
     """train.target_modules as names: an explicit list as given; auto read from `model` when given,
     else from hf_dir's config. A model with no linear layer in its decoder blocks is a UserError."""

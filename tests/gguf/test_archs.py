@@ -67,8 +67,22 @@ def _train_here(convos: list, hf: Path, gguf: Path, out: Path, cfg: TrainConfig)
 def _llama_logits(gguf: Path, ids: list[int], lora: Path | None = None) -> np.ndarray:
     from llama_cpp import Llama
 
-    kw = {"lora_path": str(lora)} if lora else {}
-    llm = Llama(model_path=str(gguf), n_ctx=1024, n_batch=1024, n_ubatch=1024, logits_all=True, n_threads=2, verbose=False, **kw)
+    # an F32 KV cache: what is compared is the export, not llama.cpp's F16 cache, whose rounding a
+    # trained sliding-window model (Gemma 3's vision checkpoint here) turns into logit differences of 0.7
+    kw: dict[str, Any] = {"lora_path": str(lora)} if lora else {}
+    f32 = 0  # GGML_TYPE_F32
+    llm = Llama(
+        model_path=str(gguf),
+        n_ctx=1024,
+        n_batch=1024,
+        n_ubatch=1024,
+        logits_all=True,
+        n_threads=2,
+        verbose=False,
+        type_k=f32,
+        type_v=f32,
+        **kw,
+    )
     try:
         llm.eval(ids)
         return np.array(llm.scores[: len(ids)], dtype=np.float32)

@@ -294,3 +294,11 @@ def test_bad_target_modules_are_one_line(value: str) -> None:
     with pytest.raises(UserError, match="train.target_modules") as e:
         recipe.load(None, [f"train.target_modules={value}"])
     assert "\n" not in str(e.value)
+
+
+def test_a_vision_models_tower_is_named_as_left_untouched(tmp_path: Path) -> None:
+    """Gemma 3 from 4B: the run says its vision tower stays as it is (only the text model is trained)."""
+    _config("gemma3-vlm").save_pretrained(tmp_path / "vlm")
+    _config("gemma3").save_pretrained(tmp_path / "text")
+    assert lora.frozen_towers(tmp_path / "vlm") == ["vision tower"]
+    assert lora.frozen_towers(tmp_path / "text") == []
