@@ -238,6 +238,19 @@ BUILDERS: dict[str, Callable[..., Any]] = {
 }
 
 
+def save_user_model(model: Any, tokenizer: Any, template: Path, root: Path, kind: str) -> tuple[Path, Path]:
+    """(HF dir, its GGUF) of `model`, as a user brings a model: HF weights with their tokenizer, and
+    the F32 GGUF the toolkit's own export writes from them (tokenizer and chat template from `template`)."""
+    from isheep_lite.gguf import export
+
+    hf = root / f"{kind}-hf"
+    model.save_pretrained(hf)
+    tokenizer.save_pretrained(hf)
+    gguf = root / f"{kind}.gguf"
+    export.convert(hf, template, gguf, "f32")
+    return hf, gguf
+
+
 # ---- a tiny model taught to answer -------------------------------------------------------------
 SHOTS = 3  # seed tasks per instruction prompt: short prompts, quick to teach
 # short answers the tiny model learns to give and end (none asks back, refuses or repeats the question)
@@ -261,7 +274,6 @@ def taught_model(kind: str, family_name: str, smol_gguf: Path, root: Path) -> tu
     import torch
     from transformers import AutoTokenizer
 
-    from isheep_lite.gguf import export
     from isheep_lite.selfalign import synth
 
     family = write_family_gguf(gguf.GGUFReader(str(smol_gguf)), FAMILIES[family_name], root / "family.gguf", 12288)
@@ -301,10 +313,4 @@ def taught_model(kind: str, family_name: str, smol_gguf: Path, root: Path) -> tu
         opt.step()
         opt.zero_grad()
     assert loss.item() < 3.0, f"{kind}: the teaching left a loss of {loss.item():.2f}"
-    model.eval()
-    hf = root / f"{kind}-hf"
-    model.save_pretrained(hf)
-    tok.save_pretrained(hf)
-    out = root / f"{kind}.gguf"
-    export.convert(hf, family, out, "f32")
-    return hf, out
+    return save_user_model(model.eval(), tok, family, root, kind)

@@ -22,7 +22,7 @@ from isheep_lite.config import TrainConfig
 from isheep_lite.gguf import archs, export, header, weights
 from isheep_lite.recipe import UserError
 from isheep_lite.training import fit
-from tiny_archs import BUILDERS
+from tiny_archs import BUILDERS, save_user_model
 
 N_POSITIONS = 600
 
@@ -44,12 +44,7 @@ def _user_model(kind: str, tokenizer: Any, smol_gguf: Path, root: Path) -> tuple
         for name, p in model.named_parameters():
             if name.endswith("norm.weight"):
                 p.copy_(torch.randn_like(p) * 0.5)
-    hf = root / f"{kind}-hf"
-    model.save_pretrained(hf)
-    tokenizer.save_pretrained(hf)
-    gguf = root / f"{kind}.gguf"
-    export.convert(hf, smol_gguf, gguf, "f32")
-    return hf, gguf
+    return save_user_model(model, tokenizer, smol_gguf, root, kind)
 
 
 def _train_here(convos: list, hf: Path, gguf: Path, out: Path, cfg: TrainConfig) -> dict[str, Any]:
