@@ -21,6 +21,7 @@ RECIPES = {
     "qwen3-8b-24gb.yaml": Shape(36, 4096, 12288, 32, 8, 128, 151936, False),
     "qwen3-4b-colab-t4.yaml": Shape(36, 2560, 9728, 32, 8, 128, 151936, True),
     "gemma3-12b-24gb.yaml": Shape(48, 3840, 15360, 16, 8, 256, 262208, True),  # its text_config
+    "gemma3-4b-colab-t4.yaml": Shape(34, 2560, 10240, 8, 4, 256, 262208, True),  # its text_config
 }
 
 
@@ -59,8 +60,9 @@ Q4_K_M_BYTES = {
     "qwen3-8b-24gb.yaml": 5_030_000_000,  # bartowski's Qwen_Qwen3-8B-Q4_K_M.gguf, listed as 5.03 GB
     "qwen3-4b-colab-t4.yaml": 2_500_000_000,  # Qwen's Qwen3-4B-Q4_K_M.gguf, listed as 2.5 GB
     "gemma3-12b-24gb.yaml": 7_300_000_000,  # bartowski's google_gemma-3-12b-it-Q4_K_M.gguf, listed as 7.30 GB
+    "gemma3-4b-colab-t4.yaml": 2_490_000_000,  # bartowski's google_gemma-3-4b-it-Q4_K_M.gguf, listed as 2.49 GB
 }
-FREE_GB = {"qwen3-4b-colab-t4.yaml": 14.5}  # a T4's free VRAM; the others: a 24 GB card's, 23.5
+FREE_GB = {"qwen3-4b-colab-t4.yaml": 14.5, "gemma3-4b-colab-t4.yaml": 14.5}  # a T4's free VRAM; the others: a 24 GB card's, 23.5
 
 
 @pytest.mark.parametrize("name", Q4_K_M_BYTES)
@@ -112,6 +114,7 @@ HF_WEIGHTS = {
     "qwen3-8b-24gb.yaml": (16.4e9, 4.0e9),
     "qwen3-4b-colab-t4.yaml": (8.05e9, 3.99e9),
     "gemma3-12b-24gb.yaml": (24.4e9, 4.98e9),
+    "gemma3-4b-colab-t4.yaml": (8.6e9, 4.96e9),
 }
 
 
