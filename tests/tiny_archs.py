@@ -153,6 +153,34 @@ def _qwen3_5(vocab: int, **ids: Any) -> Any:
     return Qwen3_5ForCausalLM(cfg)
 
 
+def _qwen3_5_vision(vocab: int, **ids: Any) -> Any:
+    from transformers import Qwen3_5Config, Qwen3_5ForConditionalGeneration
+
+    # Qwen3.5 as its small models ship: the text model of `_qwen3_5` under a (tiny) vision tower and
+    # merger, vision tokens among the vocabulary's spare ids
+    text = _qwen3_5(vocab, **ids).config.to_dict()
+    vision = dict(
+        depth=1,
+        hidden_size=32,
+        intermediate_size=64,
+        num_heads=2,
+        patch_size=8,
+        out_hidden_size=COMMON["hidden_size"],
+        num_position_embeddings=16,
+    )
+    cfg = Qwen3_5Config(
+        text_config=text,
+        vision_config=vision,
+        image_token_id=5,
+        video_token_id=6,
+        vision_start_token_id=7,
+        vision_end_token_id=8,
+        tie_word_embeddings=True,
+        **ids,
+    )
+    return Qwen3_5ForConditionalGeneration(cfg)
+
+
 def _smollm3(vocab: int, **ids: Any) -> Any:
     from transformers import SmolLM3Config, SmolLM3ForCausalLM
 
@@ -231,6 +259,7 @@ BUILDERS: dict[str, Callable[..., Any]] = {
     "phi4_mini": _phi4_mini,
     "qwen3": _qwen3,
     "qwen3_5": _qwen3_5,
+    "qwen3_5_vision": _qwen3_5_vision,
     "smollm3": _smollm3,
     "olmo2": _olmo2,
     "olmo3": _olmo3,

@@ -42,7 +42,16 @@ MATRIX: dict[str, Arch] = {
         Arch("qwen2", ("Qwen2ForCausalLM",), ("qwen2",), "Qwen2/2.5", False),
         Arch("qwen3", ("Qwen3ForCausalLM",), ("qwen3",), "Qwen3 dense", False, from_gguf=False),
         # the converter reorders the linear-attention heads of the weights; a LoRA adapter is exported merged
-        Arch("qwen35", ("Qwen3_5ForCausalLM",), ("qwen3_5_text",), "Qwen3.5 dense", False, from_gguf=False, adapter_gguf=False),
+        # the small Qwen3.5 models ship as vision checkpoints: their text tower is trained and exported
+        Arch(
+            "qwen35",
+            ("Qwen3_5ForCausalLM", "Qwen3_5ForConditionalGeneration"),
+            ("qwen3_5_text", "qwen3_5"),
+            "Qwen3.5 dense",
+            False,
+            from_gguf=False,
+            adapter_gguf=False,
+        ),
         Arch("gemma2", ("Gemma2ForCausalLM",), ("gemma2",), "Gemma 2", False),
         # from 4B a vision model: its text tower is trained and exported (the converter writes it alone)
         Arch("gemma3", ("Gemma3ForCausalLM", "Gemma3ForConditionalGeneration"), ("gemma3_text", "gemma3"), "Gemma 3", False),
