@@ -111,6 +111,29 @@ def rouge_l(a: str, b: str) -> float:
 
 
 # ---- instruction filters ------------------------------------------------------------------------
+# the rule checks after the length and first-character ones, in order: (pattern, reason)
+_INSTRUCTION_PATTERNS = (
+    (_MARKUP_RE, "leaked_markup"),
+    (_LINK_RE, "link"),
+    (_KEYWORD_RE, "unusable_keyword"),
+    (_CHATTER_RE, "chatter"),
+    (_PLACEHOLDER_RE, "placeholder"),
+)
+_PAIR_PATTERNS = (
+    (_REASONING_RE, "reasoning_block"),
+    (_TURN_RE, "continues_dialogue"),
+    (_CHOICES_RE, "multiple_choice"),
+    (re.compile(r"\?\Z"), "asks_back"),
+    (_REFUSAL_RE, "refusal"),
+    (re.compile(r":\Z"), "ends_with_colon"),
+)
+
+
+def _first_match(text: str, patterns: Sequence[tuple[re.Pattern[str], str]]) -> str | None:
+    """The reason of the first pattern found in `text`, or None."""
+    return next((reason for pattern, reason in patterns if pattern.search(text)), None)
+
+
 def instruction_reject_reason(text: str, cfg: FilterConfig) -> str | None:
     """Why this generated instruction is unusable, or None if it passes the rule filters."""
     stripped = text.strip()
@@ -124,17 +147,7 @@ def instruction_reject_reason(text: str, cfg: FilterConfig) -> str | None:
     first = stripped[0]
     if not first.isascii() or not first.isalnum():
         return "bad_first_char"
-    if _MARKUP_RE.search(stripped):
-        return "leaked_markup"
-    if _LINK_RE.search(stripped):
-        return "link"
-    if _KEYWORD_RE.search(stripped):
-        return "unusable_keyword"
-    if _CHATTER_RE.search(stripped):
-        return "chatter"
-    if _PLACEHOLDER_RE.search(stripped):
-        return "placeholder"
-    return None
+    return _first_match(stripped, _INSTRUCTION_PATTERNS)
 
 
 # ---- pair filters -------------------------------------------------------------------------------
@@ -147,18 +160,8 @@ def response_reject_reason(instruction: str, response: str, finish_reason: str, 
         return "truncated"
     if len(words(r)) > cfg.max_response_words:
         return "response_too_long"
-    if _REASONING_RE.search(r):
-        return "reasoning_block"
-    if _TURN_RE.search(r):
-        return "continues_dialogue"
-    if _CHOICES_RE.search(r):
-        return "multiple_choice"
-    if r.endswith("?"):
-        return "asks_back"
-    if _REFUSAL_RE.search(r):
-        return "refusal"
-    if r.endswith(":"):
-        return "ends_with_colon"
+    if reason := _first_match(r, _PAIR_PATTERNS):
+        return reason
     if rouge_l(r, instruction) >= 0.9:  # an answer may echo its question ("Paris is the capital of France.")
         return "repeats_instruction"
     return None
