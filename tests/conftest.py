@@ -46,6 +46,8 @@ def tiny(tmp_path_factory: pytest.TempPathFactory, smol_gguf: Path) -> dict[str,
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
+    from tiny_archs import COMMON
+
     from isheep_lite.gguf import export
 
     root = tmp_path_factory.mktemp("tiny")
@@ -53,15 +55,9 @@ def tiny(tmp_path_factory: pytest.TempPathFactory, smol_gguf: Path) -> dict[str,
     torch.manual_seed(0)
     config = LlamaConfig(
         vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=1024,
+        **COMMON,  # the architecture tests' tiny dimensions
         rms_norm_eps=1e-5,
         rope_theta=10000.0,
-        tie_word_embeddings=True,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
     )
