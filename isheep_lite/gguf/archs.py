@@ -63,6 +63,16 @@ MATRIX: dict[str, Arch] = {
 }
 
 
+# the non-text parts of a multimodal checkpoint, matched anywhere in a module or weight name (Gemma 3's
+# vision_tower and multi_modal_projector, Qwen3.5's visual): LoRA never adapts them, and llama.cpp's
+# converter leaves them out of the text model's GGUF
+TOWERS = ("vision", "visual", "audio", "multi_modal_projector")
+
+
+def in_tower(name: str) -> bool:
+    return any(t in name for t in TOWERS)
+
+
 def supported() -> str:
     """The supported list, as every refusal names it."""
     return "; ".join(f"{a.gguf_arch} ({a.families})" for a in MATRIX.values())

@@ -35,13 +35,10 @@ def user_hf(hf: str) -> Path:
     return p.resolve()
 
 
-# the parts of a checkpoint llama.cpp's converter leaves out of the text model's GGUF
-_NOT_IN_TEXT_GGUF = ("mtp.", "visual.", "vision_tower.", "multi_modal_projector.", "model.visual.", "model.vision_tower.")
-
-
 def hf_params(hf_dir: Path) -> int | None:
     """The parameters of an HF directory's text model, from its safetensors headers (nothing is
-    read beyond them), or None where it has no safetensors."""
+    read beyond them), or None where it has no safetensors. A multimodal tower (archs.TOWERS) and
+    Qwen3.5's multi-token-prediction layers (`mtp.`) are left out, as the converter leaves them out."""
     from safetensors import safe_open
 
     files = sorted(hf_dir.glob("*.safetensors"))
@@ -51,7 +48,7 @@ def hf_params(hf_dir: Path) -> int | None:
     for f in files:
         with safe_open(str(f), framework="np") as st:
             for name in st.keys():
-                if not name.startswith(_NOT_IN_TEXT_GGUF):
+                if not (archs.in_tower(name) or name.startswith("mtp.")):
                     n = 1
                     for d in st.get_slice(name).get_shape():
                         n *= d

@@ -6,13 +6,11 @@ from pathlib import Path
 from typing import Any
 
 from isheep_lite.config import TrainConfig
+from isheep_lite.gguf.archs import TOWERS, in_tower
 from isheep_lite.recipe import UserError
 
 # LoRA targets: `train.target_modules: auto` takes every linear layer of the decoder blocks.
 _LINEAR_CLASSES = ("Linear", "Linear4bit")  # torch.nn.Linear; bitsandbytes' Linear4bit, matched by name (no bnb import)
-
-
-_TOWERS = ("vision", "audio", "multi_modal_projector")  # non-text parts of a multimodal model: never targets
 
 
 _FUSED = {"qkv_proj": ["q_proj", "k_proj", "v_proj"], "gate_up_proj": ["gate_proj", "up_proj"]}  # Phi-3, for the planner
@@ -21,10 +19,6 @@ _FUSED = {"qkv_proj": ["q_proj", "k_proj", "v_proj"], "gate_up_proj": ["gate_pro
 def auto_targets(targets: Any) -> bool:
     """Whether a train.target_modules value asks for the automatic choice ("auto", as YAML stores it: [auto])."""
     return targets == "auto" or (isinstance(targets, (list, tuple)) and list(targets) == ["auto"])
-
-
-def _in_tower(path: str) -> bool:
-    return any(t in path for t in _TOWERS)
 
 
 def lora_targets(model: Any) -> list[str]:
@@ -37,7 +31,7 @@ def lora_targets(model: Any) -> list[str]:
     Phi-3: qkv_proj, o_proj, gate_up_proj, down_proj; Gemma 3 ≥ 4B: those of `language_model` only."""
     names: list[str] = []
     for path, module in model.named_modules():
-        if not type(module).__name__.endswith(_LINEAR_CLASSES) or ".layers." not in f".{path}" or _in_tower(path):
+        if not type(module).__name__.endswith(_LINEAR_CLASSES) or ".layers." not in f".{path}" or in_tower(path):
             continue
         leaf = path.rsplit(".", 1)[-1]
         if "lora_" in path or "base_layer" in path or "lm_head" in leaf or "embed" in leaf:
@@ -62,7 +56,7 @@ def config_lora_targets(hf_dir: Path) -> list[str]:
 def frozen_towers(hf_dir: Path) -> list[str]:
     """The non-text towers of the model in `hf_dir` (from config.json: `vision_config`, `audio_config`),
     which training leaves as they are: LoRA adapts the text model only, and every GGUF written is the
-    text model (the converter writes it alone; an mmproj file made for the base keeps serving it)."""
+    text model (the converter writes it alone; the mmproj file made for the base is the one to pair with it)."""
     import json
 
     config = json.loads((hf_dir / "config.json").read_text(encoding="utf-8"))
@@ -86,8 +80,8 @@ def lora_target_kwargs(cfg: TrainConfig, hf_dir: Path, model: Any) -> dict[str, 
     linear layers of the same names — peft matches target names by suffix, so they would be adapted too."""
     targets = resolve_targets(cfg, hf_dir, model)
     kwargs: dict[str, Any] = {"target_modules": targets}
-    if any(_in_tower(path) and path.rsplit(".", 1)[-1] in targets for path, _ in model.named_modules()):
-        kwargs["exclude_modules"] = rf".*(?:{'|'.join(_TOWERS)}).*"
+    if any(in_tower(path) and path.rsplit(".", 1)[-1] in targets for path, _ in model.named_modules()):
+        kwargs["exclude_modules"] = rf".*(?:{'|'.join(TOWERS)}).*"
     return kwargs
 
 
