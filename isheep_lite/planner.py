@@ -48,6 +48,7 @@ class Shape:
     head_dim: int
     vocab: int
     tied: bool
+    per_layer_embedding: int = 0  # Gemma 4's per-layer input embeddings: width per layer (embedding_length_per_layer_input)
 
     @classmethod
     def from_gguf(cls, info: Any) -> "Shape":
@@ -61,6 +62,7 @@ class Shape:
             head_dim=info.head_dim,
             vocab=info.n_vocab,
             tied=info.tied,
+            per_layer_embedding=info.n_embd_per_layer,
         )
 
     @classmethod
@@ -77,6 +79,7 @@ class Shape:
             head_dim=c.get("head_dim") or c["hidden_size"] // heads,
             vocab=c["vocab_size"],
             tied=bool(c.get("tie_word_embeddings", False)),
+            per_layer_embedding=c.get("hidden_size_per_layer_input") or 0,
         )
 
     def dims(self) -> dict[str, int]:
@@ -89,7 +92,9 @@ class Shape:
         return self.layers * per_layer
 
     def embedding_params(self) -> int:
-        return self.vocab * self.hidden * (1 if self.tied else 2)
+        """Token embeddings and output layer; with Gemma 4's per-layer input embeddings, a second
+        table of vocabulary × layers × their width (most of an E2B/E4B model's parameters)."""
+        return self.vocab * (self.hidden * (1 if self.tied else 2) + self.layers * self.per_layer_embedding)
 
     def params(self) -> int:
         return self.linear_params() + self.embedding_params()

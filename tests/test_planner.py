@@ -67,6 +67,9 @@ def test_shape_from_config_counts_parameters() -> None:
     assert s == MODELS["Llama-3.1-8B (8B)"][0]
     assert abs(s.params() / 8.03e9 - 1) < 0.01  # Meta lists 8.03 B parameters (norms excluded here: 0.3 M)
     assert Shape.from_config({"text_config": llama8b}) == s
+    # Gemma 4's per-layer input embeddings: a second table of vocabulary × layers × their width
+    ple = Shape.from_config({**llama8b, "hidden_size_per_layer_input": 256})
+    assert ple.params() - s.params() == 128256 * 32 * 256
 
 
 def test_plan_picks_the_largest_micro_batch_that_fits_and_keeps_the_effective_batch() -> None:

@@ -98,6 +98,43 @@ def _gemma3_vision(vocab: int, **ids: Any) -> Any:
     return Gemma3ForConditionalGeneration(cfg)
 
 
+def _gemma4(vocab: int, **ids: Any) -> Any:
+    from transformers import Gemma4ForCausalLM, Gemma4TextConfig
+
+    # Gemma 4 E2B/E4B's shape: per-layer input embeddings, the last three layers reading the KV of
+    # earlier ones, full-attention layers with wider heads and proportional RoPE on a quarter of
+    # them, final logit soft-capping
+    cfg = Gemma4TextConfig(
+        vocab_size=vocab,
+        head_dim=16,
+        global_head_dim=32,
+        sliding_window=128,
+        layer_types=["sliding_attention", "sliding_attention", "full_attention"] * 2,
+        hidden_size_per_layer_input=16,
+        vocab_size_per_layer_input=vocab,
+        num_kv_shared_layers=3,
+        final_logit_softcapping=30.0,
+        **{**COMMON, "num_hidden_layers": 6},
+        **ids,
+    )
+    return Gemma4ForCausalLM(cfg)
+
+
+def _gemma4_vision(vocab: int, **ids: Any) -> Any:
+    from transformers import Gemma4AudioConfig, Gemma4Config, Gemma4ForConditionalGeneration, Gemma4VisionConfig
+
+    # Gemma 4 as it ships: the text model of `_gemma4` with (tiny) vision and audio towers, their
+    # tokens among the vocabulary's spare ids
+    text = _gemma4(vocab, **ids).config.to_dict()
+    vision = Gemma4VisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=2)
+    audio = Gemma4AudioConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, output_proj_dims=32)
+    special = dict(
+        boi_token_id=5, eoi_token_id=6, image_token_id=7, video_token_id=8, boa_token_id=9, eoa_token_index=10, audio_token_id=11
+    )
+    cfg = Gemma4Config(text_config=text, vision_config=vision.to_dict(), audio_config=audio.to_dict(), **special, **ids)
+    return Gemma4ForConditionalGeneration(cfg)
+
+
 def _phi3(vocab: int, **ids: Any) -> Any:
     from transformers import Phi3Config, Phi3ForCausalLM
 
@@ -255,6 +292,8 @@ BUILDERS: dict[str, Callable[..., Any]] = {
     "gemma2": _gemma2,
     "gemma3": _gemma3,
     "gemma3_vision": _gemma3_vision,
+    "gemma4": _gemma4,
+    "gemma4_vision": _gemma4_vision,
     "phi3": _phi3,
     "phi4_mini": _phi4_mini,
     "qwen3": _qwen3,

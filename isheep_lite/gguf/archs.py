@@ -55,6 +55,16 @@ MATRIX: dict[str, Arch] = {
         Arch("gemma2", ("Gemma2ForCausalLM",), ("gemma2",), "Gemma 2", False),
         # from 4B a vision model: its text tower is trained and exported (the converter writes it alone)
         Arch("gemma3", ("Gemma3ForCausalLM", "Gemma3ForConditionalGeneration"), ("gemma3_text", "gemma3"), "Gemma 3", False),
+        # Gemma 4 E2B/E4B/31B: per-layer input embeddings, KV shared by the last layers, wider full-attention heads
+        Arch(
+            "gemma4",
+            ("Gemma4ForCausalLM", "Gemma4ForConditionalGeneration"),
+            ("gemma4_text", "gemma4"),
+            "Gemma 4 dense",
+            False,
+            from_gguf=False,
+            adapter_gguf=False,
+        ),
         Arch("phi3", ("Phi3ForCausalLM",), ("phi3",), "Phi-3/3.5 mini, Phi-4-mini", False),
         Arch("smollm3", ("SmolLM3ForCausalLM",), ("smollm3",), "SmolLM3", True, from_gguf=False),
         Arch("olmo2", ("Olmo2ForCausalLM", "Olmo3ForCausalLM"), ("olmo2", "olmo3"), "OLMo 2, Olmo 3", False, from_gguf=False),
@@ -87,10 +97,31 @@ def for_gguf(arch: str, where: str) -> Arch:
     return MATRIX[arch]
 
 
+# how a config counts experts (Gemma 4 26B-A4B shares its class with the dense models, adding
+# `enable_moe_block`): LoRA on expert weights is not in the matrix
+EXPERT_KEYS = ("num_experts", "num_local_experts", "n_routed_experts")
+
+
+def experts_of(config: dict) -> int:
+    """The number of experts an HF config declares: 0 for a dense model."""
+    text = config.get("text_config") or config
+    n = max(int(text.get(k) or 0) for k in EXPERT_KEYS)
+    return n if n > 1 or text.get("enable_moe_block") else 0
+
+
+def refuse_moe(experts: int, where: str) -> None:
+    if experts:
+        raise UserError(
+            f"{where}: a mixture-of-experts model ({experts} experts) is not supported (LoRA on expert "
+            f"weights is not exported faithfully); supported, dense only: {supported()}"
+        )
+
+
 def for_hf(hf_dir: Path) -> Arch:
     """The matrix row for an HF model directory's config.json `architectures`, or a one-line refusal."""
     config = json.loads((hf_dir / "config.json").read_text(encoding="utf-8"))
     names = config.get("architectures") or []
+    refuse_moe(experts_of(config), str(hf_dir))
     for arch in MATRIX.values():
         if any(n in arch.hf_architectures for n in names) or (not names and config.get("model_type") in arch.model_types):
             return arch

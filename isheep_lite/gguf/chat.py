@@ -44,8 +44,8 @@ def _compile(template: str) -> Any:
 def render_chat(info: GgufInfo, messages: list[dict[str, str]], add_generation_prompt: bool) -> str:
     """The model's own chat template, rendered as transformers and llama.cpp render it.
 
-    Always through the template's no-think path (`enable_thinking=False`, which Qwen3, Qwen3.5 and
-    SmolLM3 read; other templates ignore it): instructions, answers and grades are written without
+    Always through the template's no-think path (`enable_thinking=False`, which Qwen3, Qwen3.5,
+    SmolLM3 and Gemma 4 read; other templates ignore it): instructions, answers and grades are written without
     a reasoning block, and the training text is what the template makes of an answer without one.
     """
     if not info.chat_template:

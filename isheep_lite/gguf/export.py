@@ -317,6 +317,23 @@ def _export_class(base: type, template: Path) -> type:
     return Export
 
 
+def _hparams_for_converter(hparams: dict[str, Any]) -> dict[str, Any]:
+    """The HF config as the converter reads it. Gemma 4's full-attention head size and KV heads:
+    transformers (5.x) moves `global_head_dim` / `num_global_key_value_heads` of a checkpoint's
+    config into `per_layer_config` when it reads it, and the converter still reads the old keys;
+    they are put back from any full-attention layer's entry, in the text config too."""
+    for cfg in (hparams, hparams.get("text_config") or {}):
+        per_layer = cfg.get("per_layer_config") or {}
+        full = [
+            per_layer.get(f"{i:02d}", per_layer.get(str(i))) for i, t in enumerate(cfg.get("layer_types") or []) if t == "full_attention"
+        ]
+        if full and full[0]:
+            cfg.setdefault("global_head_dim", full[0].get("head_dim", cfg.get("head_dim")))
+            if "num_key_value_heads" in full[0]:
+                cfg.setdefault("num_global_key_value_heads", full[0]["num_key_value_heads"])
+    return hparams
+
+
 def convert(hf_dir: Path, template: Path, out: Path, outtype: str = "f16") -> None:
     """An HF directory → GGUF at `out` by llama.cpp's converter (lazily, tensor by tensor), atomically.
 
@@ -335,7 +352,7 @@ def convert(hf_dir: Path, template: Path, out: Path, outtype: str = "f16") -> No
         logging.getLogger(name).setLevel(logging.WARNING)
     with atomic_path(out, shared=True) as tmp:
         with torch.inference_mode():
-            hparams = conversion.ModelBase.load_hparams(hf_dir, False)
+            hparams = _hparams_for_converter(conversion.ModelBase.load_hparams(hf_dir, False))
             if not hparams.get("architectures"):  # the converter picks its class by this name
                 hparams["architectures"] = [arch.hf_architectures[arch.model_types.index(hparams["model_type"])]]
             name = conversion.get_model_architecture(hparams, conversion.ModelType.TEXT)

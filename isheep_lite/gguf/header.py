@@ -146,6 +146,8 @@ class GgufInfo:
     head_dim: int = 0
     tied: bool = True  # no separate output.weight: the output layer reuses the token embeddings
     rope_dims: int = 0  # <arch>.rope.dimension_count: fewer than head_dim where RoPE covers part of each head
+    n_embd_per_layer: int = 0  # <arch>.embedding_length_per_layer_input: Gemma 4's per-layer input embeddings
+    n_experts: int = 0  # <arch>.expert_count: a mixture of experts (refused)
     general: tuple[tuple[str, Any], ...] = ()  # the general.* metadata (name, license, …), as (key without "general.", value)
 
 
@@ -207,6 +209,8 @@ def gguf_info(path: Path) -> GgufInfo:
         head_dim=num("attention.key_length") or (num("embedding_length") // heads if heads else 0),
         tied=not any(t.name == "output.weight" for r in readers for t in r.tensors),
         rope_dims=num("rope.dimension_count"),
+        n_embd_per_layer=num("embedding_length_per_layer_input"),
+        n_experts=num("expert_count"),
         kv_bytes_per_cell=kv_bytes_per_cell(meta, arch),
         n_layers=int(meta.get(f"{arch}.block_count") or 0),
         n_ctx_train=int(meta.get(f"{arch}.context_length") or 0),
@@ -227,6 +231,7 @@ def check_arch(path: Path) -> GgufInfo:
 
     info = gguf_info(path)
     archs.for_gguf(info.arch, str(path))
+    archs.refuse_moe(info.n_experts, str(path))
     if not info.chat_template:
         raise UserError(
             f"{path}: no chat template (tokenizer.chat_template): the loop prompts, answers and grades in the "

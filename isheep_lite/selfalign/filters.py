@@ -49,9 +49,10 @@ _CHATTER_RE = re.compile(
     re.I,
 )
 _PLACEHOLDER_RE = re.compile(r"\[[^\]]*\]|<[^>]*>|\{[^}]*\}|_{3,}")
-# A reasoning block in an answer (Qwen3's and SmolLM3's <think>…</think>): answers are written through
-# the template's no-think path, and a model that thinks anyway must not be trained to.
-_REASONING_RE = re.compile(r"</?think>", re.I)
+# A reasoning block in an answer (Qwen3's and SmolLM3's <think>…</think>, Gemma 4's thought channel
+# <|channel>thought…<channel|>): answers are written through the template's no-think path, and a
+# model that thinks anyway must not be trained to.
+_REASONING_RE = re.compile(r"</?think>|<\|channel>|<channel\|>", re.I)
 _TURN_RE = re.compile(r"(^|\n)\s*(user|assistant|human|question|instruction|q)\s*:", re.I)
 _CHOICES_RE = re.compile(r"(^|\n)\s*\(?[A-Da-d][).]\s+\S.*(\n\s*\(?[A-Da-d][).]\s+\S.*){2,}")
 _REFUSAL_RE = re.compile(r"^\s*(i'?m sorry|i am sorry|sorry,|i cannot|i can'?t|as an ai)", re.I)

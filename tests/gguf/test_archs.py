@@ -190,6 +190,36 @@ def test_unsupported_architecture_is_refused_naming_the_supported_ones(tmp_path:
         archs.for_gguf("gpt2", "model.gguf")
 
 
+def test_a_mixture_of_experts_is_refused_by_config_and_by_gguf_header(tmp_path: Path) -> None:
+    """Gemma 4 26B-A4B shares its class with the dense Gemma 4 models: its experts are what refuse it."""
+    import json
+
+    import gguf
+
+    from isheep_lite.gguf import header
+
+    dense = {"architectures": ["Gemma4ForConditionalGeneration"], "text_config": {"enable_moe_block": False, "num_experts": None}}
+    moe = {**dense, "text_config": {"enable_moe_block": True, "num_experts": 128, "top_k_experts": 8}}
+    (tmp_path / "config.json").write_text(json.dumps(dense))
+    assert archs.for_hf(tmp_path).gguf_arch == "gemma4"
+    (tmp_path / "config.json").write_text(json.dumps(moe))
+    with pytest.raises(UserError, match=r"mixture-of-experts model \(128 experts\) is not supported"):
+        archs.for_hf(tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps({"architectures": ["Qwen3ForCausalLM"], "num_experts": 0}))
+    assert archs.for_hf(tmp_path).gguf_arch == "qwen3"
+    w = gguf.GGUFWriter(str(tmp_path / "moe.gguf"), "gemma4")
+    w.add_block_count(1)
+    w.add_expert_count(128)
+    w.add_chat_template("{% for m in messages %}{{ m['content'] }}{% endfor %}")
+    w.add_tensor("token_embd.weight", np.zeros((8, 4), dtype=np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    with pytest.raises(UserError, match="mixture-of-experts"):
+        header.check_arch(tmp_path / "moe.gguf")
+
+
 def _gpt2_gguf(path: Path) -> Path:
     """A GGUF whose header says gpt2 (llama.cpp knows it; the toolkit cannot train and export it)."""
     import gguf

@@ -44,6 +44,7 @@ def test_instruction_filters(text: str, reason: str | None) -> None:
         ("Paris.\nUser: and Spain?", "stop", "continues_dialogue"),
         ("<think>\nThe capital.\n</think>\n\nParis.", "stop", "reasoning_block"),
         ("Paris.</think>", "stop", "reasoning_block"),
+        ("<|channel>thought\nThe capital.<channel|>Paris.", "stop", "reasoning_block"),
         ("Pick one:\nA) Paris\nB) Rome\nC) Oslo", "stop", "multiple_choice"),
         ("Which country do you mean?", "stop", "asks_back"),
         ("I'm sorry, but I cannot help with that.", "stop", "refusal"),
