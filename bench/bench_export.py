@@ -13,7 +13,7 @@ Then, each in a fresh child process:
 
   baseline   the interpreter with torch, isheep_lite.gguf.export and llama.cpp's converter imported, nothing run
   merge      export.merge_into_dir(hf, adapter, out)                    (step 1 of a merged export alone)
-  convert    export.convert(hf, template, out, "f16")                   (llama.cpp's converter alone, no adapter)
+  convert    convert.convert(hf, template, out, "f16")                   (llama.cpp's converter alone, no adapter)
   export     export.export(hf, adapter, template, out, ["f16"])         (merge + convert: the real thing)
 
 Peak RSS is the kernel's high-water mark for that child (`os.wait4` rusage ru_maxrss: anonymous
@@ -123,10 +123,10 @@ def child_adapter(hf: Path, out: Path, seed: int) -> dict:
 def child_measure(step: str, hf: Path, adapter: Path, out: Path) -> dict:
     import torch  # noqa: F401  (imported before the clock starts, as in every step)
 
-    from isheep_lite.gguf import export, header
+    from isheep_lite.gguf import convert, export, header
 
     template = header.resolve_gguf(TEMPLATE)
-    export.check_converter()  # imports llama.cpp's converter
+    convert.check_converter()  # imports llama.cpp's converter
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     result: dict = {}
@@ -134,7 +134,7 @@ def child_measure(step: str, hf: Path, adapter: Path, out: Path) -> dict:
         export.merge_into_dir(hf, adapter, out / "merged")
         result["output_bytes"] = sum(f.stat().st_size for f in (out / "merged").glob("*.safetensors"))
     elif step == "convert":
-        export.convert(hf, template, out / "model-f16.gguf", "f16")
+        convert.convert(hf, template, out / "model-f16.gguf", "f16")
         result["output_bytes"] = (out / "model-f16.gguf").stat().st_size
     elif step == "export":
         paths = export.export(hf, adapter, template, out, ["f16"])

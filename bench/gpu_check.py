@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from isheep_lite.config import TrainConfig
-from isheep_lite.gguf import export, header
+from isheep_lite.gguf import convert, export, header
 from isheep_lite.training import encode, fit, hardware
 
 PROMPT = "What is the secret code of the lighthouse?"
@@ -99,7 +99,7 @@ def prepare(bundle: Path) -> None:
     tiny.save_pretrained(bundle / "tiny")
     tokenizer.save_pretrained(bundle / "tiny")
     template = bundle / "template.gguf"
-    export.convert(bundle / "tiny", smol, template, "f16")
+    convert.convert(bundle / "tiny", smol, template, "f16")
     convo = [{"role": "user", "content": PROMPT}, {"role": "assistant", "content": ANSWER}]
     memo, _ = encode.build_examples([convo] * 4, template, 512)
     seeds = resources.files("isheep_lite").joinpath("data/seeds.jsonl").read_text(encoding="utf-8")

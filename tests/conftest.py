@@ -48,7 +48,7 @@ def tiny(tmp_path_factory: pytest.TempPathFactory, smol_gguf: Path) -> dict[str,
 
     from tiny_archs import COMMON
 
-    from isheep_lite.gguf import export
+    from isheep_lite.gguf import convert
 
     root = tmp_path_factory.mktemp("tiny")
     tokenizer = AutoTokenizer.from_pretrained(str(smol_gguf.parent), gguf_file=smol_gguf.name)
@@ -66,7 +66,7 @@ def tiny(tmp_path_factory: pytest.TempPathFactory, smol_gguf: Path) -> dict[str,
     model.save_pretrained(hf)
     tokenizer.save_pretrained(hf)
     gguf = root / "tiny-f32.gguf"
-    export.convert(hf, smol_gguf, gguf, "f32")
+    convert.convert(hf, smol_gguf, gguf, "f32")
     return {"hf": hf, "gguf": gguf}
 
 

@@ -135,6 +135,40 @@ def _gemma4_vision(vocab: int, **ids: Any) -> Any:
     return Gemma4ForConditionalGeneration(cfg)
 
 
+def _ministral3(vocab: int, **ids: Any) -> Any:
+    from transformers import Ministral3Config, Ministral3ForCausalLM
+
+    # Ministral 3's RoPE: YaRN past the original context, and Llama 4's attention scaling, which
+    # grows the queries by 1 + β·log(1 + ⌊position / original context⌋) — both exercised past 256
+    rope = {
+        "rope_type": "yarn",
+        "rope_theta": 1000000.0,
+        "factor": 4.0,
+        "original_max_position_embeddings": 256,
+        "max_position_embeddings": 1024,
+        "beta_fast": 32.0,
+        "beta_slow": 1.0,
+        "mscale_all_dim": 1.0,
+        "mscale": 1.0,
+        "llama_4_scaling_beta": 0.1,
+    }
+    cfg = Ministral3Config(vocab_size=vocab, head_dim=16, rope_parameters=rope, **{**COMMON, "tie_word_embeddings": False}, **ids)
+    return Ministral3ForCausalLM(cfg)
+
+
+def _ministral3_vision(vocab: int, **ids: Any) -> Any:
+    from transformers import Mistral3Config, Mistral3ForConditionalGeneration, PixtralVisionConfig
+
+    # Ministral 3 as it ships: the text model of `_ministral3` under a (tiny) Pixtral vision tower
+    # and projector, the image token among the vocabulary's spare ids
+    text = _ministral3(vocab, **ids).config.to_dict()
+    vision = PixtralVisionConfig(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, image_size=32, patch_size=8
+    )
+    cfg = Mistral3Config(text_config=text, vision_config=vision.to_dict(), image_token_index=7, spatial_merge_size=2, **ids)
+    return Mistral3ForConditionalGeneration(cfg)
+
+
 def _phi3(vocab: int, **ids: Any) -> Any:
     from transformers import Phi3Config, Phi3ForCausalLM
 
@@ -294,6 +328,8 @@ BUILDERS: dict[str, Callable[..., Any]] = {
     "gemma3_vision": _gemma3_vision,
     "gemma4": _gemma4,
     "gemma4_vision": _gemma4_vision,
+    "ministral3": _ministral3,
+    "ministral3_vision": _ministral3_vision,
     "phi3": _phi3,
     "phi4_mini": _phi4_mini,
     "qwen3": _qwen3,
@@ -309,13 +345,13 @@ BUILDERS: dict[str, Callable[..., Any]] = {
 def save_user_model(model: Any, tokenizer: Any, template: Path, root: Path, kind: str) -> tuple[Path, Path]:
     """(HF dir, its GGUF) of `model`, as a user brings a model: HF weights with their tokenizer, and
     the F32 GGUF the toolkit's own export writes from them (tokenizer and chat template from `template`)."""
-    from isheep_lite.gguf import export
+    from isheep_lite.gguf import convert
 
     hf = root / f"{kind}-hf"
     model.save_pretrained(hf)
     tokenizer.save_pretrained(hf)
     gguf = root / f"{kind}.gguf"
-    export.convert(hf, template, gguf, "f32")
+    convert.convert(hf, template, gguf, "f32")
     return hf, gguf
 
 

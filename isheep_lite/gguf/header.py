@@ -127,6 +127,23 @@ def gguf_shards(path: Path) -> list[Path]:
 
 
 # ---- GGUF metadata ------------------------------------------------------------------------------
+def gguf_reader(path: Path) -> Any:
+    """gguf.GGUFReader of `path`, parsed once per version of the file (its path, size and mtime).
+
+    Parsing a header reads every token string one numpy item at a time — seconds for SmolLM2's 49k
+    tokens, more for a 150k vocabulary — and an export, the RoPE restore and the header checks all
+    read the user's GGUF; the parsed reader is shared. Read-only: writers open their own."""
+    st = Path(path).stat()
+    return _reader(str(path), st.st_size, st.st_mtime_ns)
+
+
+@lru_cache(maxsize=2)
+def _reader(path: str, size: int, mtime_ns: int) -> Any:
+    import gguf
+
+    return gguf.GGUFReader(path)
+
+
 @dataclass(frozen=True)
 class GgufInfo:
     arch: str
@@ -175,7 +192,7 @@ def gguf_info(path: Path) -> GgufInfo:
     readers = []
     for shard in shards:
         try:
-            readers.append(gguf.GGUFReader(str(shard)))
+            readers.append(gguf_reader(shard))
         except Exception as e:  # a corrupt header: one clear line
             raise UserError(f"{shard} is not a readable GGUF ({type(e).__name__}: {e})") from None
     reader = readers[0]

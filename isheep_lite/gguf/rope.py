@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from isheep_lite.gguf.header import _field_value, gguf_info
+from isheep_lite.gguf.header import _field_value, gguf_info, gguf_reader
 from isheep_lite.recipe import UserError
 
 
@@ -24,7 +24,7 @@ def gguf_rope(path: Path) -> dict[str, Any]:
     import gguf
     import numpy as np
 
-    reader = gguf.GGUFReader(str(path))
+    reader = gguf_reader(path)
     arch = str(_field_value(reader, "general.architecture"))
     meta = {k[len(arch) + 1 :]: _field_value(reader, k) for k in reader.fields if k.startswith(f"{arch}.")}
     tensors = {
@@ -91,10 +91,9 @@ def restore_config(config: Any, gguf_path: Path) -> None:
     llama.cpp serves the same file: RoPE scaling (gguf_rope) and the trained context; for Gemma the
     attention scale (llama.cpp: 1/sqrt(head size), 1/sqrt(hidden/heads) for the 27B models) and
     Gemma 3's sliding/full layer pattern (every 6th layer full unless the GGUF lists it)."""
-    import gguf
 
     info = gguf_info(gguf_path)
-    reader = gguf.GGUFReader(str(gguf_path))
+    reader = gguf_reader(gguf_path)
     meta = {k[len(info.arch) + 1 :]: _field_value(reader, k) for k in reader.fields if k.startswith(f"{info.arch}.")}
     if info.arch in ("gemma2", "gemma3"):
         big = info.n_layers == {"gemma2": 46, "gemma3": 62}[info.arch]

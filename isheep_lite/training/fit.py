@@ -127,9 +127,12 @@ def load_model(hf_dir: Path, cfg: TrainConfig, backend: str, cuda: bool, seed: i
         )
         return model, tokenizer
     from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig, AutoTokenizer
+
+    from isheep_lite.training.lora import auto_class
 
     tokenizer = AutoTokenizer.from_pretrained(str(hf_dir))
+    auto = auto_class(AutoConfig.from_pretrained(str(hf_dir)))
     if four_bit:
         from peft import prepare_model_for_kbit_training
         from transformers import BitsAndBytesConfig
@@ -141,10 +144,10 @@ def load_model(hf_dir: Path, cfg: TrainConfig, backend: str, cuda: bool, seed: i
             bnb_4bit_compute_dtype=dtypes["bnb_4bit_compute_dtype"],
         )
         device = {"": int(os.environ.get("LOCAL_RANK", 0))}  # this process's GPU (one per process under DDP)
-        model = AutoModelForCausalLM.from_pretrained(str(hf_dir), quantization_config=q, dtype=dtypes["dtype"], device_map=device)
+        model = auto.from_pretrained(str(hf_dir), quantization_config=q, dtype=dtypes["dtype"], device_map=device)
         model = prepare_model_for_kbit_training(model)
     else:
-        model = AutoModelForCausalLM.from_pretrained(str(hf_dir), dtype=dtypes["dtype"])
+        model = auto.from_pretrained(str(hf_dir), dtype=dtypes["dtype"])
     lora = LoraConfig(
         r=cfg.lora_r,
         lora_alpha=cfg.lora_alpha,

@@ -41,15 +41,25 @@ def lora_targets(model: Any) -> list[str]:
     return names
 
 
+def auto_class(config: Any) -> Any:
+    """transformers' auto class that builds a model of `config` with its language-model head:
+    AutoModelForCausalLM, or, for a vision checkpoint it does not map (Ministral 3's
+    Mistral3ForConditionalGeneration), AutoModelForImageTextToText — trained on text alone."""
+    from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
+
+    return AutoModelForCausalLM if type(config) in MODEL_FOR_CAUSAL_LM_MAPPING else AutoModelForImageTextToText
+
+
 def config_lora_targets(hf_dir: Path) -> list[str]:
     """`lora_targets` of the model in `hf_dir` before it is loaded: built from its config.json on the
     meta device (no weights are read, no memory is taken)."""
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoConfig
 
     config = AutoConfig.from_pretrained(str(hf_dir))
     with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config)
+        model = auto_class(config).from_config(config)
     return lora_targets(model)
 
 

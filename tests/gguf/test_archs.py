@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from isheep_lite.config import TrainConfig
-from isheep_lite.gguf import archs, export, header, weights
+from isheep_lite.gguf import archs, convert, export, header, weights
 from isheep_lite.recipe import UserError
 from isheep_lite.training import fit
 from tiny_archs import BUILDERS, save_user_model
@@ -88,9 +88,11 @@ def _llama_logits(gguf: Path, ids: list[int], lora: Path | None = None) -> np.nd
 def _hf_logits(hf: Path, adapter: Path, ids: list[int]) -> np.ndarray:
     import torch
     from peft import PeftModel
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoConfig
 
-    model = AutoModelForCausalLM.from_pretrained(str(hf), dtype=torch.float32, attn_implementation="eager")
+    from isheep_lite.training.lora import auto_class
+
+    model = auto_class(AutoConfig.from_pretrained(str(hf))).from_pretrained(str(hf), dtype=torch.float32, attn_implementation="eager")
     model = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload().eval()
     with torch.no_grad():
         return model(torch.tensor([ids])).logits[0].float().numpy()
@@ -170,7 +172,7 @@ def test_metadata_of_the_users_gguf_survives(smol_gguf: Path, smol_hf: Path, tmp
     import gguf
 
     out = tmp_path / "m.gguf"
-    export.convert(smol_hf, smol_gguf, out, "f16")
+    convert.convert(smol_hf, smol_gguf, out, "f16")
     src, dst = gguf.GGUFReader(str(smol_gguf)), gguf.GGUFReader(str(out))
     for key in [k for k in src.fields if k.startswith(("tokenizer.", "general.name", "general.license"))]:
         assert key in dst.fields, key

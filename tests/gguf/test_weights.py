@@ -28,8 +28,8 @@ calls.write_text(str(int(calls.read_text()) + 1 if calls.exists() else 1))
 if a.outtype != "f16":
     sys.exit("unexpected --outtype")
 from isheep_lite.gguf import header
-from isheep_lite.gguf import export
-export.convert(Path(a.model), header.resolve_gguf("embedded:smollm2-135m-instruct"), Path(a.outfile), "f16")
+from isheep_lite.gguf import convert
+convert.convert(Path(a.model), header.resolve_gguf("embedded:smollm2-135m-instruct"), Path(a.outfile), "f16")
 """
 
 

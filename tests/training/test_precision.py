@@ -121,6 +121,7 @@ def test_hf_backend_loads_and_trains_in_the_devices_precision(
     monkeypatch.setattr(transformers, "BitsAndBytesConfig", rec.record("bnb", "q"))
     monkeypatch.setattr(peft, "prepare_model_for_kbit_training", lambda model: model)
     cuda = fake_gpu != "fp32"
+    _tiny_llama().config.save_pretrained(tmp_path)  # what picks the auto class (a causal LM here)
     model, _ = fit.load_model(tmp_path, TrainConfig(), "hf", cuda, seed=0)
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[fake_gpu]
     assert rec.calls["from_pretrained"]["dtype"] == dtype
