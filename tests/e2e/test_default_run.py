@@ -29,7 +29,7 @@ def test_two_real_iterations(tmp_path: Path, smol_hf: Path, capsys: pytest.Captu
             "synth.num_instructions=8",
             "synth.response_max_tokens=160",
             "train.epochs=1",
-            "eval.stop_prompts=20",
+            "eval.stop_prompts=10",
             "eval.max_tokens=512",
             "eval.ifeval_prompts=9",
             "eval.suite_prompts=0",  # off by default; tests/e2e/test_eval_suite.py runs it
@@ -57,9 +57,9 @@ def test_two_real_iterations(tmp_path: Path, smol_hf: Path, capsys: pytest.Captu
         ins, res, sel, tr = m.get(t, InstructionsSummary), m.get(t, ResponsesSummary), m.get(t, FilterSummary), m.get(t, TrainSummary)
         assert ins and ins.instructions == 8 and res and res.responses == 8
         assert sel and sel.kept >= 1 and tr and tr.steps >= 1
-        # Each tuned model stops at least as often as the base on the 20 held-out prompts.
+        # Each tuned model stops at least as often as the base on the 10 held-out prompts.
         ev = m.get(t, EvalSummary)
-        assert ev and ev.prompts == 20 and not ev.suite and ev.ifeval and ev.stop_rate is not None
+        assert ev and ev.prompts == 10 and not ev.suite and ev.ifeval and ev.stop_rate is not None
         ife = ev.ifeval  # a stratified 9 of IFEval (one a group), by the official checker
         assert ife["n_prompts"] == 9 and 0 <= ife["prompt_strict"] <= ife["prompt_loose"] <= 1
         assert ife["untrained"]["prompts"] + ife["trained_part"]["prompts"] == 9
@@ -78,7 +78,7 @@ def test_two_real_iterations(tmp_path: Path, smol_hf: Path, capsys: pytest.Captu
         ev, verdict = m.get(t, EvalSummary), m.get(t, PromoteSummary)
         assert ev and ev.pairwise and verdict
         pw = ev.pairwise
-        assert pw["prompts"] == 20 and pw["win"] + pw["tie"] + pw["loss"] == 20
+        assert pw["prompts"] == 10 and pw["win"] + pw["tie"] + pw["loss"] == 10
         assert verdict.compared and verdict.best in (t, verdict.against)
         assert json.loads((run_dir / f"iter_0{t}" / "eval.json").read_text())["pairwise"] == pw
     last = m.get(2, PromoteSummary)
