@@ -196,8 +196,6 @@ def test_a_mixture_of_experts_is_refused_by_config_and_by_gguf_header(tmp_path: 
     """Gemma 4 26B-A4B shares its class with the dense Gemma 4 models: its experts are what refuse it."""
     import json
 
-    import gguf
-
     from isheep_lite.gguf import header
 
     dense = {"architectures": ["Gemma4ForConditionalGeneration"], "text_config": {"enable_moe_block": False, "num_experts": None}}
@@ -209,26 +207,24 @@ def test_a_mixture_of_experts_is_refused_by_config_and_by_gguf_header(tmp_path: 
         archs.for_hf(tmp_path)
     (tmp_path / "config.json").write_text(json.dumps({"architectures": ["Qwen3ForCausalLM"], "num_experts": 0}))
     assert archs.for_hf(tmp_path).gguf_arch == "qwen3"
-    w = gguf.GGUFWriter(str(tmp_path / "moe.gguf"), "gemma4")
-    w.add_block_count(1)
-    w.add_expert_count(128)
-    w.add_chat_template("{% for m in messages %}{{ m['content'] }}{% endfor %}")
-    w.add_tensor("token_embd.weight", np.zeros((8, 4), dtype=np.float32))
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
     with pytest.raises(UserError, match="mixture-of-experts"):
-        header.check_arch(tmp_path / "moe.gguf")
+        header.check_arch(header_gguf(tmp_path / "moe.gguf", "gemma4", PLAIN_TEMPLATE, experts=128))
 
 
-def _gpt2_gguf(path: Path) -> Path:
-    """A GGUF whose header says gpt2 (llama.cpp knows it; the toolkit cannot train and export it)."""
+PLAIN_TEMPLATE = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
+
+
+def header_gguf(path: Path, arch: str, chat_template: str | None = None, experts: int = 0) -> Path:
+    """A GGUF that is only a header (and one small tensor) of `arch`: what the up-front checks read."""
     import gguf
 
-    w = gguf.GGUFWriter(str(path), "gpt2")
+    w = gguf.GGUFWriter(str(path), arch)
     w.add_block_count(1)
     w.add_context_length(64)
+    if experts:
+        w.add_expert_count(experts)
+    if chat_template:
+        w.add_chat_template(chat_template)
     w.add_tensor("token_embd.weight", np.zeros((8, 4), dtype=np.float32))
     w.write_header_to_file()
     w.write_kv_data_to_file()
@@ -240,19 +236,10 @@ def _gpt2_gguf(path: Path) -> Path:
 def test_what_a_row_cannot_do_is_refused_up_front(tmp_path: Path) -> None:
     """A Qwen3.5 model: its adapter is exported merged only, and transformers cannot load it back
     from a GGUF (the transformers backend loads every model from its GGUF)."""
-    import gguf
     import subprocess
     import sys
 
-    w = gguf.GGUFWriter(str(tmp_path / "qwen35.gguf"), "qwen35")  # a Qwen3.5 header with a chat template
-    w.add_block_count(1)
-    w.add_context_length(64)
-    w.add_chat_template("{% for m in messages %}{{ m['content'] }}{% endfor %}")
-    w.add_tensor("token_embd.weight", np.zeros((8, 4), dtype=np.float32))
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
+    header_gguf(tmp_path / "qwen35.gguf", "qwen35", PLAIN_TEMPLATE)  # a Qwen3.5 header with a chat template
     argv = [sys.executable, "-m", "isheep_lite", "recipe", f"model.gguf={tmp_path / 'qwen35.gguf'}", "model.hf=" + str(tmp_path)]
     (tmp_path / "config.json").write_text('{"architectures": ["Qwen3_5ForCausalLM"], "model_type": "qwen3_5_text"}')
     proc = subprocess.run([*argv, "export.mode=adapter"], capture_output=True, text=True, timeout=300)
@@ -271,7 +258,7 @@ def test_unsupported_gguf_is_refused_before_any_work(command: str, tmp_path: Pat
     import subprocess
     import sys
 
-    model = _gpt2_gguf(tmp_path / "gpt2.gguf")
+    model = header_gguf(tmp_path / "gpt2.gguf", "gpt2")  # llama.cpp knows gpt2; the toolkit cannot train and export it
     runs = tmp_path / "runs"
     args = [str(model)] if command == "eval" else [f"model.gguf={model}", f"runs_dir={runs}"]
     proc = subprocess.run(
