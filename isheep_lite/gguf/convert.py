@@ -158,14 +158,12 @@ def _hparams_for_converter(hparams: dict[str, Any]) -> dict[str, Any]:
     config into `per_layer_config` when it reads it, and the converter still reads the old keys;
     they are put back from any full-attention layer's entry, in the text config too."""
     for cfg in (hparams, hparams.get("text_config") or {}):
-        per_layer = cfg.get("per_layer_config") or {}
-        full = [
-            per_layer.get(f"{i:02d}", per_layer.get(str(i))) for i, t in enumerate(cfg.get("layer_types") or []) if t == "full_attention"
-        ]
-        if full and full[0]:
-            cfg.setdefault("global_head_dim", full[0].get("head_dim", cfg.get("head_dim")))
-            if "num_key_value_heads" in full[0]:
-                cfg.setdefault("num_global_key_value_heads", full[0]["num_key_value_heads"])
+        per_layer = {int(i): entry for i, entry in (cfg.get("per_layer_config") or {}).items()}  # keys: "05" or 5
+        full = next((per_layer[i] for i, t in enumerate(cfg.get("layer_types") or []) if t == "full_attention" and per_layer.get(i)), None)
+        if full:
+            cfg.setdefault("global_head_dim", full.get("head_dim", cfg.get("head_dim")))
+            if "num_key_value_heads" in full:
+                cfg.setdefault("num_global_key_value_heads", full["num_key_value_heads"])
     return hparams
 
 
