@@ -3,7 +3,8 @@
 Peak memory of LoRA / QLoRA SFT is the sum of five parts (bytes):
 
     weights      linear layers: NF4 with double-quantised scales, 0.5 + 1/64 B/param (4-bit), or
-                 2 B/param (16-bit); embeddings and lm_head stay 16-bit (neither bitsandbytes nor
+                 2 B/param (16-bit) — a multimodal checkpoint's vision/audio towers too (loaded,
+                 never adapted); embeddings and lm_head stay 16-bit (neither bitsandbytes nor
                  Unsloth quantises them)
     lora         adapter params × 16 B (fp32 weight 4 + fp32 grad 4 + Adam m and v 8);
                  params = r × (d_in + d_out) per target matrix per layer
@@ -27,15 +28,24 @@ from typing import Any
 
 GB = 1e9
 OVERHEAD = 0.75 * GB
-TARGET_SHAPES = {  # target module → (d_in, d_out) in units of (hidden, kv_dim, intermediate)
-    "q_proj": ("h", "q"),
-    "k_proj": ("h", "kv"),
-    "v_proj": ("h", "kv"),
-    "o_proj": ("q", "h"),
-    "gate_proj": ("h", "i"),
-    "up_proj": ("h", "i"),
-    "down_proj": ("i", "h"),
+# target module → (d_in, d_out, which layers have it); dims in units of Shape.dims(). Attention
+# projections are in the full-attention layers, Qwen3.5's gated-delta-net projections in its
+# linear-attention layers, the MLP in every layer.
+TARGET_SHAPES = {
+    "q_proj": ("h", "q_out", "attention"),
+    "k_proj": ("h", "kv", "attention"),
+    "v_proj": ("h", "kv", "attention"),
+    "o_proj": ("q", "h", "attention"),
+    "in_proj_qkv": ("h", "lin_qkv", "linear_attention"),
+    "in_proj_z": ("h", "lin_v", "linear_attention"),
+    "in_proj_b": ("h", "lin_heads", "linear_attention"),
+    "in_proj_a": ("h", "lin_heads", "linear_attention"),
+    "out_proj": ("lin_v", "h", "linear_attention"),
+    "gate_proj": ("h", "i", "all"),
+    "up_proj": ("h", "i", "all"),
+    "down_proj": ("i", "h", "all"),
 }
+TOWER_CONFIGS = ("vision_config", "audio_config")
 
 
 @dataclass(frozen=True)
@@ -49,10 +59,20 @@ class Shape:
     vocab: int
     tied: bool
     per_layer_embedding: int = 0  # Gemma 4's per-layer input embeddings: width per layer (embedding_length_per_layer_input)
+    # Qwen3.5's hybrid: this many layers are gated-delta-net linear attention instead of full attention,
+    # with key width (heads × head size, for q and k), value width and value heads; its full-attention
+    # query projection is twice as wide (the output gate)
+    linear_attention_layers: int = 0
+    linear_key: int = 0
+    linear_value: int = 0
+    linear_heads: int = 0
+    gated_query: bool = False
+    tower_params: int = 0  # a multimodal checkpoint's vision/audio towers (their blocks), loaded but not adapted
 
     @classmethod
     def from_gguf(cls, info: Any) -> "Shape":
-        """From a GGUF header (models.GgufInfo): what preflight knows before any HF weights exist."""
+        """From a GGUF header (models.GgufInfo): what preflight knows before any HF weights exist
+        (the architectures whose GGUF alone is enough to train: no hybrid layers, no towers)."""
         return cls(
             layers=info.n_layers,
             hidden=info.n_embd,
@@ -67,29 +87,53 @@ class Shape:
 
     @classmethod
     def from_config(cls, c: dict[str, Any]) -> "Shape":
-        """From an HF config.json (text config of multimodal models)."""
-        c = c.get("text_config", c)
-        heads = c["num_attention_heads"]
+        """From an HF config.json: its text config, and the blocks of its vision/audio towers."""
+        towers = sum(_tower_params(c[k]) for k in TOWER_CONFIGS if isinstance(c.get(k), dict))
+        t = c.get("text_config", c)
+        tied = c.get("tie_word_embeddings", t.get("tie_word_embeddings", False))  # a composite model's own key governs
+        heads = t["num_attention_heads"]
+        linear = sum(1 for kind in t.get("layer_types") or [] if kind == "linear_attention")
         return cls(
-            layers=c["num_hidden_layers"],
-            hidden=c["hidden_size"],
-            intermediate=c["intermediate_size"],
+            layers=t["num_hidden_layers"],
+            hidden=t["hidden_size"],
+            intermediate=t["intermediate_size"],
             heads=heads,
-            kv_heads=c.get("num_key_value_heads") or heads,
-            head_dim=c.get("head_dim") or c["hidden_size"] // heads,
-            vocab=c["vocab_size"],
-            tied=bool(c.get("tie_word_embeddings", False)),
-            per_layer_embedding=c.get("hidden_size_per_layer_input") or 0,
+            kv_heads=t.get("num_key_value_heads") or heads,
+            head_dim=t.get("head_dim") or t["hidden_size"] // heads,
+            vocab=t["vocab_size"],
+            tied=bool(tied),
+            per_layer_embedding=t.get("hidden_size_per_layer_input") or 0,
+            linear_attention_layers=linear,
+            linear_key=linear and t["linear_num_key_heads"] * t["linear_key_head_dim"],
+            linear_value=linear and t["linear_num_value_heads"] * t["linear_value_head_dim"],
+            linear_heads=linear and t["linear_num_value_heads"],
+            gated_query=bool(t.get("attn_output_gate", linear > 0)),  # transformers' hybrids always gate
+            tower_params=towers,
         )
 
     def dims(self) -> dict[str, int]:
-        return {"h": self.hidden, "q": self.heads * self.head_dim, "kv": self.kv_heads * self.head_dim, "i": self.intermediate}
+        q = self.heads * self.head_dim
+        return {
+            "h": self.hidden,
+            "q": q,
+            "q_out": q * (2 if self.gated_query else 1),
+            "kv": self.kv_heads * self.head_dim,
+            "i": self.intermediate,
+            "lin_qkv": 2 * self.linear_key + self.linear_value,
+            "lin_v": self.linear_value,
+            "lin_heads": self.linear_heads,
+        }
+
+    def layers_with(self, kind: str) -> int:
+        """How many layers have a projection of this kind (TARGET_SHAPES' third column)."""
+        return {"attention": self.layers - self.linear_attention_layers, "linear_attention": self.linear_attention_layers}.get(
+            kind, self.layers
+        )
 
     def linear_params(self) -> int:
-        """Parameters of the transformer blocks' linear layers (what 4-bit quantises)."""
+        """Parameters of the transformer blocks' linear layers, and of the towers (what 4-bit quantises)."""
         d = self.dims()
-        per_layer = sum(d[a] * d[b] for a, b in TARGET_SHAPES.values())
-        return self.layers * per_layer
+        return self.tower_params + sum(self.layers_with(kind) * d[a] * d[b] for a, b, kind in TARGET_SHAPES.values())
 
     def embedding_params(self) -> int:
         """Token embeddings and output layer; with Gemma 4's per-layer input embeddings, a second
@@ -100,9 +144,17 @@ class Shape:
         return self.linear_params() + self.embedding_params()
 
 
+def _tower_params(c: dict[str, Any]) -> int:
+    """A vision or audio tower's parameters, counted as its transformer blocks (attention 4·h², MLP
+    2·h·i per layer): SigLIP-so400m's 27 × 1152-wide blocks, 411 M of its 428 M."""
+    layers = c.get("depth") or c.get("num_hidden_layers") or 0
+    h, i = c.get("hidden_size") or 0, c.get("intermediate_size") or 0
+    return int(layers * (4 * h * h + 2 * h * i))
+
+
 def lora_params(s: Shape, r: int, targets: list[str]) -> int:
     d = s.dims()
-    return s.layers * sum(r * (d[TARGET_SHAPES[t][0]] + d[TARGET_SHAPES[t][1]]) for t in targets if t in TARGET_SHAPES)
+    return sum(s.layers_with(kind) * r * (d[a] + d[b]) for t, (a, b, kind) in TARGET_SHAPES.items() if t in targets)
 
 
 def estimate(

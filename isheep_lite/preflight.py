@@ -7,6 +7,7 @@ accept and refuse the same recipes with the same line), then the free disk and t
 from __future__ import annotations
 
 import importlib.util
+import json
 from pathlib import Path
 
 from isheep_lite import planner
@@ -156,12 +157,19 @@ def done_exports(run_dir: Path) -> set[int]:
 
 
 def memory_plan(r: Recipe, given: Path, disk_bytes: float) -> dict[str, float]:
-    """The planner's figures for this recipe and model, from the GGUF header and the HF weights' files
-    (a GGUF-only model: its float32 dequantisation in 1 GB shards) — nothing is loaded."""
+    """The planner's figures for this recipe and model, from the HF weights' config.json and files
+    (what training loads: a hybrid's linear-attention layers, a vision tower) or, for a GGUF-only
+    model, its header and its float32 dequantisation in 1 GB shards — nothing is loaded."""
     info = header.gguf_info(given)
+    shape = planner.Shape.from_gguf(info)
     if r.model.hf:
-        sizes = [f.stat().st_size for f in weights.user_hf(r.model.hf).glob("*.safetensors")]
+        hf_dir = weights.user_hf(r.model.hf)
+        sizes = [f.stat().st_size for f in hf_dir.glob("*.safetensors")]
         hf_bytes, largest = sum(sizes), max(sizes, default=0)
+        try:
+            shape = planner.Shape.from_config(json.loads((hf_dir / "config.json").read_text(encoding="utf-8")))
+        except (KeyError, TypeError):  # a config without the usual keys: the GGUF header's shape
+            pass
     else:  # weights.gguf_to_hf writes float32 in shards of DEQUANTISED_SHARD_BYTES
         hf_bytes = 4 * info.n_params
         largest = min(hf_bytes, weights.DEQUANTISED_SHARD_BYTES)
@@ -173,7 +181,7 @@ def memory_plan(r: Recipe, given: Path, disk_bytes: float) -> dict[str, float]:
     gpu = planner.gpu_free_bytes() is not None
     backend = hardware.resolve_backend(r.train.backend, gpu, importlib.util.find_spec("unsloth") is not None)
     return planner.run_plan(
-        planner.Shape.from_gguf(info),
+        shape,
         gguf_bytes=sum(p.stat().st_size for p in header.gguf_shards(given)),
         kv_bytes_per_cell=info.kv_bytes_per_cell,
         n_ctx=r.model.n_ctx,

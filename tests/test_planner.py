@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import pytest
 
-from isheep_lite.planner import GB, Shape, estimate, plan_batches
+from isheep_lite.planner import GB, TARGET_SHAPES, Shape, estimate, plan_batches
 
 ALL = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 #        name                      layers hidden inter heads kv head_dim vocab  tied    QLoRA GB  LoRA GB
@@ -70,6 +70,80 @@ def test_shape_from_config_counts_parameters() -> None:
     # Gemma 4's per-layer input embeddings: a second table of vocabulary × layers × their width
     ple = Shape.from_config({**llama8b, "hidden_size_per_layer_input": 256})
     assert ple.params() - s.params() == 128256 * 32 * 256
+
+
+# Unsloth's Qwen3.5 fine-tuning guide (https://unsloth.ai/docs/models/qwen3.5/fine-tune) publishes
+# bf16 LoRA VRAM per model: 4B 10 GB, 9B 22 GB, 27B 56 GB (it advises against QLoRA for Qwen3.5).
+# Text configs as published (hybrid: three gated-delta-net layers to one full-attention layer, 16 key
+# heads of 128; 32 or 48 value heads of 128; gated query); the vision tower is the 9B's published
+# one (27 blocks, 1152 wide, MLP 4304), taken for the 4B and 27B too.
+QWEN35_VISION = {"depth": 27, "hidden_size": 1152, "intermediate_size": 4304}
+
+
+def _qwen35(layers: int, hidden: int, inter: int, heads: int, value_heads: int, tied: bool) -> dict:
+    text = {
+        "num_hidden_layers": layers,
+        "hidden_size": hidden,
+        "intermediate_size": inter,
+        "num_attention_heads": heads,
+        "num_key_value_heads": 4,
+        "head_dim": 256,
+        "vocab_size": 248320,
+        "layer_types": ["linear_attention", "linear_attention", "linear_attention", "full_attention"] * (layers // 4),
+        "linear_num_key_heads": 16,
+        "linear_key_head_dim": 128,
+        "linear_num_value_heads": value_heads,
+        "linear_value_head_dim": 128,
+        "attn_output_gate": True,
+    }
+    return {
+        "architectures": ["Qwen3_5ForConditionalGeneration"],
+        "tie_word_embeddings": tied,
+        "text_config": text,
+        "vision_config": QWEN35_VISION,
+    }
+
+
+QWEN35 = {  # name: (config.json, published bf16 LoRA GB)
+    "Qwen3.5-4B": (_qwen35(32, 2560, 9216, 16, 32, True), 10),
+    "Qwen3.5-9B": (_qwen35(32, 4096, 12288, 16, 32, False), 22),
+    "Qwen3.5-27B": (_qwen35(64, 5120, 17408, 24, 48, False), 56),
+}
+
+
+@pytest.mark.parametrize("name", QWEN35)
+def test_qwen35_bf16_lora_within_25_percent_of_unsloths_figure(name: str) -> None:
+    """The hybrid's linear-attention layers and the vision tower counted (auto targets: every
+    projection of the blocks, the gated-delta-net ones included)."""
+    config, published = QWEN35[name]
+    est = estimate(Shape.from_config(config), bits=16, r=16, targets=list(TARGET_SHAPES), batch=1, seq_len=512, backend="unsloth")
+    assert 0.75 <= est["total"] / GB / published <= 1.25, (name, est["total"] / GB)
+
+
+def test_qwen35_9b_parameters_are_its_checkpoints() -> None:
+    """Qwen3.5-9B's checkpoint holds 9.653 B parameters (19 306 216 416 bytes of bf16), of which the
+    multi-token-prediction head (about 0.24 B) is not loaded by transformers: the planner's count of
+    what is loaded — text model and vision tower — must be the rest, within 2 %."""
+    counted = Shape.from_config(QWEN35["Qwen3.5-9B"][0]).params()
+    assert counted == pytest.approx(19_306_216_416 / 2 - 0.24e9, rel=0.02)
+
+
+def test_shape_counts_a_hybrid_and_its_towers_as_transformers_builds_them() -> None:
+    """Tiny Qwen3.5 (text and vision checkpoints) and Gemma 3 vision models built here: the
+    planner's count from their config.json is the text model's own count of linear-layer and
+    embedding parameters (norms and the delta net's convolution aside), and a tower is counted
+    exactly when the checkpoint has one."""
+    from tiny_archs import BUILDERS
+
+    from isheep_lite.gguf.archs import in_tower
+
+    for arch in ("qwen3_5", "qwen3_5_vision", "gemma3_vision", "llama3"):
+        model = BUILDERS[arch](256)
+        shape = Shape.from_config(model.config.to_dict())
+        text = sum(p.numel() for n, p in model.named_parameters() if p.dim() == 2 and "norm" not in n and not in_tower(n))
+        assert shape.params() - shape.tower_params == text, arch
+        assert (shape.tower_params > 0) == arch.endswith("vision"), arch
+        assert (shape.linear_attention_layers, shape.gated_query) == ((3, True) if arch.startswith("qwen3_5") else (0, False))
 
 
 def test_plan_picks_the_largest_micro_batch_that_fits_and_keeps_the_effective_batch() -> None:
@@ -177,3 +251,22 @@ def test_preflight_plans_the_runs_memory_from_the_planner(tmp_path) -> None:
     line = describe_plan(plan)
     assert line.startswith("memory plan: training ≈") and "generation ≈" in line and "GiB of RAM" in line
     assert not (tmp_path / r.name).exists(), "preflight writes nothing"
+
+
+def test_preflight_plans_a_hybrid_from_its_hf_config(tmp_path) -> None:
+    """With model.hf set, the run's memory plan is made from the HF config.json (what training
+    loads): Qwen3.5-9B's hybrid layers and vision tower, not the GGUF header's shape (here the
+    embedded model's, whose file only sizes generation)."""
+    import json
+
+    from isheep_lite import preflight, recipe
+
+    hf = tmp_path / "qwen3.5-9b"
+    hf.mkdir()
+    (hf / "config.json").write_text(json.dumps({**QWEN35["Qwen3.5-9B"][0], "model_type": "qwen3_5"}))
+    _, given, _ = preflight.preflight(recipe.load(None, [f"runs_dir={tmp_path}"]))  # the embedded GGUF: its size only
+    r = recipe.load(None, [f"runs_dir={tmp_path}", f"model.hf={hf}", "train.batch_size=1", "train.max_seq_len=512"])
+    plan = preflight.memory_plan(r, given, 0)
+    shape = Shape.from_config(QWEN35["Qwen3.5-9B"][0])
+    expected = estimate(shape, bits=16, r=r.train.lora_r, targets=list(TARGET_SHAPES), batch=1, seq_len=512, backend="hf")
+    assert plan["training_gb"] == round(expected["total"] / GB, 1) and plan["training_gb"] > 18

@@ -13,6 +13,7 @@ from isheep_lite.planner import GB, Shape, estimate, lora_params, plan_llama
 from isheep_lite.training import fit, lora
 
 ROOT = Path(__file__).resolve().parents[1]
+SIGLIP = 27 * (4 * 1152**2 + 2 * 1152 * 4304)  # Gemma 3's vision_config: 27 blocks, 1152 wide, MLP 4304 (planner._tower_params)
 # Published config.json of each model (layers, hidden, intermediate, heads, KV heads, head dim, vocab, tied).
 RECIPES = {
     "qwen2.5-7b-24gb.yaml": Shape(28, 3584, 18944, 28, 4, 128, 152064, False),
@@ -20,8 +21,8 @@ RECIPES = {
     "qwen2.5-1.5b-colab-t4.yaml": Shape(28, 1536, 8960, 12, 2, 128, 151936, True),
     "qwen3-8b-24gb.yaml": Shape(36, 4096, 12288, 32, 8, 128, 151936, False),
     "qwen3-4b-colab-t4.yaml": Shape(36, 2560, 9728, 32, 8, 128, 151936, True),
-    "gemma3-12b-24gb.yaml": Shape(48, 3840, 15360, 16, 8, 256, 262208, True),  # its text_config
-    "gemma3-4b-colab-t4.yaml": Shape(34, 2560, 10240, 8, 4, 256, 262208, True),  # its text_config
+    "gemma3-12b-24gb.yaml": Shape(48, 3840, 15360, 16, 8, 256, 262208, True, tower_params=SIGLIP),  # its text_config + tower
+    "gemma3-4b-colab-t4.yaml": Shape(34, 2560, 10240, 8, 4, 256, 262208, True, tower_params=SIGLIP),  # its text_config + tower
 }
 
 

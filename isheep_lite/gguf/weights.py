@@ -60,8 +60,8 @@ def check_same_model(info: GgufInfo, gguf_path: Path, hf_dir: Path) -> None:
     """Refuse a GGUF (generation) and an HF directory (training) of different models — e.g. model.hf
     set to the user's model while model.gguf is still the embedded default. Compared by parameter
     count (±10 %), from the GGUF's tensors (every shard's, for a split GGUF: gguf_info) and the HF
-    weights' safetensors headers (hf_params), else its config (planner.Shape: a hybrid such as
-    Qwen3.5's is counted as full attention there); an HF config the planner cannot read is not checked."""
+    weights' safetensors headers (hf_params), else its config (planner.Shape); an HF config the
+    planner cannot read is not checked."""
     import json
 
     from isheep_lite.planner import Shape
