@@ -100,7 +100,8 @@ class Session:
         except BaseException:
             self.store.close()
             raise
-        adapters = adapter_mode(r, header.gguf_info(given).n_params)
+        info = header.gguf_info(given)
+        adapters = adapter_mode(r, info.n_params, info.arch)
         m0 = Served(given)
         self._m0 = Context(self.store, r, self._engines, seeds, given, adapters, t=0, base=m0, current=m0, best=0)
         return self

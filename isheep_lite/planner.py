@@ -345,6 +345,8 @@ def kv_bytes_per_cell(meta: dict[str, Any], arch: str) -> int:
 
     Read from the GGUF's `<arch>.*` keys; head size is `attention.key_length` where given, else
     embedding_length / head_count. SmolLM2-135M: 2 × 30 × 3 × 64 × 2 = 23 040 bytes (22.5 KiB).
+    A hybrid (Qwen3.5: `full_attention_interval`) keeps KV in every interval-th layer only; its
+    linear-attention layers hold a fixed recurrent state per sequence instead, not per cell.
     """
 
     def get(key: str, default: Any = None) -> Any:
@@ -356,6 +358,9 @@ def kv_bytes_per_cell(meta: dict[str, Any], arch: str) -> int:
         kv_heads = max(kv_heads)
     if not layers or not heads:
         return 0
+    interval = get("full_attention_interval", 0)
+    if interval:  # llama.cpp: layer i is recurrent unless (i + 1) % interval == 0
+        layers //= interval
     k_len = get("attention.key_length", get("embedding_length", 0) // heads)
     v_len = get("attention.value_length", k_len)
     return int(layers * kv_heads * (k_len + v_len) * 2)

@@ -21,26 +21,31 @@ from isheep_lite.selfalign import synth
 from isheep_lite.training import hardware, lora
 
 
-def adapter_mode(r: Recipe, n_params: int) -> bool:
+def adapter_mode(r: Recipe, n_params: int, arch: str) -> bool:
     """export.mode auto: adapters from 3B parameters, where a merged F16 export per iteration costs
     6+ GB of disk, minutes of writing, and more VRAM to serve than the user's quantised GGUF — when
-    llama.cpp serves the model (only it applies GGUF adapters). A server with runtime LoRA
-    (model.serve_lora) serves every M_t as M_0 + its adapter: always adapters."""
-    auto = r.export.mode == "auto" and n_params >= 3_000_000_000 and r.model.backend == "llama_cpp"
+    llama.cpp serves the model (only it applies GGUF adapters) and the architecture's adapter is
+    exact as a GGUF adapter (archs.Arch.adapter_gguf: not Qwen3.5's or Gemma 4's, merged at every
+    size). A server with runtime LoRA (model.serve_lora) serves every M_t as M_0 + its adapter:
+    always adapters."""
+    from isheep_lite.gguf import archs
+
+    exact = getattr(archs.MATRIX.get(arch), "adapter_gguf", True)
+    auto = r.export.mode == "auto" and n_params >= 3_000_000_000 and r.model.backend == "llama_cpp" and exact
     return r.export.mode == "adapter" or auto or r.model.serve_lora
 
 
 BYTES_PER_PARAM = {"f32": 4.0, "f16": 2.0, "q8_0": 1.07, "q4_k_m": 0.6, "q4_1": 0.63, "q5_k_m": 0.7}
 
 
-def planned_bytes(r: Recipe, n_params: int, done: set[int]) -> int:
+def planned_bytes(r: Recipe, n_params: int, arch: str, done: set[int]) -> int:
     """Disk the remaining exports will take: every GGUF type (in adapter mode: an adapter, ≤ 2 % of
     the model, per iteration and the types once at the end), the F16 M_0, merged HF weights (float32)."""
     types = sum(BYTES_PER_PARAM.get(t, 2.0) for t in r.export.types)
-    per_iter = (0.04 if adapter_mode(r, n_params) else types) + (4.0 if r.loop.train_from == "previous" else 0.0)
+    per_iter = (0.04 if adapter_mode(r, n_params, arch) else types) + (4.0 if r.loop.train_from == "previous" else 0.0)
     todo = [t for t in range(1, r.loop.iterations + 1) if t not in done]
     base = 0.0 if 0 in done or r.model.serve_base == "original" else 2.0
-    final = types if adapter_mode(r, n_params) and todo else 0.0
+    final = types if adapter_mode(r, n_params, arch) and todo else 0.0
     return int(1.1 * n_params * (base + per_iter * len(todo) + final))
 
 
@@ -141,7 +146,7 @@ def preflight(r: Recipe) -> tuple[list[dict[str, str]], Path, dict[str, float]]:
         weights.check_same_model(info, given, weights.user_hf(r.model.hf))
     done = done_exports(Path(r.run_dir))
     reclaim_before_run(Path(r.run_dir), header.cache_root())  # what killed runs left behind is free space again
-    needs = [(Path(r.run_dir), planned_bytes(r, info.n_params, done), "the planned exports")]
+    needs = [(Path(r.run_dir), planned_bytes(r, info.n_params, info.arch, done), "the planned exports")]
     if dequantise := dequantise_bytes(r, given, info.n_params, done):
         needs.append((header.cache_root(), dequantise, "the one-time dequantisation into float32 HF weights"))
     check_free_disks(needs)

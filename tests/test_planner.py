@@ -270,3 +270,21 @@ def test_preflight_plans_a_hybrid_from_its_hf_config(tmp_path) -> None:
     shape = Shape.from_config(QWEN35["Qwen3.5-9B"][0])
     expected = estimate(shape, bits=16, r=r.train.lora_r, targets=list(TARGET_SHAPES), batch=1, seq_len=512, backend="hf")
     assert plan["training_gb"] == round(expected["total"] / GB, 1) and plan["training_gb"] > 18
+
+
+def test_a_hybrids_kv_cache_is_its_full_attention_layers_only() -> None:
+    """Qwen3.5-9B's GGUF keys: 32 blocks, every fourth full attention (llama.cpp keeps KV there and a
+    recurrent state elsewhere): 8 × 4 KV heads × (256 + 256) × 2 bytes a cell, not 32 layers' worth."""
+    from isheep_lite.planner import kv_bytes_per_cell
+
+    meta = {
+        "qwen35.block_count": 32,
+        "qwen35.attention.head_count": 16,
+        "qwen35.attention.head_count_kv": 4,
+        "qwen35.attention.key_length": 256,
+        "qwen35.attention.value_length": 256,
+        "qwen35.full_attention_interval": 4,
+    }
+    assert kv_bytes_per_cell(meta, "qwen35") == 8 * 4 * 512 * 2
+    del meta["qwen35.full_attention_interval"]
+    assert kv_bytes_per_cell(meta, "qwen35") == 32 * 4 * 512 * 2

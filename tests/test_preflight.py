@@ -164,8 +164,21 @@ def test_too_little_disk_is_refused_before_any_work(tmp_path: Path, monkeypatch:
         loop.run(r)
     assert not (tmp_path / "runs").exists()
     # 135 M parameters: F16 M_0 + two F16 exports ≈ 6 bytes per parameter (+10 %).
-    assert 0.8e9 < preflight.planned_bytes(r, 135_000_000, set()) < 1.0e9
-    assert preflight.planned_bytes(r, 135_000_000, {0, 1, 2}) == 0
+    assert 0.8e9 < preflight.planned_bytes(r, 135_000_000, "llama", set()) < 1.0e9
+    assert preflight.planned_bytes(r, 135_000_000, "llama", {0, 1, 2}) == 0
+
+
+def test_auto_export_takes_adapters_from_3b_only_where_the_architecture_exports_them_exactly() -> None:
+    """export.mode auto: a 9 B Llama is served as base + GGUF adapter; a 9 B Qwen3.5 or Gemma 4,
+    whose adapters the matrix exports merged only, gets a merged export per iteration (no adapter
+    export that would stop the run at iteration 1), and so does any model under 3 B."""
+    r = recipe.load(None, [])
+    assert preflight.adapter_mode(r, 9_000_000_000, "llama")
+    for arch in ("qwen35", "gemma4"):
+        assert not preflight.adapter_mode(r, 9_000_000_000, arch)
+        assert preflight.planned_bytes(r, 9_000_000_000, arch, set()) > preflight.planned_bytes(r, 9_000_000_000, "llama", set())
+    assert not preflight.adapter_mode(r, 1_000_000_000, "llama")
+    assert preflight.adapter_mode(recipe.load(None, ["export.mode=adapter"]), 1_000_000_000, "llama")
 
 
 @pytest.mark.slow

@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 
 from isheep_lite import config, preflight, recipe
-from isheep_lite.planner import GB, Shape, estimate, lora_params, plan_llama
+from isheep_lite.planner import GB, TARGET_SHAPES, Shape, estimate, lora_params, plan_llama
 from isheep_lite.training import fit, lora
+from test_planner import QWEN35
 
 ROOT = Path(__file__).resolve().parents[1]
 SIGLIP = 27 * (4 * 1152**2 + 2 * 1152 * 4304)  # Gemma 3's vision_config: 27 blocks, 1152 wide, MLP 4304 (planner._tower_params)
@@ -23,14 +24,16 @@ RECIPES = {
     "qwen3-4b-colab-t4.yaml": Shape(36, 2560, 9728, 32, 8, 128, 151936, True),
     "gemma3-12b-24gb.yaml": Shape(48, 3840, 15360, 16, 8, 256, 262208, True, tower_params=SIGLIP),  # its text_config + tower
     "gemma3-4b-colab-t4.yaml": Shape(34, 2560, 10240, 8, 4, 256, 262208, True, tower_params=SIGLIP),  # its text_config + tower
+    "qwen3.5-9b-24gb.yaml": Shape.from_config(QWEN35["Qwen3.5-9B"][0]),  # hybrid layers, vision tower
 }
 
 
 def _targets(r: config.Recipe) -> list[str]:
-    """train.target_modules auto is every linear layer of a decoder block: for Llama and Qwen2
-    (the models these recipes name) the seven projections below (tests/training/test_precision.py)."""
+    """train.target_modules auto is every linear layer of a decoder block: the seven projections of
+    Llama, Qwen and Gemma (tests/training/test_precision.py), plus a hybrid's gated-delta-net ones
+    (the planner counts each in the layers that have it)."""
     if lora.auto_targets(r.train.target_modules):
-        return ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+        return list(TARGET_SHAPES)
     return list(r.train.target_modules)
 
 
@@ -38,13 +41,14 @@ def _targets(r: config.Recipe) -> list[str]:
 def test_gpu_recipe_loads_and_its_memory_comment_is_the_planners(name: str) -> None:
     path = ROOT / "recipes" / name
     r = recipe.load(path)
-    assert r.train.backend == "auto" and r.train.load_in_4bit and r.train.auto_batch
     text = path.read_text(encoding="utf-8")
+    assert r.train.backend == "auto" and r.train.auto_batch
+    assert r.train.load_in_4bit or "advises against 4-bit QLoRA" in text, "16-bit LoRA only where the model's guide says so"
     assert "NOT YET RUN ON REAL HARDWARE" in text
     claimed = float(re.search(r"peak ≈ ([\d.]+) GB", text).group(1))
     est = estimate(
         RECIPES[name],
-        bits=4,
+        bits=4 if r.train.load_in_4bit else 16,
         r=r.train.lora_r,
         targets=_targets(r),
         batch=r.train.batch_size,
@@ -71,7 +75,7 @@ def test_adapter_recipes_serve_adapters_and_their_generation_memory_is_the_plann
     path = ROOT / "recipes" / name
     r, shape = recipe.load(path), RECIPES[name]
     assert r.export.mode == "auto" and r.model.serve_base == "original"
-    assert preflight.adapter_mode(r, shape.params()), "models from 3B are served as base GGUF + LoRA adapter"
+    assert preflight.adapter_mode(r, shape.params(), "llama"), "models from 3B are served as base GGUF + LoRA adapter"
     adapter = lora_params(shape, r.train.lora_r, _targets(r)) * 2  # F16
     plan = plan_llama(
         weights_bytes=Q4_K_M_BYTES[name] + adapter,
@@ -116,7 +120,31 @@ HF_WEIGHTS = {
     "qwen3-4b-colab-t4.yaml": (8.05e9, 3.99e9),
     "gemma3-12b-24gb.yaml": (24.4e9, 4.98e9),
     "gemma3-4b-colab-t4.yaml": (8.6e9, 4.96e9),
+    "qwen3.5-9b-24gb.yaml": (19_306_216_416, 5.0e9),  # its index's total_size, in 4 shards of at most 5 GB
 }
+
+
+def test_merged_recipe_serves_an_f16_export_per_iteration_and_its_generation_memory_is_the_planners() -> None:
+    """Qwen3.5's LoRA is exported merged at every size (export.mode auto): each M_t is an F16 GGUF of
+    the text model, whose KV cache lives in the full-attention layers only — all of it on the GPU."""
+    name = "qwen3.5-9b-24gb.yaml"
+    path = ROOT / "recipes" / name
+    r, shape = recipe.load(path), RECIPES[name]
+    assert r.export.mode == "auto" and not preflight.adapter_mode(r, shape.params(), "qwen35")
+    assert r.model.serve_base == "export", "M_0 served as the same F16 export as every M_t"
+    full_attention = shape.layers - shape.linear_attention_layers
+    plan = plan_llama(
+        weights_bytes=(shape.params() - shape.tower_params) * 2,
+        n_layers=shape.layers,
+        kv_bytes_per_cell=2 * full_attention * shape.kv_heads * shape.head_dim * 2,
+        n_vocab=shape.vocab,
+        free_bytes=23.5 * GB,
+        n_ctx=r.model.n_ctx,
+        n_parallel=r.model.n_parallel,
+    )
+    assert plan["n_gpu_layers"] == -1 and plan["n_parallel"] == r.model.n_parallel
+    claimed = float(re.search(r"compute [\d.]+ GB ≈ ([\d.]+) GB", path.read_text(encoding="utf-8")).group(1))
+    assert abs(plan["vram_gb"] - claimed) < 0.1, plan
 
 
 @pytest.mark.parametrize("name", HF_WEIGHTS)

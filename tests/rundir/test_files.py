@@ -159,7 +159,7 @@ def test_disk_check_counts_the_one_time_dequantisation(cache: Path, tmp_path: Pa
     r = recipe.load(None, [f"runs_dir={tmp_path}/runs"])
     given = header.resolve_gguf(r.model.gguf)
     n = header.gguf_info(given).n_params
-    exports, dequantise = preflight.planned_bytes(r, n, set()), preflight.dequantise_bytes(r, given, n, set())
+    exports, dequantise = preflight.planned_bytes(r, n, "llama", set()), preflight.dequantise_bytes(r, given, n, set())
     assert 4 * n < dequantise < 5 * n
     usage = collections.namedtuple("usage", "total used free")
     monkeypatch.setattr(shutil, "disk_usage", lambda p: usage(10**12, 0, exports + dequantise // 2))
