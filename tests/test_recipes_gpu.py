@@ -56,6 +56,12 @@ def test_gpu_recipe_loads_and_its_memory_comment_is_the_planners(name: str) -> N
         backend="unsloth",
     )
     assert abs(est["total"] / GB - claimed) < 0.1, (name, est["total"] / GB)
+    if name in PUBLISHED_GB:  # the planner's tested tolerance (tests/test_planner.py)
+        assert 0.75 <= claimed / PUBLISHED_GB[name] <= 1.25, (name, claimed)
+
+
+# Unsloth's published VRAM for the recipe's own model and method: Qwen3.5-9B bf16 LoRA (its Qwen3.5 guide).
+PUBLISHED_GB = {"qwen3.5-9b-24gb.yaml": 22}
 
 
 # Published Q4_K_M file sizes (bartowski's / Qwen's GGUF repositories on the Hugging Face Hub), bytes.
