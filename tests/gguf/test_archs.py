@@ -41,8 +41,8 @@ def _user_model(kind: str, tokenizer: Any, smol_gguf: Path, root: Path) -> tuple
     torch.manual_seed(0)
     model = BUILDERS[kind](len(tokenizer), bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
     with torch.no_grad():  # random norms: a norm stored without Gemma's +1 cannot pass by luck
-        for name, p in model.named_parameters():
-            if name.endswith("norm.weight"):
+        for name, p in model.named_parameters():  # and a projector that is not zero: images count
+            if name.endswith("norm.weight") or "multi_modal_projector" in name:
                 p.copy_(torch.randn_like(p) * 0.5)
     return save_user_model(model, tokenizer, smol_gguf, root, kind)
 
@@ -126,6 +126,101 @@ def _check_gguf_only_input(kind: str, tokenizer: Any, gguf: Path, tmp_path: Path
     assert top1 >= 0.99, f"{kind}: HF weights made from the GGUF agree with llama.cpp on {top1:.1%} of positions"
 
 
+def _mmproj_from_base(hf: Path, out: Path) -> Path:
+    """The mmproj GGUF a user's Gemma 3 GGUF came with: llama.cpp's converter (--mmproj) on the base
+    checkpoint in the Hub's layout (`vision_tower.vision_model.*`; transformers 5 saves it without
+    `vision_model`), with a preprocessor config of the tiny tower's image size."""
+    import json
+    import shutil
+
+    import conversion
+    import gguf
+    from safetensors.torch import load_file, save_file
+
+    hub = out / "hub-layout"
+    hub.mkdir()
+    for f in hf.iterdir():
+        if f.suffix != ".safetensors":
+            shutil.copy(f, hub / f.name)
+    state = {k.replace("vision_tower.", "vision_tower.vision_model.", 1): v for k, v in load_file(str(hf / "model.safetensors")).items()}
+    save_file(state, str(hub / "model.safetensors"), metadata={"format": "pt"})
+    tokens = json.loads((hf / "config.json").read_text())["mm_tokens_per_image"]
+    pre = {"image_seq_length": tokens, "image_mean": [0.5] * 3, "image_std": [0.5] * 3, "image_processor_type": "Gemma3ImageProcessor"}
+    (hub / "preprocessor_config.json").write_text(json.dumps(pre))
+    mmproj = out / "mmproj.gguf"
+    cls = conversion.get_model_class("Gemma3ForConditionalGeneration", mmproj=True)
+    cls(hub, gguf.LlamaFileType.ALL_F32, mmproj, hparams=conversion.ModelBase.load_hparams(hub, False)).write()
+    return mmproj
+
+
+def _mtmd_logits(gguf_path: Path, lora: Path | None, mmproj: Path, image: np.ndarray, text: bytes) -> tuple[np.ndarray, list[list[int]]]:
+    """llama.cpp's multimodal path (mtmd): `text` with the image at its marker, on the text GGUF (and
+    its LoRA adapter) paired with `mmproj`; the last position's logits and the token ids of the text
+    around the image."""
+    import ctypes
+
+    import llama_cpp
+    from llama_cpp import mtmd_cpp as mtmd
+
+    kw: dict[str, Any] = {"lora_path": str(lora)} if lora else {}
+    llm = llama_cpp.Llama(model_path=str(gguf_path), n_ctx=256, n_batch=256, n_threads=2, verbose=False, type_k=0, type_v=0, **kw)
+    params = mtmd.mtmd_context_params_default()
+    params.use_gpu, params.n_threads, params.print_timings = False, 2, False
+    ctx = mtmd.mtmd_init_from_file(str(mmproj).encode(), llm._model.model, params)
+    assert ctx, "llama.cpp refuses the mmproj beside this GGUF"
+    pixels = (ctypes.c_uint8 * image.size).from_buffer_copy(image.tobytes())
+    bitmap = mtmd.mtmd_bitmap_init(image.shape[1], image.shape[0], pixels)
+    chunks = mtmd.mtmd_input_chunks_init()
+    try:
+        prompt = text.replace(b"<image>", mtmd.mtmd_default_marker())
+        inp = mtmd.mtmd_input_text(text=prompt, text_len=len(prompt), add_special=True, parse_special=True)
+        assert mtmd.mtmd_tokenize(ctx, chunks, ctypes.byref(inp), (mtmd.mtmd_bitmap_p_ctypes * 1)(bitmap), 1) == 0
+        texts = []
+        for i in range(mtmd.mtmd_input_chunks_size(chunks)):
+            chunk, n = mtmd.mtmd_input_chunks_get(chunks, i), ctypes.c_size_t()
+            if mtmd.mtmd_input_chunk_get_type(chunk) == 0:  # MTMD_INPUT_CHUNK_TYPE_TEXT
+                ids = mtmd.mtmd_input_chunk_get_tokens_text(chunk, ctypes.byref(n))
+                texts.append([ids[j] for j in range(n.value)])
+        n_past = llama_cpp.llama_pos(0)
+        assert mtmd.mtmd_helper_eval_chunks(ctx, llm._ctx.ctx, chunks, 0, 0, 256, True, ctypes.byref(n_past)) == 0
+        logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(llm._ctx.ctx, -1), shape=(llm.n_vocab(),)).copy()
+        return logits, texts
+    finally:
+        mtmd.mtmd_input_chunks_free(chunks)
+        mtmd.mtmd_bitmap_free(bitmap)
+        mtmd.mtmd_free(ctx)
+        llm.close()
+
+
+def _check_mmproj_pairing(hf: Path, adapter: Path, served: dict[str, tuple[Path, Path | None]], tmp_path: Path) -> None:
+    """A Gemma 3 GGUF that came with an mmproj file keeps working with it: each served form of the
+    trained model (merged export; base GGUF + GGUF adapter), paired with the base's mmproj in
+    llama.cpp, computes what transformers computes from the trained vision checkpoint for a prompt
+    with an image — and the image changes the answer."""
+    import torch
+    from peft import PeftModel
+    from transformers import Gemma3ForConditionalGeneration
+
+    mmproj = _mmproj_from_base(hf, tmp_path)
+    image = np.random.default_rng(3).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    model = Gemma3ForConditionalGeneration.from_pretrained(str(hf), dtype=torch.float32, attn_implementation="eager")
+    model = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload().eval()
+    image_token = model.config.image_token_id
+    pixels = torch.tensor((image / 255.0 - 0.5) / 0.5, dtype=torch.float32).permute(2, 0, 1)[None]
+    for form, (gguf_path, lora) in served.items():
+        logits, (before, after) = _mtmd_logits(gguf_path, lora, mmproj, image, b"Look at this: <image> What colour is it?")
+        ids = torch.tensor([before + [image_token] * model.config.mm_tokens_per_image + after])
+        with torch.no_grad():
+            expected, other = (
+                model(input_ids=ids, pixel_values=p, token_type_ids=(ids == image_token).long()).logits[0, -1].numpy()
+                for p in (pixels, torch.zeros_like(pixels))
+            )
+        delta = float(np.abs(logits - expected).max())
+        print(f"gemma3_vision: {form} + the base's mmproj, max |Δlogit| {delta:.3g} after an image")
+        assert delta < 1e-2 and logits.argmax() == expected.argmax(), form
+        assert np.abs(other - expected).max() > 10 * delta, "the image must change the logits"
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", list(BUILDERS))
 def test_trained_model_exports_faithfully(kind: str, tokenizer: Any, smol_gguf: Path, tmp_path: Path) -> None:
@@ -164,6 +259,8 @@ def test_trained_model_exports_faithfully(kind: str, tokenizer: Any, smol_gguf: 
     top1, delta = _agreement(_llama_logits(base_gguf, ids, lora), expected)
     print(f"{kind}: GGUF LoRA adapter top-1 agreement {top1:.4f}, max |Δlogit| {delta:.4g}")
     assert top1 >= 0.99, f"{kind}: base + GGUF adapter agrees with transformers on {top1:.1%} of positions"
+    if kind == "gemma3_vision":
+        _check_mmproj_pairing(hf, adapter, {"merged export": (merged, None), "base + GGUF adapter": (base_gguf, lora)}, tmp_path)
 
 
 @pytest.mark.slow
