@@ -193,7 +193,7 @@ class ExportConfig:
     mode: Literal["auto", "adapter", "merged"] = knob(
         "auto",
         "merged: a whole GGUF per iteration | adapter: a GGUF LoRA adapter applied to the served base, the merged "
-        "model only for the final one | auto: adapter from 3B parameters",
+        "model only for the final one | auto: adapter from 3B parameters where the architecture's GGUF adapter is exact",
     )
 
 
