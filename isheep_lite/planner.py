@@ -23,7 +23,9 @@ the same way: the GGUF's weights (its file size, adapters included), the KV cach
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 GB = 1e9
@@ -110,6 +112,11 @@ class Shape:
             gated_query=bool(t.get("attn_output_gate", linear > 0)),  # transformers' hybrids always gate
             tower_params=towers,
         )
+
+    @classmethod
+    def from_hf_dir(cls, hf_dir: Path) -> "Shape":
+        """From the config.json of an HF model directory (`from_config`)."""
+        return cls.from_config(json.loads((hf_dir / "config.json").read_text(encoding="utf-8")))
 
     def dims(self) -> dict[str, int]:
         q = self.heads * self.head_dim

@@ -7,7 +7,6 @@ accept and refuse the same recipes with the same line), then the free disk and t
 from __future__ import annotations
 
 import importlib.util
-import json
 from pathlib import Path
 
 from isheep_lite import planner
@@ -30,7 +29,8 @@ def adapter_mode(r: Recipe, n_params: int, arch: str) -> bool:
     always adapters."""
     from isheep_lite.gguf import archs
 
-    exact = getattr(archs.MATRIX.get(arch), "adapter_gguf", True)
+    row = archs.MATRIX.get(arch)  # an architecture outside the matrix is refused before this is asked
+    exact = row is None or row.adapter_gguf
     auto = r.export.mode == "auto" and n_params >= 3_000_000_000 and r.model.backend == "llama_cpp" and exact
     return r.export.mode == "adapter" or auto or r.model.serve_lora
 
@@ -42,10 +42,11 @@ def planned_bytes(r: Recipe, n_params: int, arch: str, done: set[int]) -> int:
     """Disk the remaining exports will take: every GGUF type (in adapter mode: an adapter, ≤ 2 % of
     the model, per iteration and the types once at the end), the F16 M_0, merged HF weights (float32)."""
     types = sum(BYTES_PER_PARAM.get(t, 2.0) for t in r.export.types)
-    per_iter = (0.04 if adapter_mode(r, n_params, arch) else types) + (4.0 if r.loop.train_from == "previous" else 0.0)
+    adapters = adapter_mode(r, n_params, arch)
+    per_iter = (0.04 if adapters else types) + (4.0 if r.loop.train_from == "previous" else 0.0)
     todo = [t for t in range(1, r.loop.iterations + 1) if t not in done]
     base = 0.0 if 0 in done or r.model.serve_base == "original" else 2.0
-    final = types if adapter_mode(r, n_params, arch) and todo else 0.0
+    final = types if adapters and todo else 0.0
     return int(1.1 * n_params * (base + per_iter * len(todo) + final))
 
 
@@ -172,7 +173,7 @@ def memory_plan(r: Recipe, given: Path, disk_bytes: float) -> dict[str, float]:
         sizes = [f.stat().st_size for f in hf_dir.glob("*.safetensors")]
         hf_bytes, largest = sum(sizes), max(sizes, default=0)
         try:
-            shape = planner.Shape.from_config(json.loads((hf_dir / "config.json").read_text(encoding="utf-8")))
+            shape = planner.Shape.from_hf_dir(hf_dir)
         except (KeyError, TypeError):  # a config without the usual keys: the GGUF header's shape
             pass
     else:  # weights.gguf_to_hf writes float32 in shards of DEQUANTISED_SHARD_BYTES

@@ -62,14 +62,12 @@ def check_same_model(info: GgufInfo, gguf_path: Path, hf_dir: Path) -> None:
     count (±10 %), from the GGUF's tensors (every shard's, for a split GGUF: gguf_info) and the HF
     weights' safetensors headers (hf_params), else its config (planner.Shape); an HF config the
     planner cannot read is not checked."""
-    import json
-
     from isheep_lite.planner import Shape
 
     params = hf_params(hf_dir)
     if params is None:
         try:
-            params = Shape.from_config(json.loads((hf_dir / "config.json").read_text(encoding="utf-8"))).params()
+            params = Shape.from_hf_dir(hf_dir).params()
         except (KeyError, TypeError, ValueError):
             return
     if params and not 0.9 <= info.n_params / params <= 1.1:

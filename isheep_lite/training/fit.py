@@ -43,7 +43,7 @@ def choose_batches(
         return cfg.batch_size, cfg.grad_accum, None
     from isheep_lite import planner
 
-    shape = planner.Shape.from_config(json.loads((hf_dir / "config.json").read_text(encoding="utf-8")))
+    shape = planner.Shape.from_hf_dir(hf_dir)
     seq = max(len(e["input_ids"]) for e in examples)
     try:
         plan = planner.plan_batches(
